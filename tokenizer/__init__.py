@@ -1,0 +1,34 @@
+"""GigaTok visual tokenizers: build from a config, load released or trained weights."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from utils.checkpoint import load_weights
+from .config import model_args, read_tokenizer_config
+from .models.vq_model import MODEL_CLASSES, VQVitModel2DPlus, VQVitModelPlus
+
+__all__ = ["build_tokenizer", "load_tokenizer", "VQVitModelPlus", "VQVitModel2DPlus", "read_tokenizer_config"]
+
+
+def build_tokenizer(config: Any, overrides: list[str] | None = None) -> torch.nn.Module:
+    """Randomly initialised tokenizer from a YAML path, dict or OmegaConf config (validated)."""
+    cfg = read_tokenizer_config(config, overrides)
+    args = model_args(cfg)
+    return MODEL_CLASSES[cfg.model.model_cls][0](args)
+
+
+def load_tokenizer(config: Any, checkpoint: str | os.PathLike, device: str | torch.device = "cpu",
+                   overrides: list[str] | None = None) -> torch.nn.Module:
+    """Tokenizer with weights from ``checkpoint``, in eval mode on ``device``.
+
+    ``checkpoint``: a local .pt/.pth/.safetensors file, a released file name (``VQ_SS256_e100.pt``, fetched
+    from the Hub repo ``YuuTennYi/GigaTok``), or ``hf://OWNER/REPO/FILE``. The ``ema`` entry is used when
+    present, else ``model``, else ``state_dict`` (as the original reconstruction script); loading is strict.
+    """
+    context = f"config {config!r}" if isinstance(config, (str, os.PathLike)) else "the given config"
+    model = build_tokenizer(config, overrides)
+    load_weights(model, checkpoint, context=context)
+    return model.to(device).eval()

@@ -1,0 +1,75 @@
+"""Tokenizer config schema: which keys each section may hold, and turning a config into model arguments.
+
+Configs keep the original's layout (``model.model_cls`` + ``model.init_args``, ``trainer``, ``loss.params``).
+Unknown keys are rejected by their dotted name.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from utils.config import ConfigError, check_keys, load_config, to_plain
+from .models.vq_model import MODEL_CLASSES, arg_names
+
+TOP_LEVEL_KEYS = {"model", "trainer", "loss"}
+MODEL_KEYS = {"model_cls", "init_args", "causal_settings", "init_ckpt"}
+CAUSAL_KEYS = {"causal_type", "dynamic_length_train", "dynamic_level_range", "min_level"}
+TRAINER_KEYS = {
+    "global_batch_size", "lr", "lr_scheduler", "end_lr", "optimizer", "global_seed", "warmup", "weight_decay",
+    "beta1", "beta2", "max_grad_norm", "distill_loss", "distill_model", "fract_decay", "distill_model_path",
+    "ema", "ema_decay", "max_steps", "epochs", "log_every", "ckpt_every", "mixed_precision",
+    "gradient_accumulation_steps", "num_workers",
+}
+LOSS_KEYS = {"loss_cls", "params"}
+LOSS_PARAM_KEYS = {
+    "disc_start", "disc_weight", "disc_type", "disc_loss", "gen_adv_loss", "disc_dim", "disc_num_layers", "kw",
+    "norm", "blur_ds", "image_size", "perceptual_weight", "perceptual_model", "reconstruction_weight",
+    "reconstruction_loss", "codebook_weight", "aux_loss_end", "use_direct_rec_loss", "entropy_loss_end",
+    "gen_start", "proj_weight", "lecam", "lecam_loss_weight", "lecam_ema_decay", "gamma", "resnet_perceptual",
+    "disc_adaptive_weight",
+}
+# Width of the semantic teacher's features, which sets the distill head's output size.
+DISTILL_DIMS = {"dinov2-vit-l": 1024, "dinov2-vit-b": 768, "dinov2-vit-s": 384, "siglip-sovit-400m": 1152,
+                "clip_dfn-vit-l/14": 1024}
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Reject unknown keys anywhere in the schema, naming the full dotted key."""
+    check_keys(cfg, TOP_LEVEL_KEYS, "<config>")
+    if "model" not in cfg:
+        raise ConfigError("config has no 'model' section")
+    model = cfg.model
+    check_keys(model, MODEL_KEYS, "model")
+    cls = model.get("model_cls")
+    if cls not in MODEL_CLASSES:
+        raise ConfigError(f"model.model_cls must be one of {list(MODEL_CLASSES)}, got {cls!r}")
+    check_keys(model.get("init_args") or {}, arg_names(cls), "model.init_args")
+    check_keys(model.get("causal_settings") or {}, CAUSAL_KEYS, "model.causal_settings")
+    causal = (model.get("causal_settings") or {}).get("causal_type")
+    if causal is not None:
+        raise ConfigError(f"model.causal_settings.causal_type={causal!r} is not supported (only null)")
+    check_keys(cfg.get("trainer") or {}, TRAINER_KEYS, "trainer")
+    loss = cfg.get("loss") or {}
+    check_keys(loss, LOSS_KEYS, "loss")
+    check_keys(loss.get("params") or {}, LOSS_PARAM_KEYS, "loss.params")
+
+
+def read_tokenizer_config(config: Any, overrides: list[str] | None = None) -> DictConfig:
+    """Load (path, dict or DictConfig), apply dotted overrides, and validate."""
+    cfg = load_config(config, overrides)
+    validate_config(cfg)
+    return cfg
+
+
+def model_args(cfg: DictConfig):
+    """The dataclass of model arguments for ``cfg`` (out_inner_dim filled from the teacher as the original)."""
+    cls_name = cfg.model.model_cls
+    init_args = dict(to_plain(cfg.model.get("init_args") or {}))
+    trainer = cfg.get("trainer") or {}
+    if trainer.get("distill_loss", False) and "out_inner_dim" not in init_args:
+        teacher = trainer.get("distill_model", "dinov2-vit-b")
+        if teacher not in DISTILL_DIMS:
+            raise ConfigError(f"trainer.distill_model must be one of {list(DISTILL_DIMS)}, got {teacher!r}")
+        init_args["out_inner_dim"] = DISTILL_DIMS[teacher]
+    return MODEL_CLASSES[cls_name][1](**init_args)

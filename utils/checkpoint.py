@@ -1,0 +1,188 @@
+"""Checkpoint I/O shared by every model: Hub resolution, safe loading, key clean-up, atomic saving.
+
+One place decides how a user-supplied checkpoint string becomes a state dict, so tokenizers and GPTs
+follow the same rules (local file, released file name on the Hub, or ``hf://OWNER/REPO/FILE``).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+DEFAULT_HUB_REPO = "YuuTennYi/GigaTok"
+STRIP_PREFIXES = ("module.", "_orig_mod.")
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be found, read, or matched to a model. The message names the file."""
+
+
+def resolve_checkpoint(spec: str | os.PathLike, default_repo: str = DEFAULT_HUB_REPO) -> Path:
+    """Turn a checkpoint string into a local file path, downloading from the Hub when needed.
+
+    * an existing local path is returned as is;
+    * ``hf://OWNER/REPO/path/in/repo.pt`` is fetched from that Hub repository;
+    * a bare released file name (``VQ_SS256_e100.pt``) is fetched from ``default_repo``.
+    Downloads go through ``huggingface_hub`` and its cache, so ``HF_HUB_OFFLINE=1`` works with a
+    pre-filled cache.
+    """
+    text = os.fspath(spec)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if path.exists():
+        raise CheckpointError(f"checkpoint path {text!r} exists but is not a file")
+    if text.startswith("hf://"):
+        parts = text[len("hf://"):].split("/")
+        if len(parts) < 3 or not all(parts):
+            raise CheckpointError(f"Hub checkpoint {text!r} must look like hf://OWNER/REPO/FILE")
+        return _hub_download("/".join(parts[:2]), "/".join(parts[2:]), text)
+    if os.sep in text or "/" in text or not text.endswith(WEIGHT_SUFFIXES):
+        raise CheckpointError(
+            f"checkpoint file {text!r} does not exist (give a local file, a released file name such as "
+            f"'VQ_SS256_e100.pt', or hf://OWNER/REPO/FILE)")
+    return _hub_download(default_repo, text, text)
+
+
+def _hub_download(repo_id: str, filename: str, original: str) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as exc:  # pragma: no cover - huggingface_hub is a hard dependency
+        raise CheckpointError("huggingface_hub is needed to download checkpoints from the Hub") from exc
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+    except Exception as exc:  # noqa: BLE001 - every hub failure becomes one clear message
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        hint = (" HF_HUB_OFFLINE is set and the file is not in the local Hub cache "
+                f"({os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'})."
+                if offline else "")
+        raise CheckpointError(
+            f"could not get checkpoint {original!r} (repo {repo_id!r}, file {filename!r}) from the "
+            f"Hugging Face Hub: {type(exc).__name__}: {exc}.{hint}") from exc
+
+
+def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint without unpickling arbitrary objects.
+
+    ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``,
+    allowing ``argparse.Namespace`` because the original training scripts store their args in it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(path), device=str(map_location))
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(
+            f"could not read checkpoint {str(path)!r} ({path.stat().st_size} bytes): {type(exc).__name__}: "
+            f"{exc}. The file may be truncated or not a PyTorch/safetensors checkpoint.") from exc
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, not a dict")
+    return dict(obj)
+
+
+def _is_state_dict(obj: Mapping) -> bool:
+    return len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def select_state_dict(ckpt: Mapping, source: str = "<checkpoint>",
+                      entries: Iterable[str] = ("ema", "model", "state_dict")) -> dict[str, torch.Tensor]:
+    """Pick the weights entry the original scripts use (``ema`` first, then ``model``, then ``state_dict``).
+
+    A bare state dict (all values tensors) is accepted as is.
+    """
+    for name in entries:
+        if name in ckpt and isinstance(ckpt[name], Mapping):
+            return dict(ckpt[name])
+    if _is_state_dict(ckpt):
+        return dict(ckpt)
+    raise CheckpointError(
+        f"checkpoint {source!r} has none of the entries {list(entries)} and is not a bare state dict "
+        f"(top-level keys: {sorted(map(str, ckpt))[:20]})")
+
+
+def strip_prefixes(state_dict: Mapping[str, torch.Tensor],
+                   prefixes: Iterable[str] = STRIP_PREFIXES) -> dict[str, torch.Tensor]:
+    """Remove leading DDP (``module.``) and torch.compile (``_orig_mod.``) prefixes, in any combination."""
+    prefixes = tuple(prefixes)
+    out = {}
+    for key, value in state_dict.items():
+        while key.startswith(prefixes):
+            key = key[len(next(p for p in prefixes if key.startswith(p))):]
+        out[key] = value
+    return out
+
+
+def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
+                           source: str = "<checkpoint>", context: str = "") -> None:
+    """``load_state_dict(strict=True)`` with an error that lists missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or mismatched:
+        def _fmt(items: list[str], limit: int = 15) -> str:
+            more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+            return ", ".join(items[:limit]) + more
+        lines = [f"checkpoint {source!r} does not match the model{(' built from ' + context) if context else ''}:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_fmt(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
+        if mismatched:
+            lines.append(f"  shape mismatches ({len(mismatched)}): {_fmt(mismatched)}")
+        lines.append("  Is the config/model name the one this checkpoint was trained with?")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(dict(state_dict), strict=True)
+
+
+def load_weights(model: torch.nn.Module, checkpoint: str | os.PathLike, context: str = "",
+                 entries: Iterable[str] = ("ema", "model", "state_dict"),
+                 default_repo: str = DEFAULT_HUB_REPO) -> Path:
+    """Resolve, read, select, clean and strictly load ``checkpoint`` into ``model``; returns the file used."""
+    path = resolve_checkpoint(checkpoint, default_repo=default_repo)
+    ckpt = load_checkpoint_file(path)
+    state_dict = strip_prefixes(select_state_dict(ckpt, str(path), entries))
+    load_state_dict_strict(model, state_dict, source=str(path), context=context)
+    return path
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A run killed mid-write leaves the previous file intact and never a truncated one under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, for recording exactly which weights produced a result."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,133 @@
+"""Image datasets and transforms shared by reconstruction, training and code extraction.
+
+Images are read from an ImageFolder-style tree (class sub-folders) or a flat folder. Grayscale, palette and
+RGBA images are converted to RGB; an unreadable file is reported by path and skipped instead of killing a
+DataLoader worker.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # compared lower-case
+log = logging.getLogger(__name__)
+
+
+def center_crop_arr(pil_image: Image.Image, image_size: int) -> Image.Image:
+    """ADM centre crop: halve with BOX while the short side >= 2x target, BICUBIC-resize the short side to
+    ``image_size``, then crop the centre square."""
+    while min(*pil_image.size) >= 2 * image_size:
+        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
+    scale = image_size / min(*pil_image.size)
+    pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
+    arr = np.array(pil_image)
+    top = (arr.shape[0] - image_size) // 2
+    left = (arr.shape[1] - image_size) // 2
+    return Image.fromarray(arr[top: top + image_size, left: left + image_size])
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB; transparent pixels are composited on white (not left as black garbage)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def to_model_range(img: Image.Image) -> torch.Tensor:
+    """uint8 PIL RGB -> float tensor [3, H, W] in [-1, 1] (ToTensor + Normalize(0.5, 0.5))."""
+    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float()
+    return arr / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Model output in about [-1, 1] -> uint8 NHWC, rounding half up as the original (clamp(127.5x+128))."""
+    return torch.clamp(127.5 * x + 128.0, 0, 255).permute(0, 2, 3, 1).to(torch.uint8)
+
+
+def list_images(root: str | os.PathLike) -> tuple[list[tuple[Path, int]], list[str]]:
+    """Sorted (path, class index) pairs and the class names.
+
+    With class sub-folders the layout is torchvision's ImageFolder; a flat folder of images is one class.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir())
+    if subdirs:
+        classes = [d.name for d in subdirs]
+        items = [(p, i) for i, d in enumerate(subdirs) for p in sorted(d.rglob("*"))
+                 if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS]
+    else:
+        classes = [root.name]
+        items = [(p, 0) for p in sorted(root.iterdir()) if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS]
+    if not items:
+        raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS)}) "
+                                f"found under {str(root)!r}")
+    return items, classes
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """Images as ``(tensor, label, index)``; an unreadable image yields ``None`` in place of the tensor.
+
+    Use :func:`collate_skip_bad` as the DataLoader's ``collate_fn``: it drops such samples and reports them.
+    ``transform`` maps an RGB PIL image to a tensor (default: ADM centre crop to ``image_size``, [-1, 1]).
+    """
+
+    def __init__(self, root: str | os.PathLike, image_size: int = 256,
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None):
+        self.root = Path(root)
+        self.items, self.classes = list_images(root)
+        self.image_size = image_size
+        self.transform = transform or (lambda img: to_model_range(center_crop_arr(img, image_size)))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load_rgb(self, index: int) -> Image.Image:
+        path = self.items[index][0]
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+
+    def __getitem__(self, index: int):
+        path, label = self.items[index]
+        try:
+            x = self.transform(self.load_rgb(index))
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+            log.warning("skipping unreadable image %s: %s: %s", path, type(exc).__name__, exc)
+            return None, label, index
+        return x, label, index
+
+
+class SkippedImages:
+    """Collects the indices of images a collate function dropped, so drivers can report them."""
+
+    def __init__(self):
+        self.indices: list[int] = []
+
+
+def collate_skip_bad(batch: Sequence[tuple], skipped: SkippedImages | None = None):
+    """Stack ``(x, label, index)`` samples, dropping those whose image could not be read.
+
+    Returns ``(x [B,...], labels [B], indices [B], bad_indices [K])``; B may be 0 for an all-bad batch.
+    """
+    good = [b for b in batch if b[0] is not None]
+    bad = torch.tensor([b[2] for b in batch if b[0] is None], dtype=torch.long)
+    if skipped is not None:
+        skipped.indices.extend(bad.tolist())
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), bad
+    x = torch.stack([b[0] for b in good])
+    labels = torch.tensor([b[1] for b in good], dtype=torch.long)
+    indices = torch.tensor([b[2] for b in good], dtype=torch.long)
+    return x, labels, indices, bad
