@@ -109,22 +109,14 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return x, label, index
 
 
-class SkippedImages:
-    """Collects the indices of images a collate function dropped, so drivers can report them."""
-
-    def __init__(self):
-        self.indices: list[int] = []
-
-
-def collate_skip_bad(batch: Sequence[tuple], skipped: SkippedImages | None = None):
+def collate_skip_bad(batch: Sequence[tuple]):
     """Stack ``(x, label, index)`` samples, dropping those whose image could not be read.
 
     Returns ``(x [B,...], labels [B], indices [B], bad_indices [K])``; B may be 0 for an all-bad batch.
+    The bad indices travel with the batch because DataLoader workers cannot report back any other way.
     """
     good = [b for b in batch if b[0] is not None]
     bad = torch.tensor([b[2] for b in batch if b[0] is None], dtype=torch.long)
-    if skipped is not None:
-        skipped.indices.extend(bad.tolist())
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), bad
     x = torch.stack([b[0] for b in good])

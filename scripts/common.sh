@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Sourced by the entry scripts: one launcher for CPU, one GPU and multi-GPU/multi-node torchrun.
+#   GPUS / NPROC_PER_NODE  processes per node (default 1: plain python, no torchrun)
+#   NNODES, NODE_RANK, MASTER_ADDR, PORT  as for torchrun (defaults 1, 0, 127.0.0.1, 55565)
+#   TORCH_RUN_PATH  torchrun executable (default: python -m torch.distributed.run)
+#   PYTHON  interpreter (default: the project's .venv if present, else python3)
+GIGATOK_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export PYTHONPATH="$GIGATOK_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-true}
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$GIGATOK_ROOT/.venv/bin/python" ]]; then PYTHON="$GIGATOK_ROOT/.venv/bin/python"; else PYTHON=python3; fi
+fi
+
+# launch MODULE ARGS... : run a python module on every process of this node.
+launch() {
+  local module=$1; shift
+  local nproc=${GPUS:-${NPROC_PER_NODE:-1}} nnodes=${NNODES:-1}
+  if [[ "$nproc" -le 1 && "$nnodes" -le 1 ]]; then
+    exec "$PYTHON" -m "$module" "$@"
+  fi
+  local runner=("$PYTHON" -m torch.distributed.run)
+  [[ -n "${TORCH_RUN_PATH:-}" ]] && runner=("$TORCH_RUN_PATH")
+  exec "${runner[@]}" --nnodes="$nnodes" --nproc_per_node="$nproc" --node_rank="${NODE_RANK:-0}" \
+    --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${PORT:-55565}" -m "$module" "$@"
+}

@@ -1,0 +1,103 @@
+"""The reconstruction driver: outputs, metrics, odd and corrupt images, and torchrun with two processes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import CONFIGS, PHOTOS, REPO
+from tokenizer import build_tokenizer
+from tokenizer.reconstruct import main as reconstruct
+from utils.checkpoint import save_atomic
+from utils.data import ImageFolderDataset, center_crop_arr, to_model_range
+
+TINY = CONFIGS / "VQ_tiny32.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("rec") / "tiny.pt"
+    save_atomic({"model": build_tokenizer(TINY).state_dict()}, path)
+    return path
+
+
+def test_odd_inputs_become_rgb_crops():
+    ds = ImageFolderDataset(PHOTOS, image_size=32)
+    names = [p.name for p, _ in ds.items]
+    assert "camera_gray_odd.png" in names and "astronaut_rgba.png" in names
+    for i in range(len(ds)):
+        x, label, index = ds[i]
+        assert x.shape == (3, 32, 32) and x.min() >= -1 and x.max() <= 1 and index == i and label == 0
+
+
+def test_center_crop_matches_adm_rule():
+    img = Image.fromarray(np.random.RandomState(0).randint(0, 255, (600, 1000, 3), np.uint8))
+    out = center_crop_arr(img, 256)
+    assert out.size == (256, 256)
+    # 600 >= 512 -> one BOX halving to 500x300, then bicubic to short side 256
+    half = img.resize((500, 300), Image.BOX).resize((round(500 * 256 / 300), 256), Image.BICUBIC)
+    arr = np.asarray(half)
+    left = (arr.shape[1] - 256) // 2
+    assert np.array_equal(np.asarray(out), arr[:, left:left + 256])
+    assert torch.equal(to_model_range(out)[:, 0, 0] * 127.5 + 127.5, torch.tensor(np.asarray(out)[0, 0]).float())
+
+
+def test_reconstruction_outputs(tmp_path, tiny_ckpt, capsys):
+    data = tmp_path / "data" / "cls"
+    data.mkdir(parents=True)
+    for p in sorted(PHOTOS.rglob("*.png")):
+        shutil.copy(p, data / p.name)
+    (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    metrics = reconstruct(["--data-path", str(tmp_path / "data"), "--image-size", "32", "--sample-dir",
+                           str(tmp_path / "out"), "--vq-ckpt", str(tiny_ckpt), "--model-config", str(TINY),
+                           "--qualitative", "--device", "cpu", "--num-workers", "1", "--per-proc-batch-size", "3",
+                           "--run-name", "run"])
+    out = tmp_path / "out" / "run"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    assert saved["num_images"] == 6 and saved["skipped_images"][0].endswith("broken.png")
+    assert "broken.png" in capsys.readouterr().out
+    assert 0 < saved["psnr"] < 60 and -1 <= saved["ssim"] <= 1 and 0 < saved["codebook_usage"] <= 1
+    arr = np.load(out / "run.npz")["arr_0"]
+    assert arr.shape == (6, 32, 32, 3) and arr.dtype == np.uint8
+    assert (out / "grid.png").is_file() and len(list((out / "compare").glob("*.png"))) == 6
+    assert (out / "config.yaml").is_file() and saved["checkpoint_sha256"]
+    # the npz holds exactly what the model makes of each image, in dataset order
+    model = build_tokenizer(TINY).eval()
+    model.load_state_dict(torch.load(tiny_ckpt, weights_only=True)["model"])
+    ds = ImageFolderDataset(tmp_path / "data", 32)
+    good = [i for i in range(len(ds)) if ds[i][0] is not None]
+    x = torch.stack([ds[i][0] for i in good[:2]])
+    with torch.no_grad():
+        q, _, info = model.encode(x)
+        rec = torch.clamp(127.5 * model.decode_code(info[2], q.shape) + 128, 0, 255).permute(0, 2, 3, 1).to(torch.uint8)
+    assert np.abs(arr[:2].astype(int) - rec.numpy().astype(int)).max() <= 1
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_single(tmp_path, tiny_ckpt):
+    common = ["--data-path", str(PHOTOS), "--image-size", "32", "--vq-ckpt", str(tiny_ckpt),
+              "--model-config", str(TINY), "--device", "cpu", "--num-workers", "0", "--run-name", "r"]
+    single = reconstruct(common + ["--sample-dir", str(tmp_path / "one")])
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29611",
+           "-m", "tokenizer.reconstruct", *common, "--sample-dir", str(tmp_path / "two")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "r" / "metrics.json").read_text())
+    assert two["world_size"] == 2 and two["num_images"] == single["num_images"] == 6
+    a = np.load(tmp_path / "one" / "r" / "r.npz")["arr_0"]
+    b = np.load(tmp_path / "two" / "r" / "r.npz")["arr_0"]
+    # batches differ between the runs, so float rounding may flip a uint8 value by one, nothing more
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+    assert two["psnr"] == pytest.approx(single["psnr"], abs=1e-2)
+    assert two["codebook_usage"] == pytest.approx(single["codebook_usage"], abs=2 / 1024)

@@ -1,0 +1,181 @@
+"""Reconstruct a folder of images with a tokenizer and score it (PSNR, SSIM, codebook usage, LPIPS, rFID).
+
+Runs alone (``python -m tokenizer.reconstruct``) or under torchrun; each rank takes every world_size-th image.
+Writes, under ``<sample-dir>/<run-name>/``: ``images/{index:06d}.png`` reconstructions, ``<run-name>.npz``
+(``arr_0`` uint8 NHWC, dataset order), ``compare/`` side-by-side PNGs and ``grid.png`` (``--qualitative``),
+``metrics.json`` and the resolved ``config.yaml``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from evaluations.recon import LPIPSMetric, psnr, rfid, ssim
+from tokenizer import load_tokenizer, read_tokenizer_config
+from utils.checkpoint import resolve_checkpoint, sha256_file
+from utils.config import save_config
+from utils.data import ImageFolderDataset, collate_skip_bad, to_uint8
+from utils.distributed import all_gather_tensor, barrier, cleanup, init_distributed
+from utils.images import save_grid
+
+PRECISIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family (only VQ is released)")
+    p.add_argument("--data-path", required=True,
+                   help="image folder: ImageFolder layout (class sub-folders) or a flat folder of images")
+    p.add_argument("--image-size", type=int, default=256, help="centre-crop size; must match the tokenizer")
+    p.add_argument("--sample-dir", default="results/reconstructions", help="parent folder of the run's outputs")
+    p.add_argument("--run-name", default=None, help="output sub-folder name (default: <config>-<checkpoint>)")
+    p.add_argument("--vq-ckpt", required=True,
+                   help="tokenizer weights: local file, released name (VQ_SS256_e100.pt) or hf://OWNER/REPO/FILE")
+    p.add_argument("--model-config", required=True, help="tokenizer YAML (e.g. configs/vq/VQ_SS256.yaml)")
+    p.add_argument("--qualitative", action="store_true", help="also write side-by-side PNGs and grid.png")
+    p.add_argument("--qual-num", type=int, default=16, help="images in grid.png with --qualitative")
+    p.add_argument("--lpips", action="store_true", help="also compute LPIPS (needs the VGG16 weights)")
+    p.add_argument("--lpips-vgg-path", default=None, help="local torchvision vgg16 state dict for LPIPS (offline)")
+    p.add_argument("--ref-npz", default=None, help="reference npz (e.g. val_imagenet.npz from scripts/val.sh): "
+                   "computes rFID against it")
+    p.add_argument("--clear-cache", action="store_true",
+                   help="delete the per-image PNGs once the npz is written (keeps compare/ and grid.png)")
+    p.add_argument("--per-proc-batch-size", type=int, default=32, help="images per batch and process")
+    p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per process")
+    p.add_argument("--max-images", type=int, default=None, help="only the first N images of the folder")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="none", help="autocast dtype for the model")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on Ampere+ GPUs (the original does)")
+    p.add_argument("--config-overrides", nargs="*", default=[], help="dotted overrides for the config")
+    return p.parse_args(argv)
+
+
+def run_name(args: argparse.Namespace) -> str:
+    return args.run_name or f"{Path(args.model_config).stem}-{Path(str(args.vq_ckpt)).stem}-size-{args.image_size}"
+
+
+@torch.no_grad()
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    dist = init_distributed(args.device)
+    torch.set_grad_enabled(False)
+    if dist.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
+
+    cfg = read_tokenizer_config(args.model_config, args.config_overrides)
+    if dist.is_main:  # download once, then every rank reads the cached file
+        ckpt_path = resolve_checkpoint(args.vq_ckpt)
+    barrier()
+    ckpt_path = resolve_checkpoint(args.vq_ckpt)
+    model = load_tokenizer(cfg, ckpt_path, device=dist.device)
+    if args.image_size != model.image_size:
+        raise ValueError(f"--image-size {args.image_size} does not match the tokenizer's {model.image_size}")
+
+    out_dir = Path(args.sample_dir) / run_name(args)
+    img_dir = out_dir / "images"
+    if dist.is_main:
+        img_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "compare").mkdir(exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    barrier()
+
+    dataset = ImageFolderDataset(args.data_path, args.image_size)
+    indices = list(range(len(dataset)))[: args.max_images]
+    subset = torch.utils.data.Subset(dataset, indices[dist.rank:: dist.world_size])
+    loader = torch.utils.data.DataLoader(subset, batch_size=args.per_proc_batch_size, shuffle=False,
+                                         num_workers=args.num_workers, collate_fn=collate_skip_bad)
+    lpips_metric = LPIPSMetric(dist.device, vgg_weights_path=args.lpips_vgg_path) if args.lpips else None
+    autocast_dtype = PRECISIONS[args.precision]
+
+    psnrs, ssims, codes, done, bad = [], [], [], [], []
+    start = time.time()
+    for x, _, idx, bad_idx in tqdm(loader, disable=not dist.is_main, desc="reconstruct"):
+        bad.extend(int(i) for i in bad_idx)
+        if x.numel() == 0:
+            continue
+        x = x.to(dist.device)
+        with torch.autocast(dist.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            quant, _, info = model.encode(x)
+            samples = model.decode_code(info[2], quant.shape).float()
+        recon = to_uint8(samples).cpu()
+        for img, i in zip(recon.numpy(), idx.tolist()):
+            Image.fromarray(img).save(img_dir / f"{i:06d}.png")
+        gt = ((x + 1) / 2).permute(0, 2, 3, 1).float().cpu()
+        restored = recon.float() / 255.0
+        psnrs.append(torch.from_numpy(psnr(restored, gt)))
+        ssims.append(torch.from_numpy(ssim(restored, gt)))
+        if lpips_metric is not None:
+            lpips_metric.update(x.float(), samples)
+        codes.append(info[2].reshape(x.shape[0], -1).cpu())
+        done.append(idx)
+        if args.qualitative:
+            orig_u8 = to_uint8(x).cpu().numpy()
+            for o, r, i in zip(orig_u8, recon.numpy(), idx.tolist()):
+                Image.fromarray(np.concatenate([o, r], axis=1)).save(out_dir / "compare" / f"{i:06d}.png")
+
+    def gather(parts: list[torch.Tensor], dtype=torch.float64, width: tuple = ()) -> torch.Tensor:
+        local = torch.cat(parts) if parts else torch.empty((0, *width), dtype=dtype)
+        return all_gather_tensor(local.to(dist.device)).cpu()
+
+    all_psnr, all_ssim = gather(psnrs), gather(ssims)
+    all_idx = gather(done, torch.long)
+    all_bad = gather([torch.tensor(bad, dtype=torch.long)], torch.long)
+    all_codes = gather(codes, torch.long, (model.num_tokens,))
+    lpips_value = None
+    if lpips_metric is not None:
+        lp = gather([torch.tensor(lpips_metric.values, dtype=torch.float64)])
+        lpips_value = float(lp.mean()) if lp.numel() else None
+    elapsed = time.time() - start
+    barrier()
+
+    metrics: dict = {}
+    if dist.is_main:
+        order = torch.argsort(all_idx)
+        npz_path = out_dir / f"{run_name(args)}.npz"
+        arr = np.stack([np.asarray(Image.open(img_dir / f"{int(i):06d}.png")) for i in all_idx[order]]) \
+            if all_idx.numel() else np.zeros((0, args.image_size, args.image_size, 3), np.uint8)
+        np.savez(npz_path, arr_0=arr, indices=all_idx[order].numpy())
+        if args.qualitative and len(arr):
+            pairs = [np.asarray(Image.open(out_dir / "compare" / f"{int(i):06d}.png"))
+                     for i in all_idx[order][: args.qual_num]]
+            save_grid(np.stack(pairs), out_dir / "grid.png", ncol=min(4, len(pairs)))
+        metrics = {
+            "num_images": int(all_idx.numel()),
+            "skipped_images": [str(dataset.items[int(i)][0]) for i in all_bad.tolist()],
+            "psnr": float(all_psnr.mean()) if all_psnr.numel() else None,
+            "ssim": float(all_ssim.mean()) if all_ssim.numel() else None,
+            "ssim_note": "skimage SSIM with data_range=2.0 on [0,1] images, as the original reports it",
+            "lpips": lpips_value,
+            "codebook_usage": all_codes.unique().numel() / model.codebook_size if all_codes.numel() else 0.0,
+            "rfid": None,
+            "images_per_second": all_idx.numel() / max(elapsed, 1e-9),
+            "checkpoint": str(args.vq_ckpt), "checkpoint_path": str(ckpt_path),
+            "checkpoint_sha256": sha256_file(ckpt_path),
+            "config": str(args.model_config), "config_overrides": args.config_overrides,
+            "data_path": str(args.data_path), "image_size": args.image_size, "precision": args.precision,
+            "device": str(dist.device), "world_size": dist.world_size, "npz": str(npz_path),
+        }
+        if args.ref_npz:
+            metrics["rfid"] = float(rfid(args.ref_npz, npz_path, device=dist.device))
+        if args.clear_cache:
+            shutil.rmtree(img_dir)
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        for path in metrics["skipped_images"]:
+            print(f"[reconstruct] skipped unreadable image: {path}")
+        shown = {k: metrics[k] for k in ("num_images", "psnr", "ssim", "lpips", "codebook_usage", "rfid")}
+        print(f"[reconstruct] {json.dumps(shown)}\n[reconstruct] outputs in {out_dir}")
+    barrier()
+    cleanup()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
