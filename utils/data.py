@@ -123,3 +123,33 @@ def collate_skip_bad(batch: Sequence[tuple]):
     labels = torch.tensor([b[1] for b in good], dtype=torch.long)
     indices = torch.tensor([b[2] for b in good], dtype=torch.long)
     return x, labels, indices, bad
+
+
+class CodeDataset(torch.utils.data.Dataset):
+    """Pre-extracted tokenizer codes: ``(codes [tokens] int64, label)`` per image.
+
+    Reads ``<root>/<dataset><size>_codes/<i>.npy`` ([views, tokens]) and the matching label files; each access
+    picks one view uniformly at random (the original's ten-crop augmentation). Pass ``generator`` for
+    reproducible picks; with ``view=k`` a fixed view is returned (validation).
+    """
+
+    def __init__(self, codes_dir: str | os.PathLike, labels_dir: str | os.PathLike, view: int | None = None):
+        self.codes_dir, self.labels_dir, self.view = Path(codes_dir), Path(labels_dir), view
+        if not self.codes_dir.is_dir():
+            raise FileNotFoundError(f"code folder {str(self.codes_dir)!r} does not exist (run extract_codes first)")
+        stems = sorted((int(p.stem) for p in self.codes_dir.glob("*.npy") if p.stem.isdigit()))
+        self.ids = [i for i in stems if (self.labels_dir / f"{i}.npy").exists()]
+        if not self.ids:
+            raise FileNotFoundError(f"no complete code/label pairs in {str(self.codes_dir)!r}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        i = self.ids[index]
+        codes = np.load(self.codes_dir / f"{i}.npy")
+        label = int(np.load(self.labels_dir / f"{i}.npy"))
+        if codes.ndim == 2:
+            view = self.view if self.view is not None else int(torch.randint(codes.shape[0], ()).item())
+            codes = codes[view]
+        return torch.from_numpy(codes.astype(np.int64)), label

@@ -1,0 +1,127 @@
+"""Tokenise an image folder once so GPT training can read codes instead of running the tokenizer.
+
+Layout (as the original): ``<code-path>/<dataset><size>_codes/<i>.npy`` int64 [views, tokens] and
+``<code-path>/<dataset><size>_labels/<i>.npy`` int64 scalar, ``i`` the ImageFolder index. Views: ten-crop of an
+ADM centre crop enlarged by ``--crop-range`` (10 views), or the centre crop and its mirror (2 views).
+Files are written atomically (labels last), so ``--resume`` after a kill skips exactly the finished images.
+Runs alone or under torchrun (each rank takes every world_size-th image).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms import functional as TF
+from tqdm import tqdm
+
+from tokenizer import load_tokenizer, read_tokenizer_config
+from utils.checkpoint import resolve_checkpoint, sha256_file
+from utils.data import ImageFolderDataset, center_crop_arr, collate_skip_bad, to_model_range
+from utils.distributed import barrier, cleanup, init_distributed
+
+
+def code_dirs(code_path: str | os.PathLike, dataset: str = "imagenet", image_size: int = 256) -> tuple[Path, Path]:
+    root = Path(code_path)
+    return root / f"{dataset}{image_size}_codes", root / f"{dataset}{image_size}_labels"
+
+
+def view_transform(image_size: int, ten_crop: bool, crop_range: float):
+    """PIL image -> [views, 3, S, S] in [-1, 1]."""
+    def transform(img):
+        if ten_crop:
+            big = center_crop_arr(img, int(image_size * crop_range))
+            views = TF.ten_crop(big, image_size)
+        else:
+            crop = center_crop_arr(img, image_size)
+            views = (crop, TF.hflip(crop))
+        return torch.stack([to_model_range(v) for v in views])
+    return transform
+
+
+def _save_atomic_npy(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as fh:
+        np.save(fh, array)
+    os.replace(tmp, path)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-path", required=True, help="ImageFolder-style image tree (e.g. ILSVRC2012_img_train)")
+    p.add_argument("--code-path", required=True, help="output folder for the code and label files")
+    p.add_argument("--dataset", default="imagenet", help="dataset name used in the output folder names")
+    p.add_argument("--image-size", type=int, default=256, help="crop size; must match the tokenizer")
+    p.add_argument("--ten-crop", action="store_true", help="10 views (ten-crop) instead of centre crop + mirror")
+    p.add_argument("--crop-range", type=float, default=1.1, help="ten-crop source size = image-size * crop-range")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch and process")
+    p.add_argument("--num-workers", type=int, default=4, help="DataLoader workers per process")
+    p.add_argument("--model-config", "--tok-config", dest="model_config", required=True, help="tokenizer YAML")
+    p.add_argument("--vq-ckpt", required=True, help="tokenizer weights (local file, released name, hf://...)")
+    p.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family")
+    p.add_argument("--resume", action="store_true", help="skip images whose code and label files both exist")
+    p.add_argument("--max-images", type=int, default=None, help="only the first N images")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--global-seed", type=int, default=0, help="unused (extraction is deterministic); kept for "
+                   "compatibility with the original's flags")
+    return p.parse_args(argv)
+
+
+@torch.no_grad()
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    dist = init_distributed(args.device)
+    cfg = read_tokenizer_config(args.model_config)
+    if dist.is_main:
+        resolve_checkpoint(args.vq_ckpt)
+    barrier()
+    ckpt = resolve_checkpoint(args.vq_ckpt)
+    model = load_tokenizer(cfg, ckpt, device=dist.device)
+    if model.image_size != args.image_size:
+        raise ValueError(f"--image-size {args.image_size} does not match the tokenizer's {model.image_size}")
+    codes_dir, labels_dir = code_dirs(args.code_path, args.dataset, args.image_size)
+    if dist.is_main:
+        codes_dir.mkdir(parents=True, exist_ok=True)
+        labels_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
+
+    dataset = ImageFolderDataset(args.data_path, args.image_size,
+                                 transform=view_transform(args.image_size, args.ten_crop, args.crop_range))
+    todo = list(range(len(dataset)))[: args.max_images]
+    if args.resume:
+        todo = [i for i in todo if not ((codes_dir / f"{i}.npy").exists() and (labels_dir / f"{i}.npy").exists())]
+    mine = todo[dist.rank:: dist.world_size]
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=args.batch_size,
+                                         num_workers=args.num_workers, collate_fn=collate_skip_bad)
+    written, skipped = 0, []
+    for x, labels, indices, bad in tqdm(loader, disable=not dist.is_main, desc="extract codes"):
+        skipped.extend(int(i) for i in bad)
+        if x.numel() == 0:
+            continue
+        b, v = x.shape[:2]
+        _, _, info = model.encode(x.flatten(0, 1).to(dist.device))
+        codes = info[2].reshape(b, v, -1).cpu().numpy().astype(np.int64)
+        for code, label, i in zip(codes, labels.tolist(), indices.tolist()):
+            _save_atomic_npy(codes_dir / f"{i}.npy", code)
+            _save_atomic_npy(labels_dir / f"{i}.npy", np.array(label, dtype=np.int64))
+            written += 1
+    for i in skipped:
+        print(f"[extract_codes] rank {dist.rank}: skipped unreadable image {dataset.items[i][0]}")
+    barrier()
+    summary = {"images": len(dataset), "written_by_rank0": written, "views": 10 if args.ten_crop else 2,
+               "tokens": model.num_tokens, "classes": dataset.classes, "tokenizer_config": str(args.model_config),
+               "vq_ckpt": str(args.vq_ckpt), "vq_ckpt_sha256": sha256_file(ckpt) if dist.is_main else None,
+               "codebook_size": model.codebook_size, "image_size": args.image_size}
+    if dist.is_main:
+        (Path(args.code_path) / "extract_settings.json").write_text(json.dumps(summary, indent=2))
+        print(f"[extract_codes] codes in {codes_dir}, labels in {labels_dir}")
+    cleanup()
+    return summary
+
+
+if __name__ == "__main__":
+    main()
