@@ -19,7 +19,7 @@ TRAINER_KEYS = {
     "global_batch_size", "lr", "lr_scheduler", "end_lr", "optimizer", "global_seed", "warmup", "weight_decay",
     "beta1", "beta2", "max_grad_norm", "distill_loss", "distill_model", "fract_decay", "distill_model_path",
     "ema", "ema_decay", "max_steps", "epochs", "log_every", "ckpt_every", "mixed_precision",
-    "gradient_accumulation_steps", "num_workers",
+    "gradient_accumulation_steps", "num_workers", "weight_decay_exclude",
 }
 LOSS_KEYS = {"loss_cls", "params"}
 LOSS_PARAM_KEYS = {
@@ -27,7 +27,7 @@ LOSS_PARAM_KEYS = {
     "norm", "blur_ds", "image_size", "perceptual_weight", "perceptual_model", "reconstruction_weight",
     "reconstruction_loss", "codebook_weight", "aux_loss_end", "use_direct_rec_loss", "entropy_loss_end",
     "gen_start", "proj_weight", "lecam", "lecam_loss_weight", "lecam_ema_decay", "gamma", "resnet_perceptual",
-    "disc_adaptive_weight",
+    "disc_adaptive_weight", "teacher_image_size", "lpips_train_dropout",
 }
 # Width of the semantic teacher's features, which sets the distill head's output size.
 DISTILL_DIMS = {"dinov2-vit-l": 1024, "dinov2-vit-b": 768, "dinov2-vit-s": 384, "siglip-sovit-400m": 1152,
