@@ -153,3 +153,41 @@ class CodeDataset(torch.utils.data.Dataset):
             view = self.view if self.view is not None else int(torch.randint(codes.shape[0], ()).item())
             codes = codes[view]
         return torch.from_numpy(codes.astype(np.int64)), label
+
+
+def random_crop_arr(pil_image: Image.Image, image_size: int, rng=None, min_crop_frac: float = 0.8,
+                    max_crop_frac: float = 1.0) -> Image.Image:
+    """ADM random-resized crop (the original training augmentation).
+
+    Short side S drawn uniformly from the integers [ceil(size / max_frac), ceil(size / min_frac)] ([256, 320] for
+    256); halve with BOX while the short side >= 2S; BICUBIC-resize the short side to S; crop ``image_size``
+    square at a uniformly drawn top (first draw) and left. ``rng``: a ``random.Random`` (default: the module).
+    """
+    import math
+    import random as _random
+    rng = rng or _random
+    min_side = math.ceil(image_size / max_crop_frac)
+    max_side = math.ceil(image_size / min_crop_frac)
+    smaller = rng.randrange(min_side, max_side + 1)
+    while min(*pil_image.size) >= 2 * smaller:
+        pil_image = pil_image.resize(tuple(x // 2 for x in pil_image.size), resample=Image.BOX)
+    scale = smaller / min(*pil_image.size)
+    pil_image = pil_image.resize(tuple(round(x * scale) for x in pil_image.size), resample=Image.BICUBIC)
+    arr = np.array(pil_image)
+    top = rng.randrange(arr.shape[0] - image_size + 1)
+    left = rng.randrange(arr.shape[1] - image_size + 1)
+    return Image.fromarray(arr[top: top + image_size, left: left + image_size])
+
+
+def train_transform(img: Image.Image, image_size: int, rng=None, hflip: bool = True) -> torch.Tensor:
+    """The tokenizer training augmentation: :func:`random_crop_arr`, horizontal flip with p = 0.5, [-1, 1].
+
+    All randomness comes from ``rng`` (a ``random.Random``), so a per-sample seeded generator makes the
+    augmentation independent of DataLoader workers and exactly reproducible after a resume.
+    """
+    import random as _random
+    rng = rng or _random
+    img = random_crop_arr(img, image_size, rng)
+    if hflip and rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    return to_model_range(img)

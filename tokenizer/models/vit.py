@@ -21,6 +21,7 @@ class ViTSize:
 
 
 VIT_SIZES: dict[str, ViTSize] = {
+    "micro": ViTSize(64, 2, 2),  # not in the original: for fast tests only
     "tiny": ViTSize(256, 4, 4),
     "small": ViTSize(512, 6, 8),
     "base": ViTSize(768, 12, 12),

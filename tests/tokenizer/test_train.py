@@ -1,0 +1,331 @@
+"""The tokenizer trainer: it learns, checkpoints load, resume is exact (also after SIGKILL under torchrun DDP and
+from an FSDP2 checkpoint), corrupt images are skipped and reported, NaN stops the run, LR schedules.
+
+To stay fast on a shared 2-core CPU the runs use VQ_tiny32 shrunk further by config overrides and the "micro" ViT
+size (width 64, 2 layers); under torchrun this file is itself the entry script (see the bottom).
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+if __name__ != "__main__":
+    from conftest import CONFIGS, REPO
+else:  # torchrun entry: make the repo importable
+    REPO = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(REPO))
+    CONFIGS = REPO / "configs" / "vq"
+
+import torch.nn.functional as F  # noqa: E402
+
+from tokenizer import build_tokenizer, load_tokenizer  # noqa: E402
+from tokenizer.train import EXIT_DIVERGED, TrainingDiverged, list_checkpoints, main as train_main  # noqa: E402
+from utils.checkpoint import load_checkpoint_file  # noqa: E402
+from utils.data import ImageFolderDataset, random_crop_arr, train_transform  # noqa: E402
+from utils.logging import read_metrics  # noqa: E402
+from utils.lr import LRSchedule  # noqa: E402
+
+TINY = CONFIGS / "VQ_tiny32.yaml"
+MICRO = ["model.init_args.encoder_size=micro", "model.init_args.decoder_size=micro", "model.init_args.cnn_ch=32",
+         "model.init_args.z_channels=32", "model.init_args.codebook_size=256", "loss.params.disc_dim=16"]
+LOSS_KEYS = ("loss", "generator_loss", "rec_loss", "vq_loss", "commit_loss", "entropy_loss", "grad_norm",
+             "discriminator_loss", "generator_adv_loss", "codebook_usage", "lr", "lr_disc", "epoch")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+
+def make_images(root: Path, n: int = 16, seed: int = 0) -> Path:
+    """``n`` small RGB images in two classes: gradients with a coloured disc (sizes vary, all >= 36 px)."""
+    rng = np.random.RandomState(seed)
+    for i in range(n):
+        folder = root / f"class{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        h, w = 36 + rng.randint(0, 20), 36 + rng.randint(0, 20)
+        yy, xx = np.mgrid[0:h, 0:w]
+        col = rng.randint(0, 256, 3)
+        img = np.stack([xx * 255 // w, yy * 255 // h, np.full_like(xx, col[2])], -1).astype(np.uint8)
+        cx, cy, r = rng.randint(8, w - 8), rng.randint(8, h - 8), rng.randint(4, 9)
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = col
+        Image.fromarray(img).save(folder / f"img{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return make_images(tmp_path_factory.mktemp("train_data") / "images")
+
+
+def train_args(data: Path, save: Path, name: str, iterations: int, *extra: str, overrides=(),
+               micro: bool = True) -> list[str]:
+    return ["--data-path", str(data), "--model-config", str(TINY), "--save-path", str(save), "--exp-name", name,
+            "--iterations", str(iterations), "--global-batch-size", "4", "--num-workers", "0",
+            "--mixed-precision", "none", "--device", "cpu", "--log-every", "1", "--random-loss-nets",
+            "--no-progress", *extra, "--config-overrides", *(MICRO if micro else ()), *overrides]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_cmd(args: list[str], nproc: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+            f"--master_port={free_port()}", __file__, *args]
+
+
+def child_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+
+
+def torchrun(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run(torchrun_cmd(args), cwd=REPO, env=child_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def assert_same_losses(ref: dict, other: dict, steps, keys=LOSS_KEYS) -> None:
+    for step in steps:
+        for key in keys:
+            if key in ref[step] or key in other[step]:
+                assert other[step][key] == ref[step][key], (step, key, ref[step][key], other[step][key])
+
+
+def ckpt_steps(exp: Path) -> list[int]:
+    return [int(p.stem) for p in list_checkpoints(exp)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# schedules and augmentation (no training)
+
+def test_lr_schedule_boundaries():
+    base, end, w, t = 1e-4, 1e-5, 10, 110
+    cos2 = LRSchedule("cosine_v2", base, t, warmup=w, end_lr=end)
+    assert cos2(0) == pytest.approx(base / 100) and cos2(5) == pytest.approx(base * (0.01 + 0.99 * 0.5))
+    assert cos2(w) == pytest.approx(base) and cos2(w + 50) == pytest.approx((base + end) / 2)
+    assert cos2(t - 1) == pytest.approx(end + 0.5 * (base - end) * (1 + math.cos(math.pi * 99 / 100)))
+    assert cos2(t) == end and cos2(t + 1000) == end
+    assert LRSchedule("cosine_v2", base, t)(0) == base  # no warmup: starts at base
+    cos = LRSchedule("cosine", base, t, warmup=w)
+    assert cos(w) == pytest.approx(base) and cos(t) == 0.0 and cos(w + 50) == pytest.approx(base / 2)
+    const = LRSchedule("const", base, t, warmup=w)
+    assert const(w - 1) < base and const(w) == base and const(10 * t) == base
+    wsd = LRSchedule("wsd", base, 100, warmup=w, fract_decay=0.2)
+    assert wsd.wsd_decay_start == 80 and wsd(79) == base and wsd(80) == base
+    assert wsd(85) == pytest.approx(base * (1 - math.sqrt(5 / 20))) and wsd(100) == 0.0 and wsd(150) == 0.0
+    # degenerate settings do not divide by zero
+    assert LRSchedule("cosine_v2", base, 10, warmup=10, end_lr=end)(10) == end
+    assert LRSchedule("wsd", base, 3, fract_decay=0.2)(2) == base
+    assert LRSchedule("cosine", base, 0)(0) == 0.0
+    # the original's off-by-one: update 0 at base, update s at f(s-1); the discriminator's first update at base
+    assert cos2.lr_for_update(0, lag=True) == base and cos2.lr_for_update(6, lag=True) == cos2(5)
+    assert cos2.lr_for_update(6) == cos2(6) and cos2.lr_for_update(40, lag=True, first_update=40) == base
+    with pytest.raises(ValueError, match="lr_scheduler"):
+        LRSchedule("linear", base, t)
+
+
+def test_train_augmentation_is_seeded_and_adm_shaped():
+    import random
+    img = Image.fromarray(np.random.RandomState(1).randint(0, 255, (300, 700, 3), np.uint8))
+    a = train_transform(img, 256, random.Random(5))
+    b = train_transform(img, 256, random.Random(5))
+    assert a.shape == (3, 256, 256) and torch.equal(a, b) and a.min() >= -1 and a.max() <= 1
+    assert not torch.equal(a, train_transform(img, 256, random.Random(6)))
+    # short side drawn from [256, 320]; with short side 300 no BOX halving; crop top first, then left
+    out = np.asarray(random_crop_arr(img, 256, random.Random(0)))
+    ref = random.Random(0)
+    side = ref.randrange(256, 321)
+    resized = np.asarray(img.resize((round(700 * side / 300), side), Image.BICUBIC))
+    y = ref.randrange(resized.shape[0] - 256 + 1)
+    x = ref.randrange(resized.shape[1] - 256 + 1)
+    assert np.array_equal(out, resized[y:y + 256, x:x + 256])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# single-process training
+
+def test_training_reduces_loss_and_writes_loadable_checkpoints(images, tmp_path):
+    res = train_main(train_args(images, tmp_path, "learn", 40, "--ckpt-every", "20",
+                                overrides=["trainer.lr=1e-3", "trainer.warmup=5", "trainer.end_lr=1e-4"]))
+    exp = tmp_path / "learn"
+    m = read_metrics(exp / "metrics.jsonl")
+    assert sorted(m) == list(range(1, 41)) and res["steps"] == 40
+    for key in ("loss", "rec_loss"):  # per-batch values are noisy (4 images): compare window means
+        first, last = np.mean([m[s][key] for s in range(1, 6)]), np.mean([m[s][key] for s in range(31, 41)])
+        assert last < 0.8 * first, (key, first, last)
+    # and on a fixed set: the trained model reconstructs the (centre-cropped) images better than its init
+    x = torch.stack([ImageFolderDataset(images, 32)[i][0] for i in range(16)])
+    trained = load_tokenizer(exp / "config.yaml", exp / "checkpoints" / "0000040.pt")
+    init = build_tokenizer(exp / "config.yaml").eval()
+    with torch.no_grad():
+        mse_trained, mse_init = F.mse_loss(trained(x)[0], x).item(), F.mse_loss(init(x)[0], x).item()
+    assert mse_trained < 0.8 * mse_init, (mse_trained, mse_init)
+    # the LR of update s (logged at step s + 1) is the cosine_v2 schedule at s
+    sched = LRSchedule("cosine_v2", 1e-3, 40, warmup=5, end_lr=1e-4)
+    for s in (0, 4, 5, 20, 39):
+        assert m[s + 1]["lr"] == pytest.approx(sched(s))
+    # layout and content
+    assert ckpt_steps(exp) == [20, 40]
+    assert (exp / "config.yaml").is_file() and (exp / "log.txt").is_file()
+    assert "(step=0000040) Train Loss" in (exp / "log.txt").read_text()
+    ckpt = load_checkpoint_file(exp / "checkpoints" / "0000040.pt")
+    assert {"model", "optimizer", "discriminator", "optimizer_disc", "steps", "args", "config", "rank_states",
+            "trainer_state"} <= set(ckpt) and ckpt["steps"] == 40 and "ema" not in ckpt
+    model = load_tokenizer(exp / "config.yaml", exp / "checkpoints" / "0000040.pt")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ckpt["model"].items())
+    with torch.no_grad():
+        x = torch.rand(2, 3, 32, 32) * 2 - 1
+        assert model(x)[0].shape == x.shape
+    # a second run into the same experiment without auto-resume is refused; with it, nothing is left to do
+    with pytest.raises(Exception, match="already has checkpoints"):
+        train_main(train_args(images, tmp_path, "learn", 40, "--no-auto-resume"))
+
+
+def test_resume_in_process_is_exact(images, tmp_path):
+    """Stop at a checkpoint (early stop), resume: identical per-step losses to the uninterrupted run, with
+    dropout (RNG), the discriminator, EMA and gradient accumulation all active."""
+    extra = ("--ckpt-every", "3", "--ema", "--gradient-accumulation-steps", "2")
+    over = ["model.init_args.dropout_p=0.1", "loss.params.disc_start=2", "trainer.lr=2e-3"]
+    train_main(train_args(images, tmp_path, "ref", 7, *extra, overrides=over))
+    train_main(train_args(images, tmp_path, "split", 7, *extra, "--early-stop-iter", "3", overrides=over))
+    assert ckpt_steps(tmp_path / "split") == [3]
+    train_main(train_args(images, tmp_path, "split", 7, *extra, overrides=over))
+    ref, split = read_metrics(tmp_path / "ref" / "metrics.jsonl"), read_metrics(tmp_path / "split" / "metrics.jsonl")
+    assert sorted(split) == list(range(1, 8))
+    assert split[5]["discriminator_loss"] > 0
+    assert_same_losses(ref, split, range(1, 8))
+    a = load_checkpoint_file(tmp_path / "ref" / "checkpoints" / "0000007.pt")
+    b = load_checkpoint_file(tmp_path / "split" / "checkpoints" / "0000007.pt")
+    for key in ("model", "ema", "discriminator"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    assert "Resume training from checkpoint" in (tmp_path / "split" / "message.txt").read_text()
+
+
+def test_corrupt_image_is_skipped_and_reported(tmp_path):
+    data = make_images(tmp_path / "data", n=8)
+    (data / "class0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    (data / "class1" / "empty.jpg").write_bytes(b"")
+    args = train_args(data, tmp_path, "corrupt", 6, "--ckpt-every", "6")
+    args[args.index("--num-workers") + 1] = "1"  # the report must cross the worker boundary
+    train_main(args)
+    log = (tmp_path / "corrupt" / "log.txt").read_text()
+    assert "skipped unreadable image" in log and "broken.png" in log and "empty.jpg" in log
+    m = read_metrics(tmp_path / "corrupt" / "metrics.jsonl")
+    assert sorted(m) == list(range(1, 7)) and all(np.isfinite(m[s]["loss"]) for s in m)
+    skipped = [s for rec in m.values() for s in rec.get("skipped_images", [])]
+    assert any("broken.png" in s for s in skipped) and any("empty.jpg" in s for s in skipped)
+    assert ckpt_steps(tmp_path / "corrupt") == [6]
+
+
+def test_nan_stops_with_message_and_keeps_last_good_checkpoint(images, tmp_path):
+    train_main(train_args(images, tmp_path, "nan", 8, "--ckpt-every", "2", "--early-stop-iter", "4"))
+    assert ckpt_steps(tmp_path / "nan") == [2, 4]
+    exp = tmp_path / "nan"
+    # continue with an infinite LR: the first update makes the weights non-finite -> the checkpoint is refused
+    with pytest.raises(TrainingDiverged, match=r"non-finite weights at step 5: checkpoint not written; last good "
+                                               r"checkpoint: .*0000004\.pt"):
+        train_main(train_args(images, tmp_path, "nan", 8, "--ckpt-every", "1",
+                              overrides=["trainer.lr=.inf", "trainer.warmup=0"]))
+    assert ckpt_steps(exp) == [2, 4]
+    # continue with an absurd finite LR: the weights blow up and the next loss is non-finite
+    with pytest.raises(TrainingDiverged) as info:
+        train_main(train_args(images, tmp_path, "nan", 8, "--ckpt-every", "1",
+                              overrides=["trainer.lr=1e30", "trainer.warmup=0"]))
+    msg = str(info.value)
+    steps = ckpt_steps(exp)
+    assert "non-finite" in msg and "rec_loss" in msg and f"{max(steps):07d}.pt" in msg, msg
+    failed_at = int(msg.split("iteration ")[1].split()[0])
+    assert max(steps) < failed_at
+    for s in steps:  # every checkpoint that exists is finite
+        sd = load_checkpoint_file(exp / "checkpoints" / f"{s:07d}.pt")["model"]
+        assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
+    log = (exp / "log.txt").read_text()
+    assert "ERROR: non-finite weights" in log and "ERROR: non-finite generator loss" in log
+    # the command line (plain VQ_tiny32, one iteration) reports it with exit code 3
+    proc = subprocess.run([sys.executable, "-m", "tokenizer.train", *train_args(
+        images, tmp_path, "cli", 1, "--ckpt-every", "1", overrides=["trainer.lr=.inf"], micro=False)],
+        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == EXIT_DIVERGED and "training stopped: non-finite" in proc.stderr, proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# torchrun: DDP (with a real SIGKILL) and FSDP2, two CPU processes with gloo
+
+@pytest.mark.slow
+def test_ddp_two_processes_and_sigkill_resume(images, tmp_path):
+    extra = ("--ckpt-every", "3", "--ema")
+    over = ["loss.params.disc_start=3", "model.init_args.dropout_p=0.1"]
+    torchrun(train_args(images, tmp_path, "ref", 7, *extra, overrides=over))
+    ref_exp = tmp_path / "ref"
+    assert ckpt_steps(ref_exp) == [3, 6, 7]
+    ckpt = load_checkpoint_file(ref_exp / "checkpoints" / "0000007.pt")
+    assert ckpt["trainer_state"]["world_size"] == 2 and len(ckpt["rank_states"]) == 2 and "ema" in ckpt
+    model = load_tokenizer(ref_exp / "config.yaml", ref_exp / "checkpoints" / "0000007.pt")  # uses "ema"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ckpt["ema"].items())
+
+    # the same run, killed with SIGKILL (all processes) soon after its first checkpoint, then restarted
+    args = train_args(images, tmp_path, "killed", 7, *extra, overrides=over)
+    proc = subprocess.Popen(torchrun_cmd(args), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    first = tmp_path / "killed" / "checkpoints" / "0000003.pt"
+    deadline = time.time() + 180
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = ckpt_steps(tmp_path / "killed")
+    assert done and 7 not in done, f"the run was not interrupted mid-way (checkpoints {done})"
+    torchrun(args)
+    ref, killed = read_metrics(ref_exp / "metrics.jsonl"), read_metrics(tmp_path / "killed" / "metrics.jsonl")
+    assert sorted(killed) == list(range(1, 8))
+    assert_same_losses(ref, killed, range(1, 8))
+    assert "Resume training from checkpoint" in (tmp_path / "killed" / "message.txt").read_text()
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_checkpoint_loads_and_resumes(images, tmp_path):
+    extra = ("--ckpt-every", "2", "--data-parallel", "fsdp", "--ema")
+    over = ["loss.params.disc_start=2"]
+    torchrun(train_args(images, tmp_path, "fsdp", 3, *extra, overrides=over))
+    exp = tmp_path / "fsdp"
+    assert ckpt_steps(exp) == [2, 3]
+    ckpt = load_checkpoint_file(exp / "checkpoints" / "0000003.pt")
+    assert ckpt["trainer_state"]["data_parallel"] == "fsdp"
+    # full (unsharded) state dicts with the plain model's keys
+    model = load_tokenizer(exp / "config.yaml", exp / "checkpoints" / "0000003.pt")
+    assert set(ckpt["model"]) == set(model.state_dict()) and set(ckpt["ema"]) == set(model.state_dict())
+    assert all(isinstance(k, str) for k in ckpt["optimizer"]["state"])  # keyed by parameter name, full tensors
+    assert ckpt["optimizer"]["state"] and all(
+        v["exp_avg"].shape == ckpt["model"][k].shape for k, v in ckpt["optimizer"]["state"].items())
+    # resume from the step-2 checkpoint in a fresh experiment: step 3 repeats exactly
+    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
+    shutil.copy(exp / "checkpoints" / "0000002.pt", tmp_path / "resumed" / "checkpoints")
+    torchrun(train_args(images, tmp_path, "resumed", 3, *extra, overrides=over))
+    ref, res = read_metrics(exp / "metrics.jsonl"), read_metrics(tmp_path / "resumed" / "metrics.jsonl")
+    assert sorted(res) == [3]
+    assert_same_losses(ref, res, [3])
+    final = load_checkpoint_file(tmp_path / "resumed" / "checkpoints" / "0000003.pt")
+    for key in ("model", "ema"):
+        assert all(torch.equal(ckpt[key][k], final[key][k]) for k in ckpt[key]), key
+
+
+if __name__ == "__main__":  # torchrun entry point for the tests above
+    try:
+        train_main(sys.argv[1:])
+    except TrainingDiverged as exc:
+        print(f"training stopped: {exc}", file=sys.stderr)
+        sys.exit(EXIT_DIVERGED)
