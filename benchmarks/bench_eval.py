@@ -1,0 +1,68 @@
+"""Throughput of the evaluation stack: Inception features, FID algebra (sqrtm vs eigh), precision/recall.
+
+    python benchmarks/bench_eval.py --device auto --inception-path FILE [--images 256] [--pr 10000]
+
+Weights: any file evaluations.inception.load_inception accepts; without one, random weights (timing only).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from evaluations.inception import TFInceptionV3, load_inception, strict_fp32
+from evaluations.metrics import FIDStatistics, precision_recall
+from utils.distributed import pick_device
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="auto")
+    p.add_argument("--inception-path", default=None)
+    p.add_argument("--images", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--pr", type=int, default=2000, help="feature rows per set for precision/recall")
+    p.add_argument("--fid-dim", type=int, default=2048)
+    args = p.parse_args()
+    device = pick_device(args.device)
+    model = load_inception(args.inception_path, device) if args.inception_path else TFInceptionV3().to(device)
+    out = {"device": str(device)}
+
+    x = torch.randint(0, 256, (args.batch_size, 3, 256, 256), dtype=torch.uint8, device=device)
+    with torch.no_grad(), strict_fp32():
+        model(x[:2])
+        _sync(device)
+        t0, done = time.perf_counter(), 0
+        while done < args.images:
+            model(x)
+            done += len(x)
+        _sync(device)
+    out["inception_images_per_s"] = done / (time.perf_counter() - t0)
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(args.fid_dim * 2, args.fid_dim))
+    s1, s2 = np.cov(a[: args.fid_dim + 10], rowvar=False), np.cov(a[args.fid_dim - 10:], rowvar=False)
+    st1, st2 = FIDStatistics(np.zeros(args.fid_dim), s1), FIDStatistics(np.zeros(args.fid_dim), s2)
+    for method in ("eigh", "sqrtm"):
+        t0 = time.perf_counter()
+        st1.frechet_distance(st2, method=method)
+        out[f"fid_{method}_s"] = time.perf_counter() - t0
+
+    feats = rng.uniform(0, 2, size=(2 * args.pr, 2048)).astype(np.float32)
+    t0 = time.perf_counter()
+    precision_recall(feats[: args.pr], feats[args.pr:], device=device)
+    _sync(device)
+    out["precision_recall_s"] = time.perf_counter() - t0
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Linear probing with the MAE recipe, on any feature extractor (tokenizer encoder, GPT hidden states, ...).
+
+What the original's two probes share (MAE ``main_linprobe.py``):
+
+* head: ``BatchNorm1d(D, affine=False, eps=1e-6)`` then ``Linear(D, num_classes)``; the Linear weight is
+  trunc-normal with std 0.01, its bias keeps PyTorch's default init; plain BatchNorm (no SyncBN) under DDP;
+* LARS: momentum 0.9, trust coefficient 0.001, weight decay (default 0); trust-ratio scaling and weight decay only for
+  tensors with ndim > 1 (the head weight), the bias gets plain momentum SGD;
+* lr = blr * batch_per_gpu * world_size / 256 with blr 0.1, set every iteration from the fractional epoch: linear
+  warm-up from 0 over 10 epochs, then half-cosine to min_lr 0 at the last epoch (90 in all);
+* cross-entropy; top-1 / top-5 accuracy = correct / total, counts all-reduced across ranks.
+
+Features are produced per batch by ``feature_fn(images)`` under ``no_grad`` (the extractor is never trained); with
+``feature_fn=None`` the loader yields features directly (pre-extracted tensors).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class LinearProbeHead(nn.Module):
+    def __init__(self, dim: int, num_classes: int = 1000):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.01)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.head(self.bn(feats))
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS as in MAE: weight decay and the trust ratio apply to ndim > 1 tensors only; no lr scaling per layer
+    beyond the trust ratio ``trust_coefficient * |w| / |g + wd w|`` (1 when either norm is 0)."""
+
+    def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9,
+                 trust_coefficient: float = 0.001):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                      trust_coefficient=trust_coefficient))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                update = p.grad
+                if p.ndim > 1:
+                    update = update.add(p, alpha=group["weight_decay"])
+                    w_norm, u_norm = torch.norm(p), torch.norm(update)
+                    one = torch.ones_like(w_norm)
+                    ratio = torch.where(w_norm > 0,
+                                        torch.where(u_norm > 0, group["trust_coefficient"] * w_norm / u_norm, one),
+                                        one)
+                    update = update.mul(ratio)
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                mu = state["mu"]
+                mu.mul_(group["momentum"]).add_(update)
+                p.add_(mu, alpha=-group["lr"])
+        return loss
+
+
+@dataclass
+class ProbeConfig:
+    epochs: int = 90
+    warmup_epochs: int = 10
+    blr: float = 0.1
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    trust_coefficient: float = 0.001
+
+    def lr(self, batch_per_gpu: int, world_size: int = 1) -> float:
+        return self.blr * batch_per_gpu * world_size / 256
+
+
+def lr_at(epoch: float, base_lr: float, cfg: ProbeConfig) -> float:
+    """MAE ``adjust_learning_rate``: linear warm-up, then half-cosine to ``min_lr`` at ``cfg.epochs``."""
+    if epoch < cfg.warmup_epochs:
+        return base_lr * epoch / cfg.warmup_epochs
+    span = max(cfg.epochs - cfg.warmup_epochs, 1e-12)
+    return cfg.min_lr + (base_lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
+
+
+def _dist_on() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def train_linear_probe(head: nn.Module, loader: Iterable, cfg: ProbeConfig | None = None,
+                       feature_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                       device: str | torch.device = "cpu", batch_per_gpu: int | None = None,
+                       start_epoch: int = 0, optimizer: torch.optim.Optimizer | None = None,
+                       on_epoch_end: Callable[[int, nn.Module, torch.optim.Optimizer, int], None] | None = None,
+                       log: Callable[[str], None] | None = None, set_epoch: Callable[[int], None] | None = None
+                       ) -> list[dict]:
+    """Train ``head`` for ``cfg.epochs`` epochs; returns per-epoch {epoch, loss, lr}.
+
+    ``batch_per_gpu`` (default: the loader's ``batch_size``) and the world size give the absolute lr. Under an
+    initialised process group of size > 1 the head is wrapped in DDP. ``on_epoch_end(epoch, head, optimizer, steps)``
+    is the place to checkpoint; ``set_epoch`` is called with the epoch number first (DistributedSampler.set_epoch).
+    """
+    cfg = cfg or ProbeConfig()
+    device = torch.device(device)
+    head = head.to(device)
+    world = dist.get_world_size() if _dist_on() else 1
+    bpg = batch_per_gpu or getattr(loader, "batch_size", None)
+    if not bpg:
+        raise ValueError("batch_per_gpu is needed when the loader has no batch_size attribute")
+    base_lr = cfg.lr(bpg, world)
+    model = head
+    if _dist_on():
+        model = nn.parallel.DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None)
+    opt = optimizer or LARS(head.parameters(), lr=base_lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                            trust_coefficient=cfg.trust_coefficient)
+    n_iter = len(loader)  # type: ignore[arg-type]
+    history, steps = [], start_epoch * n_iter
+    for epoch in range(start_epoch, cfg.epochs):
+        if set_epoch is not None:
+            set_epoch(epoch)
+        model.train()
+        total_loss, count = 0.0, 0
+        lr = base_lr
+        for it, (x, y) in enumerate(loader):
+            lr = lr_at(it / n_iter + epoch, base_lr, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if feature_fn is not None:
+                with torch.no_grad():
+                    x = feature_fn(x)
+            loss = F.cross_entropy(model(x.float()), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total_loss += float(loss.detach()) * len(y)
+            count += len(y)
+            steps += 1
+        rec = {"epoch": epoch, "loss": total_loss / max(count, 1), "lr": lr, "steps": steps}
+        history.append(rec)
+        if log is not None:
+            log(f"epoch {epoch}: loss {rec['loss']:.4f} lr {lr:.6f}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, head, opt, steps)
+    return history
+
+
+@torch.no_grad()
+def evaluate_linear_probe(head: nn.Module, loader: Iterable,
+                          feature_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                          device: str | torch.device = "cpu", autocast_fp16: bool = False) -> dict:
+    """Top-1/top-5 accuracy (fractions) and the counts, summed over ranks.
+
+    ``autocast_fp16`` mimics the original, whose evaluation always ran under CUDA fp16 autocast.
+    """
+    device = torch.device(device)
+    head = head.to(device).eval()
+    counts = torch.zeros(3, dtype=torch.float64, device=device)  # top1, top5, total
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=autocast_fp16 and device.type == "cuda"):
+            if feature_fn is not None:
+                x = feature_fn(x)
+            logits = head(x.float())
+        k = min(5, logits.shape[1])
+        top = logits.float().topk(k, dim=1).indices
+        hit = top.eq(y[:, None])
+        counts += torch.tensor([hit[:, :1].any(1).sum().item(), hit.any(1).sum().item(), len(y)],
+                               dtype=torch.float64, device=device)
+    if _dist_on():
+        dist.all_reduce(counts)
+    top1, top5, total = counts.tolist()
+    if total == 0:
+        raise ValueError("evaluate_linear_probe: the loader yielded no samples")
+    return {"top1": top1 / total, "top5": top5 / total, "total": int(total)}
+
+
+class TensorBatches:
+    """In-memory (features, labels) batches without per-sample collation; ``len`` and ``batch_size`` like a
+    DataLoader. Shuffles each pass with its own generator when ``shuffle``; ``drop_last`` as the original's train
+    loader."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,
+                 drop_last: bool = False, seed: int = 0):
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} feature rows but {len(y)} labels")
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.x), generator=self.generator) if self.shuffle else torch.arange(len(self.x))
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+def fit_on_tensors(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+                   num_classes: int, cfg: ProbeConfig | None = None, batch_size: int = 256,
+                   device: str | torch.device = "cpu", seed: int = 0, log=None) -> dict:
+    """Convenience: the full recipe on pre-extracted features (shuffled, drop_last training batches)."""
+    cfg = cfg or ProbeConfig()
+    torch.manual_seed(seed)
+    train = TensorBatches(train_x, train_y, batch_size, shuffle=True, drop_last=True, seed=seed)
+    val = TensorBatches(val_x, val_y, batch_size)
+    head = LinearProbeHead(train_x.shape[1], num_classes)
+    history = train_linear_probe(head, train, cfg, device=device, log=log)
+    result = evaluate_linear_probe(head, val, device=device)
+    result.update({"history": history, "config": asdict(cfg), "head": head})
+    return result

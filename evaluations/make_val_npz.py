@@ -1,0 +1,82 @@
+"""Build the rFID reference batch from ImageNet val: ADM centre crop to 256, PNG copies, ``val_imagenet.npz``.
+
+The original (``tokenizer/validation/val_ddp.py``, run by ``scripts/val.sh`` on 8 GPUs) writes the 256-px
+centre-cropped validation images as PNG (the folder ``reconstruction.sh`` then reads as its dataset) and stacks them
+into an ADM-style npz (``arr_0``: uint8 [N, 256, 256, 3]) that serves as the rFID reference. Here one process does it
+with DataLoader workers (no GPU is involved in cropping).
+
+    python -m evaluations.make_val_npz --data-path $IMGNET_ROOT/ILSVRC2012_img_val \\
+        --png-dir $VAL_PATH --npz val_imagenet.npz
+
+Order: torchvision ImageFolder order (sorted class folders, sorted files), which is also the order in which the PNG
+folder is read back. PNGs keep the class sub-folder and the source file's stem.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from utils.data import center_crop_arr, list_images, to_rgb
+
+
+class _CropDataset(torch.utils.data.Dataset):
+    def __init__(self, items, image_size: int):
+        self.items, self.image_size = items, image_size
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        path = self.items[i][0]
+        with Image.open(path) as img:
+            img.load()
+            arr = np.asarray(center_crop_arr(to_rgb(img), self.image_size), dtype=np.uint8)
+        return torch.from_numpy(arr.copy()), i
+
+
+def build(data_path, npz_path=None, png_dir=None, image_size: int = 256, max_images: int | None = None,
+          workers: int = 4, batch_size: int = 64) -> np.ndarray:
+    items, classes = list_images(data_path)
+    if max_images is not None:
+        items = items[:max_images]
+    root = Path(data_path)
+    loader = torch.utils.data.DataLoader(_CropDataset(items, image_size), batch_size=batch_size, shuffle=False,
+                                         num_workers=workers)
+    out = np.empty((len(items), image_size, image_size, 3), np.uint8)
+    for batch, idx in loader:
+        arrays = batch.numpy()
+        for a, i in zip(arrays, idx.tolist()):
+            out[i] = a
+            if png_dir is not None:
+                src = items[i][0]
+                rel = src.relative_to(root).with_suffix(".png")
+                dest = Path(png_dir) / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(a).save(dest)
+    if npz_path is not None:
+        Path(npz_path).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(npz_path, arr_0=out)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m evaluations.make_val_npz", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-path", required=True, help="ImageNet val folder (class sub-folders, or flat)")
+    p.add_argument("--npz", default="val_imagenet.npz", help="output npz (arr_0 uint8 NHWC)")
+    p.add_argument("--png-dir", default=None, help="also write the cropped images here as PNG")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--workers", type=int, default=4)
+    args = p.parse_args(argv)
+    arr = build(args.data_path, args.npz, args.png_dir, args.image_size, args.max_images, args.workers)
+    print(f"wrote {args.npz}: {arr.shape[0]} images of {args.image_size}x{args.image_size}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

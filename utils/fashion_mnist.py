@@ -1,0 +1,59 @@
+"""The Fashion-MNIST subset shipped in tests/data (for the offline quickstart and tests) as image folders.
+
+``python -m utils.fashion_mnist OUT_DIR`` writes ``OUT_DIR/{train,val}/<class_id>_<name>/<i>.png`` (RGB PNGs, 28x28),
+an ImageFolder layout every driver of this project reads.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SUBSET = Path(__file__).resolve().parents[1] / "tests" / "data" / "fashion_mnist" / "fashion_mnist_subset.npz"
+
+
+def load_subset(path: str | os.PathLike = SUBSET) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def class_folder(label: int, names) -> str:
+    """Folder name sorting in label order, so ImageFolder's class index equals the Fashion-MNIST label."""
+    safe = str(names[label]).replace("/", "-").replace(" ", "_")
+    return f"{label:02d}_{safe}"
+
+
+def export_image_folders(out_dir: str | os.PathLike, path: str | os.PathLike = SUBSET,
+                         limit_per_class: int | None = None) -> dict[str, int]:
+    """Write train/ and val/ ImageFolder trees of RGB PNGs; returns the image count per split. Idempotent."""
+    data = load_subset(path)
+    names = data["class_names"]
+    counts = {}
+    for split in ("train", "val"):
+        images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+        seen: dict[int, int] = {}
+        n = 0
+        for i, (img, label) in enumerate(zip(images, labels)):
+            label = int(label)
+            if limit_per_class is not None and seen.get(label, 0) >= limit_per_class:
+                continue
+            seen[label] = seen.get(label, 0) + 1
+            folder = Path(out_dir) / split / class_folder(label, names)
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"{i:05d}.png"
+            if not target.exists():
+                Image.fromarray(img).convert("RGB").save(target)
+            n += 1
+        counts[split] = n
+    return counts
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out_dir", help="output folder (gets train/ and val/)")
+    p.add_argument("--limit-per-class", type=int, default=None, help="at most N images per class and split")
+    args = p.parse_args()
+    print(export_image_folders(args.out_dir, limit_per_class=args.limit_per_class))
