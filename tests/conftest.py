@@ -1,37 +1,14 @@
-"""Shared test fixtures: where ../shared lives, seeded weights, the bundled photos."""
+"""Fixtures for every test; shared helpers live in testlib.py (repo root and tests/ are put on sys.path)."""
 from __future__ import annotations
 
-import importlib.util
-import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("GIGATOK_SHARED", REPO.parent / "shared"))
-PHOTOS = REPO / "tests" / "data" / "photos"
-CONFIGS = REPO / "configs" / "vq"
-
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-
-def shared_path(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the tests need the project's shared/ folder beside the repo "
-                                "(or GIGATOK_SHARED pointing at it)")
-    return path
-
-
-def seeded_state_dict(template: dict, seed: int = 0) -> dict:
-    """The parity vectors' deterministic weights (../shared/parity/seeded_weights.py)."""
-    spec = importlib.util.spec_from_file_location("seeded_weights", shared_path("parity", "seeded_weights.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.seeded_state_dict(template, seed=seed)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import testlib  # noqa: E402,F401  (puts the repo root on sys.path)
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import torch
 
 from autoregressive.check_codes import main as check_codes
 from autoregressive.extract_codes import code_dirs, main as extract, view_transform
-from conftest import CONFIGS, PHOTOS
+from testlib import CONFIGS, PHOTOS
 from tokenizer import build_tokenizer
 from utils.checkpoint import save_atomic
 from utils.data import CodeDataset, ImageFolderDataset

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import CONFIGS, REPO
+from testlib import CONFIGS, REPO
 from tokenizer import build_tokenizer, load_tokenizer
 from utils.checkpoint import CheckpointError, load_checkpoint_file, save_atomic
 from utils.config import ConfigError

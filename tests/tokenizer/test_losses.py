@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import CONFIGS
+from testlib import CONFIGS
 from tokenizer.config import LOSS_PARAM_KEYS, model_args, read_tokenizer_config
 from tokenizer.losses import SemanticTeacher, VQLoss, build_loss
 from tokenizer.losses import adversarial as adv

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import CONFIGS, shared_path
+from testlib import CONFIGS, shared_path
 from tokenizer import build_tokenizer
 
 RELEASED = ["VQ_SS256", "VQ_SB256", "VQ_BL256", "VQ_BL256_dino_disc", "VQ_BL256_train_new", "VQ_XLXXL256",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import CONFIGS, seeded_state_dict, shared_path
+from testlib import CONFIGS, seeded_state_dict, shared_path
 from tokenizer import build_tokenizer
 
 

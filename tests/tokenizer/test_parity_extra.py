@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGS, seeded_state_dict
+from testlib import CONFIGS, seeded_state_dict
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "parity_extra"
 CASES = ["VQ_SB256", "VQ_SB256_2d", "VQ_BL256_train_new", "VQ_BL256_2d"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CONFIGS, PHOTOS, REPO
+from testlib import CONFIGS, PHOTOS, REPO
 from tokenizer import build_tokenizer
 from tokenizer.reconstruct import main as reconstruct
 from utils.checkpoint import save_atomic

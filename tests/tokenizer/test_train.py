@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 if __name__ != "__main__":
-    from conftest import CONFIGS, REPO
+    from testlib import CONFIGS, REPO
 else:  # torchrun entry: make the repo importable
     REPO = Path(__file__).resolve().parents[2]
     sys.path.insert(0, str(REPO))

@@ -1,0 +1,262 @@
+"""Autoregressive sampling for the c2i GPT: KV-cache decoding, classifier-free guidance, CFG schedules.
+
+Layout and arithmetic follow the original ``generate.py``:
+
+* With ``cfg_scale > 1`` the batch is doubled: the conditional rows come first, then the same number of
+  unconditional rows (class id ``num_classes``, the null class). Both halves are fed the same sampled token.
+* Guided logits are ``l_u + s * (l_c - l_u)`` in float32. Token 0 (the prefill of the class slot) always uses
+  the raw ``cfg_scale``; decode step ``i`` (producing token ``i + 1``) uses the schedule at the ratio
+  ``r = (i + 1) / (max_new_tokens - 1)``.
+* Prefill runs with the default attention kernel, every decode step with the math kernel, over the whole
+  zero-initialised cache (``1 + max_new_tokens`` rounded up to a multiple of 8) under a causal mask.
+
+Schedules (``s`` = ``cfg_scale``; "off" steps use 1.0001 exactly as the original):
+
+==============  ==========================================================  ==============================
+name            scale at ratio r                                            kwargs
+==============  ==========================================================  ==============================
+constant        s                                                           none
+linear          1 + (s-1) r + 1e-4                                          none
+linear_re       1 + (s-1) (1-r) + 1e-4                                      none
+triangular      rising to s at ``peak``, falling after (+1e-4)              peak (0.5) [1]
+rectangular     s if window_start <= r <= window_end else 1 + 1e-4          window_start (0.05), window_end (1.0)
+step            1.0 if s == 1; s if window_start <= r; else 1 + 1e-4        window_start (required) [2]
+cosine          1 + (s-1) * (1 + cos(pi r)) / 2                             none [3]
+sigmoid         1 + (s-1) * sigmoid(steepness * (r - center))               center (0.5), steepness (10) [4]
+==============  ==========================================================  ==============================
+
+[1] The original fixes the peak at 0.5 (its kwargs never reach the formula); ``peak`` is new here and its
+    default reproduces the original.
+[2] ``window_end`` is accepted and ignored, as in the original (its visualization script passes it).
+[3] Broken in the original (``math`` is not imported, so it raises NameError); this is the formula it meant.
+[4] Broken in the original (accepted by the name check but has no branch, so it raises UnboundLocalError);
+    the formula here is this project's own choice: a rising S-curve from about 1 to about s.
+
+When a scheduled scale is <= 1.0 during decode the conditional logits are used alone (the original runs the
+un-doubled batch in that case; here the doubled batch keeps running so the unconditional cache stays valid).
+``cfg_interval > -1`` likewise uses the conditional logits alone for every decode step ``i > cfg_interval``.
+
+Random numbers (a deliberate difference from the original, which calls ``torch.multinomial`` on the device):
+each row draws its ``max_new_tokens`` uniforms up front from its own generator on the CPU, and a token is
+picked by inverting that row's float64 CDF. So a row's samples depend only on its own generator, its class
+and the model -- not on the batch size, on how a run is split over processes, or on the device. Pass
+``generator`` as
+
+* a list with one ``torch.Generator`` or integer seed per row (batch-split independent; see
+  :func:`sample_generators` for the seeding scheme the sample scripts use),
+* a single ``torch.Generator`` (reproducible for the same batch, but rows depend on their batch position), or
+* ``None`` (uses the global CPU RNG, reproducible under ``torch.manual_seed``).
+
+Greedy decoding (``sample_logits=False``) takes the top-1 of the softmax, as the original does; no random
+numbers are drawn. ``top_k=1`` with sampling gives the same tokens (up to exact ties).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["generate", "cfg_scale_at", "CFG_SCHEDULES", "top_k_top_p_filtering", "sample",
+           "sample_generators"]
+
+_OFF = 1.0 + 1e-4
+_SCHEDULE_KWARGS = {
+    "constant": set(),
+    "linear": set(),
+    "linear_re": set(),
+    "triangular": {"peak"},
+    "rectangular": {"window_start", "window_end"},
+    "step": {"window_start", "window_end"},
+    "cosine": set(),
+    "sigmoid": {"center", "steepness"},
+}
+CFG_SCHEDULES = tuple(_SCHEDULE_KWARGS)
+
+GeneratorArg = Union[None, torch.Generator, Sequence[Union[torch.Generator, int]], torch.Tensor]
+
+
+def cfg_scale_at(schedule: str, cfg_scale: float, ratio: float, **kwargs) -> float:
+    """Guidance scale of ``schedule`` at decode ratio ``ratio`` in (0, 1] (see the module docstring)."""
+    if schedule not in _SCHEDULE_KWARGS:
+        raise ValueError(f"unknown cfg_schedule {schedule!r}; choose one of {list(CFG_SCHEDULES)}")
+    unknown = set(kwargs) - _SCHEDULE_KWARGS[schedule]
+    if unknown:
+        raise ValueError(f"cfg_schedule {schedule!r} does not take {sorted(unknown)} "
+                         f"(allowed: {sorted(_SCHEDULE_KWARGS[schedule])})")
+    s, r = float(cfg_scale), float(ratio)
+    if schedule == "constant":
+        return s
+    if schedule == "linear":
+        return 1 + (s - 1) * r + 1e-4
+    if schedule == "linear_re":
+        return 1 + (s - 1) * (1 - r) + 1e-4
+    if schedule == "triangular":
+        peak = float(kwargs.get("peak", 0.5))
+        if not 0.0 < peak < 1.0:
+            raise ValueError(f"triangular peak must be in (0, 1), got {peak}")
+        if r < peak:
+            return 1 + (s - 1) * (r / peak) + 1e-4
+        return 1 + (s - 1) * ((1 - r) / (1 - peak)) + 1e-4
+    if schedule == "rectangular":
+        ws, we = float(kwargs.get("window_start", 0.05)), float(kwargs.get("window_end", 1.0))
+        return s if ws <= r <= we else _OFF
+    if schedule == "step":
+        if "window_start" not in kwargs:
+            raise ValueError("cfg_schedule 'step' needs cfg_schedule_kwargs={'window_start': ...} (e.g. 0.18)")
+        if s == 1.0:
+            return 1.0
+        return s if float(kwargs["window_start"]) <= r else _OFF
+    if schedule == "cosine":
+        return 1 + (s - 1) * 0.5 * (1 + math.cos(math.pi * r))
+    # sigmoid
+    c, k = float(kwargs.get("center", 0.5)), float(kwargs.get("steepness", 10.0))
+    return 1 + (s - 1) / (1 + math.exp(-k * (r - c)))
+
+
+def top_k_top_p_filtering(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set filtered logits to -inf (returns a new tensor). Top-k keeps ties with the k-th value; top-p keeps the
+    smallest prefix of the sorted distribution whose mass exceeds ``top_p`` (always at least the top token)."""
+    logits = logits.clone()
+    if top_k > 0:
+        k = min(max(int(top_k), 1), logits.size(-1))
+        kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop_sorted = cum > top_p
+        drop_sorted[..., 1:] = drop_sorted[..., :-1].clone()
+        drop_sorted[..., 0] = False
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           sample_logits: bool = True, uniforms: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Pick one token per row from ``logits`` [B, V]; returns int64 [B].
+
+    Sampling inverts each row's CDF at ``uniforms`` [B] (values in [0, 1)); without them a fresh
+    ``torch.rand`` from the global RNG is used.
+    """
+    logits = logits.float() / max(float(temperature), 1e-5)
+    if top_k > 0 or top_p < 1.0:
+        logits = top_k_top_p_filtering(logits, top_k, top_p)
+    probs = F.softmax(logits, dim=-1)
+    if not sample_logits:
+        return torch.topk(probs, 1, dim=-1).indices[:, 0]
+    if uniforms is None:
+        uniforms = torch.rand(probs.shape[0], device=probs.device)
+    cdf = probs.double().cumsum(dim=-1)
+    # u < 1 in float32, so u * total < total in float64: the index is always a token with probability > 0.
+    target = uniforms.to(cdf.device, torch.float64).unsqueeze(-1) * cdf[:, -1:]
+    return torch.searchsorted(cdf, target, right=True)[:, 0].clamp_max(probs.shape[-1] - 1)
+
+
+def sample_generators(global_seed: int, indices: Iterable[int]) -> list[torch.Generator]:
+    """One CPU generator per sample index, for sampling that does not depend on how a run is batched.
+
+    The seed of sample ``index`` is ``(global_seed * 0x9E3779B1 + index) mod 2**32`` (torch's CPU generator
+    keeps only 32 bits of a seed): distinct indices of one run always get distinct seeds. The sample scripts
+    give every image its own generator from its global index, so the images do not depend on the number of
+    processes or the per-process batch size.
+    """
+    gens = []
+    for index in indices:
+        index = int(index)
+        if index < 0:
+            raise ValueError(f"sample index {index} must be >= 0")
+        gens.append(torch.Generator().manual_seed((int(global_seed) * 0x9E3779B1 + index) % 2 ** 32))
+    return gens
+
+
+def _draw_uniforms(generator: GeneratorArg, batch: int, steps: int, device: torch.device) -> torch.Tensor:
+    if generator is None:
+        u = torch.rand(batch, steps)
+    elif isinstance(generator, torch.Generator):
+        u = torch.rand(batch, steps, generator=generator, device=generator.device)
+    else:
+        gens = generator.tolist() if isinstance(generator, torch.Tensor) else list(generator)
+        if len(gens) != batch:
+            raise ValueError(f"generator has {len(gens)} entries for a batch of {batch} rows (one per row)")
+        rows = []
+        for g in gens:
+            if not isinstance(g, torch.Generator):
+                g = torch.Generator().manual_seed(int(g))
+            rows.append(torch.rand(steps, generator=g, device=g.device).cpu())
+        u = torch.stack(rows)
+    return u.to(device)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "_orig_mod", model)
+
+
+@torch.inference_mode()
+def generate(model: torch.nn.Module, cond: torch.Tensor, max_new_tokens: int, cfg_scale: float = 1.0,
+             cfg_schedule: str = "constant", cfg_schedule_kwargs: Optional[dict] = None,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, sample_logits: bool = True,
+             generator: GeneratorArg = None, cfg_interval: float = -1) -> torch.Tensor:
+    """Sample ``max_new_tokens`` image tokens per class id in ``cond`` [B]; returns int64 [B, max_new_tokens].
+
+    ``model`` is a :class:`~autoregressive.models.gpt.Transformer` (or a ``torch.compile`` wrapper of one) in
+    eval mode. Class ids must be in [0, num_classes). See the module docstring for guidance, schedules and
+    the random-number scheme. No process group is needed.
+    """
+    core = _unwrap(model)
+    kwargs = dict(cfg_schedule_kwargs or {})
+    cfg_scale = float(cfg_scale)
+    if cond.ndim != 1 or cond.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise ValueError(f"cond must be a 1-D integer tensor of class ids, got {cond.dtype} {tuple(cond.shape)}")
+    if cond.numel() == 0:
+        raise ValueError("cond is empty")
+    device = core.tok_embeddings.weight.device
+    cond = cond.to(device=device, dtype=torch.long)
+    core.check_class_ids(cond, allow_null=False)
+    if not 1 <= max_new_tokens <= core.block_size:
+        raise ValueError(f"max_new_tokens must be in [1, block_size={core.block_size}], got {max_new_tokens}")
+    cfg_scale_at(cfg_schedule, cfg_scale, 1.0, **kwargs)  # validates the schedule name and kwargs early
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+
+    batch = cond.shape[0]
+    guided = cfg_scale > 1.0
+    cond_all = torch.cat([cond, torch.full_like(cond, core.num_classes)]) if guided else cond
+    uniforms = _draw_uniforms(generator, batch, max_new_tokens, device) if sample_logits else None
+
+    def pick(logits: torch.Tensor, scale: float, step: int) -> torch.Tensor:
+        if guided:
+            cond_logits, uncond_logits = logits[:batch], logits[batch:]
+            logits = cond_logits if scale <= 1.0 else uncond_logits + scale * (cond_logits - uncond_logits)
+        u = uniforms[:, step] if uniforms is not None else None
+        return sample(logits, temperature, top_k, top_p, sample_logits, u)
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    out = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
+    input_pos = torch.zeros(1, dtype=torch.long, device=device)  # one tensor, advanced in place (compile-friendly)
+    core.setup_caches(cond_all.shape[0], 1 + max_new_tokens, core.tok_embeddings.weight.dtype)
+    try:
+        logits, _ = model(None, cond_all, input_pos=input_pos)
+        token = pick(logits[:, -1], cfg_scale, 0)
+        out[:, 0] = token
+        steps = max_new_tokens - 1
+        with sdpa_kernel([SDPBackend.MATH]):
+            for i in range(steps):
+                x = token.view(batch, 1)
+                if guided:
+                    x = torch.cat([x, x])
+                input_pos.add_(1)
+                logits, _ = model(x, cond_all, input_pos=input_pos)
+                scale = cfg_scale_at(cfg_schedule, cfg_scale, (i + 1) / steps, **kwargs)
+                if cfg_interval > -1 and i > cfg_interval:
+                    scale = 1.0
+                token = pick(logits[:, -1], scale, i + 1)
+                out[:, i + 1] = token
+    finally:
+        core.clear_caches()
+    return out

@@ -1,0 +1,253 @@
+"""Validation cross-entropy of a class-conditional GPT on a held-out image folder or code folder.
+
+    python -m autoregressive.val_loss --gpt-ckpt results/gpt/run/checkpoints/0010000.pt \
+        --tok-config configs/vq/VQ_XLXXL256.yaml --vq-ckpt VQ_XLXXL256_e300.pt --data-path $IMGNET_ROOT/ILSVRC2012_img_val
+    GPUS=8 bash scripts/val_loss_c2i.sh ...
+
+Images are ADM centre-cropped and tokenised (as the original); with ``--dataset imagenet_code`` stored codes are
+read instead (view ``--view``, 0 = the centre crop when extracted without ``--ten-crop``). Every image is counted
+once (ranks take disjoint shards, no padding duplicates). The teacher-forced loss predicts all tokens from the
+class label (label dropout is off in eval mode).
+
+Reported: ``val_loss``, the token-weighted mean cross-entropy (nats/token) over the whole set, and
+``val_loss_batch_mean``, the original's mean of per-batch means; ``perplexity`` = exp(val_loss); the mean loss
+per position. Rank 0 appends a record to ``<run>/val_results.json`` (a list) and the original's two lines
+``gpt_iter: <step>`` / ``val_loss: <x>`` to ``<run>/val_results.txt``, ``<run>`` being the folder above the
+checkpoint's ``checkpoints/`` folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from autoregressive.loading import load_gpt
+from autoregressive.models.gpt import GPT_models
+from utils.checkpoint import resolve_checkpoint, sha256_file
+from utils.data import CodeDataset, ImageFolderDataset, collate_skip_bad
+from utils.distributed import barrier, cleanup, init_distributed
+
+PRECISIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gpt-ckpt", required=True, help="GPT checkpoint (local file, released name or hf://...)")
+    p.add_argument("--gpt-model", choices=list(GPT_models), default=None,
+                   help="default: from the checkpoint's gpt_config/args, else GPT-B")
+    p.add_argument("--gpt-type", choices=["c2i"], default="c2i")
+    p.add_argument("--gpt-2d", action="store_true", help="not implemented (the released GPTs are 1D)")
+    p.add_argument("--ema", action="store_true", help="evaluate the checkpoint's EMA weights (its 'ema' entry)")
+    p.add_argument("--from-fsdp", action="store_true", help="accepted for compatibility (bare state dicts load anyway)")
+    p.add_argument("--cls-token-num", type=int, default=1)
+    p.add_argument("--qk-norm", action="store_true")
+    p.add_argument("--rope", action="store_true")
+    p.add_argument("--adaLN", action="store_true")
+    p.add_argument("--simple-adaLN", action="store_true")
+    p.add_argument("--flash-attn", action="store_true", help="accepted; PyTorch picks the attention kernel")
+    p.add_argument("--num-classes", type=int, default=None, help="default: from the checkpoint, else 1000")
+    p.add_argument("--quant-way", choices=["vq"], default="vq")
+    p.add_argument("--tok-config", required=True, help="tokenizer YAML (vocabulary and length)")
+    p.add_argument("--vq-ckpt", default=None, help="tokenizer weights (needed for image folders)")
+    p.add_argument("--data-path", default=None, help="held-out ImageFolder (e.g. ILSVRC2012_img_val)")
+    p.add_argument("--code-path", default=None, help="held-out codes from autoregressive.extract_codes")
+    p.add_argument("--dataset", choices=["imagenet", "imagenet_code"], default=None,
+                   help="default: imagenet_code when only --code-path is given")
+    p.add_argument("--code-dataset-name", default="imagenet", help="--dataset name used by extract_codes")
+    p.add_argument("--view", type=int, default=0, help="stored view to use for codes (0: centre crop)")
+    p.add_argument("--image-size", type=int, default=None, help="default: the tokenizer's image size")
+    p.add_argument("--per-proc-batch-size", type=int, default=32)
+    p.add_argument("--max-images", type=int, default=None, help="only the first N images")
+    p.add_argument("--global-seed", type=int, default=0, help="unused (evaluation is deterministic)")
+    p.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="autocast dtype")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--no-tf32", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out-json", default=None, help="default: <run>/val_results.json")
+    p.add_argument("--no-txt", action="store_true", help="do not append to <run>/val_results.txt")
+    args = p.parse_args(argv)
+    if args.gpt_2d:
+        raise SystemExit("--gpt-2d is not implemented in this reimplementation")
+    if args.dataset is None:
+        args.dataset = "imagenet_code" if args.code_path and not args.data_path else "imagenet"
+    if args.dataset == "imagenet" and not (args.data_path and args.vq_ckpt):
+        raise SystemExit("an image folder (--data-path) needs the tokenizer weights (--vq-ckpt)")
+    if args.dataset == "imagenet_code" and not args.code_path:
+        raise SystemExit("--dataset imagenet_code needs --code-path")
+    return args
+
+
+def _peek(path: Path) -> dict:
+    import argparse as _argparse
+    try:
+        with torch.serialization.safe_globals([_argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - load_gpt reports unreadable files properly
+        return {}
+    if not isinstance(ckpt, dict):
+        return {}
+    out = dict(ckpt.get("gpt_config") or {})
+    train_args = ckpt.get("args")
+    train_args = vars(train_args) if isinstance(train_args, argparse.Namespace) else (train_args or {})
+    if isinstance(train_args, dict):
+        for key, name in (("gpt_model", "gpt_model"), ("num_classes", "num_classes"),
+                          ("use_qk_norm", "qk_norm")):
+            if key not in out and name in train_args:
+                out[key] = train_args[name]
+    return out
+
+
+class _Codes(torch.utils.data.Dataset):
+    def __init__(self, base: CodeDataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        codes, label = self.base[i]
+        return codes, label, i
+
+
+@torch.no_grad()
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    d = init_distributed(args.device)
+    device = d.device
+    if device.type == "cuda" and not args.no_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    from autoregressive.train_c2i import tokenizer_info
+    tok_info = tokenizer_info(args.tok_config)
+    image_size = args.image_size or tok_info["image_size"]
+    if image_size != tok_info["image_size"]:
+        raise SystemExit(f"--image-size {image_size} does not match the tokenizer's {tok_info['image_size']}")
+
+    if d.is_main:
+        resolve_checkpoint(args.gpt_ckpt)
+    barrier()
+    ckpt_path = resolve_checkpoint(args.gpt_ckpt)
+    stored = _peek(ckpt_path)
+    cfg = {"gpt_model": args.gpt_model or stored.get("gpt_model", "GPT-B"),
+           "vocab_size": tok_info["codebook_size"], "block_size": tok_info["num_tokens"],
+           "num_classes": args.num_classes or stored.get("num_classes", 1000),
+           "cls_token_num": args.cls_token_num, "use_qk_norm": bool(args.qk_norm or stored.get("use_qk_norm", False)),
+           "class_dropout_prob": stored.get("class_dropout_prob", 0.1),
+           "rope": args.rope, "use_adaLN": args.adaLN, "use_simple_adaLN": args.simple_adaLN,
+           "token_dropout_p": 0.0, "resid_dropout_p": 0.0, "ffn_dropout_p": 0.0, "drop_path_rate": 0.0}
+    for key in ("vocab_size", "block_size"):
+        if key in stored and int(stored[key]) != cfg[key]:
+            raise SystemExit(f"the checkpoint was trained with {key}={stored[key]} but the tokenizer config "
+                             f"{args.tok_config} gives {cfg[key]}")
+    if args.ema:
+        from utils.checkpoint import load_weights
+        model = load_gpt(cfg, None)
+        load_weights(model, ckpt_path, context=f"GPT {cfg['gpt_model']} (EMA)", entries=("ema",))
+        model = model.to(device).eval()
+    else:
+        model = load_gpt(cfg, ckpt_path, device=device)  # strict: every key must match
+    fwd = torch.compile(model) if args.compile else model
+
+    if args.dataset == "imagenet_code":
+        from autoregressive.extract_codes import code_dirs
+        dataset = _Codes(CodeDataset(*code_dirs(args.code_path, args.code_dataset_name, image_size), view=args.view))
+        tokenizer = None
+    else:
+        from tokenizer import load_tokenizer
+        if d.is_main:
+            resolve_checkpoint(args.vq_ckpt)
+        barrier()
+        dataset = ImageFolderDataset(args.data_path, image_size)  # ADM centre crop, [-1, 1]
+        tokenizer = load_tokenizer(args.tok_config, resolve_checkpoint(args.vq_ckpt), device=device)
+    n_total = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
+    mine = list(range(d.rank, n_total, d.world_size))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=args.per_proc_batch_size,
+                                         num_workers=args.num_workers, collate_fn=collate_skip_bad,
+                                         pin_memory=device.type == "cuda")
+    amp = PRECISIONS[args.precision]
+    T = tok_info["num_tokens"]
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    tokens = torch.zeros((), dtype=torch.float64, device=device)
+    pos_sum = torch.zeros(T, dtype=torch.float64, device=device)
+    images = torch.zeros((), dtype=torch.float64, device=device)
+    batch_means: list[float] = []
+    skipped: list[int] = []
+    for x, labels, _, bad in tqdm(loader, disable=not d.is_main, desc="val loss"):
+        skipped += bad.tolist()
+        if x.numel() == 0:
+            continue
+        if tokenizer is not None:
+            _, _, info = tokenizer.encode(x.to(device, non_blocking=True))
+            z = info[2].reshape(x.shape[0], -1)
+        else:
+            z = x.to(device, non_blocking=True)
+        if z.shape[1] != T:
+            raise SystemExit(f"codes have {z.shape[1]} tokens, the tokenizer config {T}")
+        c = labels.to(device)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits, _ = fwd(cond_idx=c, idx=z[:, :-1])
+        ce = F.cross_entropy(logits.float().transpose(1, 2), z, reduction="none").double()  # [B, T]
+        loss_sum += ce.sum()
+        tokens += ce.numel()
+        pos_sum += ce.sum(0)
+        images += ce.shape[0]
+        batch_means.append(float(ce.mean()))
+    barrier()
+    totals = torch.cat([loss_sum.reshape(1), tokens.reshape(1), images.reshape(1), pos_sum])
+    all_means, all_skipped = [batch_means], [skipped]
+    if d.distributed:
+        dist.all_reduce(totals)
+        all_means = [None] * d.world_size
+        all_skipped = [None] * d.world_size
+        dist.all_gather_object(all_means, batch_means)
+        dist.all_gather_object(all_skipped, skipped)
+    loss_sum, tokens, images, pos_sum = totals[0].item(), totals[1].item(), totals[2].item(), totals[3:]
+    means = [m for ms in all_means for m in ms]
+    if tokens == 0:
+        raise SystemExit("no images could be evaluated")
+    val_loss = loss_sum / tokens
+    result = {
+        "gpt_ckpt": str(args.gpt_ckpt), "gpt_iter": Path(str(args.gpt_ckpt)).stem, "gpt_model": cfg["gpt_model"], "ema": args.ema,
+        "val_loss": val_loss, "val_loss_batch_mean": sum(means) / len(means), "perplexity": math.exp(val_loss),
+        "num_images": int(images), "num_tokens": int(tokens), "skipped_images": sorted(i for s in all_skipped for i in s),
+        "per_position_loss": (pos_sum / images).tolist(), "precision": args.precision,
+        "data": str(args.data_path if args.dataset == "imagenet" else args.code_path), "dataset": args.dataset,
+        "tok_config": str(args.tok_config), "vq_ckpt": args.vq_ckpt, "world_size": d.world_size,
+        "per_proc_batch_size": args.per_proc_batch_size,
+    }
+    if d.is_main:
+        result["gpt_ckpt_sha256"] = sha256_file(ckpt_path)
+        run_dir = Path(os.path.dirname(os.path.dirname(os.path.abspath(str(ckpt_path)))))
+        out_json = Path(args.out_json) if args.out_json else run_dir / "val_results.json"
+        records = []
+        if out_json.is_file():
+            try:
+                records = json.loads(out_json.read_text())
+                records = records if isinstance(records, list) else [records]
+            except json.JSONDecodeError:
+                records = []
+        records.append(result)
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_json.with_name(f".{out_json.name}.tmp")
+        tmp.write_text(json.dumps(records, indent=2))
+        os.replace(tmp, out_json)
+        if not args.no_txt:
+            with open(run_dir / "val_results.txt", "a") as fh:
+                fh.write(f"gpt_iter: {result['gpt_iter']} \n")
+                fh.write(f"val_loss: {val_loss:.6f} \n")
+        print(f"val_loss: {val_loss:.6f} (token-weighted; mean of batch means {result['val_loss_batch_mean']:.6f}) "
+              f"over {int(images)} images; written to {out_json}", flush=True)
+    cleanup()
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,372 @@
+"""AR training (autoregressive.train_c2i): a tiny GPT learns the codes of a tiny tokenizer, the WSD schedule and its
+folder layout follow the original, resume is exact after SIGKILL, and DDP / FSDP2 runs (2 CPU processes, gloo)
+write checkpoints that load with ``load_gpt``.
+
+Data: small PIL images (4 classes, class-specific colours and shapes), codes extracted with
+``autoregressive.extract_codes`` from a randomly initialised ``VQ_tiny32`` tokenizer (1024 codes, 64 tokens).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from autoregressive import load_gpt
+from autoregressive.data import StepBatchSampler, TrainCodeDataset
+from autoregressive.extract_codes import code_dirs, main as extract
+from autoregressive.train_c2i import (find_resume_checkpoint, lr_for_step, main as train_main,
+                                      optimizer_ids_to_names, param_group_names, param_groups, prune_checkpoints,
+                                      build_parser)
+from testlib import CONFIGS, REPO
+from tokenizer import build_tokenizer
+from utils.checkpoint import load_checkpoint_file, save_atomic
+from utils.logging import read_metrics
+from utils.lr import LRSchedule
+
+TINY_TOK = CONFIGS / "VQ_tiny32.yaml"
+N_CLASSES = 4
+LN_VOCAB = math.log(1024)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data shared with test_val_loss.py
+
+def make_images(root: Path, per_class: int, seed: int) -> Path:
+    """Class c: a class colour, a bright square in a class-specific quadrant, noise; random size >= 36 px."""
+    rng = np.random.default_rng(seed)
+    palette = np.array([[220, 40, 40], [40, 200, 60], [50, 70, 230], [230, 210, 40]])
+    for c in range(N_CLASSES):
+        folder = root / f"n{c:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = 36 + int(rng.integers(0, 8)), 36 + int(rng.integers(0, 8))
+            img = np.empty((h, w, 3), np.float64)
+            img[:] = palette[c] * 0.6
+            y0, x0 = (c // 2) * h // 2, (c % 2) * w // 2
+            img[y0: y0 + h // 2, x0: x0 + w // 2] = 255 - palette[c] * 0.3
+            img += rng.normal(0, 12, img.shape)
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"img{i:02d}.png")
+    return root
+
+
+def make_ar_data(root: Path, train_per_class: int = 8, val_per_class: int = 3) -> dict:
+    """Images, a tiny tokenizer checkpoint and extracted codes (centre crop + mirror) for train and val."""
+    torch.manual_seed(5)
+    tok = build_tokenizer(TINY_TOK).eval()
+    tok_ckpt = save_atomic({"model": tok.state_dict()}, root / "tok.pt")
+    out = {"tok_ckpt": tok_ckpt, "tokenizer": tok}
+    for split, n, seed in (("train", train_per_class, 0), ("val", val_per_class, 1)):
+        images = make_images(root / f"{split}_images", n, seed)
+        codes = root / f"{split}_codes"
+        extract(["--data-path", str(images), "--code-path", str(codes), "--image-size", "32", "--model-config",
+                 str(TINY_TOK), "--vq-ckpt", str(tok_ckpt), "--device", "cpu", "--num-workers", "0",
+                 "--batch-size", "16"])
+        out[f"{split}_images"], out[f"{split}_codes"] = images, codes
+    return out
+
+
+@pytest.fixture(scope="module")
+def ar_data(tmp_path_factory):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield make_ar_data(tmp_path_factory.mktemp("ar_data"))
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def train_args(data: dict, save: Path, name: str, iterations: int, *extra: str) -> list[str]:
+    return ["--tok-config", str(TINY_TOK), "--dataset", "imagenet_code", "--code-path", str(data["train_codes"]),
+            "--gpt-model", "GPT-tiny", "--num-classes", str(N_CLASSES), "--save-path", str(save),
+            "--sub-exp-dir", name, "--iterations", str(iterations), "--global-batch-size", "8", "--lr", "3e-3",
+            "--num-workers", "0", "--device", "cpu", "--log-every", "1", "--no-compile", *extra]
+
+
+def losses(folder: Path) -> dict[int, float]:
+    """Per-step training losses from every metrics.jsonl of a run (constant and cool-down folders)."""
+    out = {}
+    for path in sorted(folder.rglob("metrics.jsonl")):
+        out.update({s: r for s, r in read_metrics(path).items()})
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+
+
+def torchrun(module: str, args: list[str], nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
+           "-m", module, *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pure functions: schedule, timing, resume rule, pruning, optimiser groups, sampler
+
+# spec ar_eval.md 5.1, "Checked numbers [run]" for T = 1.5M, warmup 5000, base 1e-4
+# (as printed there, so compared at the printed number of significant digits)
+WSD_TABLE = [(0, "1.0e-6"), (2500, "5.05e-5"), (5000, "1e-4"), (1_200_000, "1e-4"), (1_275_000, "5e-5"),
+             (1_350_000, "2.93e-5"), (1_499_999, "1.7e-10")]
+
+
+def test_wsd_matches_the_spec_table_and_every_phase_boundary():
+    sch = LRSchedule("wsd", 1e-4, 1_500_000, warmup=5000, fract_decay=0.2)
+    for step, printed in WSD_TABLE:
+        digits = len(printed.split("e")[0].replace(".", "").lstrip("0")) or 1
+        assert float(f"{sch(step):.{digits}g}") == pytest.approx(float(printed), rel=1e-12), (step, sch(step))
+    base, w, hold, T = 1e-4, 5000, 1_200_000, 1_500_000
+    assert sch.wsd_decay_start == hold
+    assert sch(w - 1) == pytest.approx(base * ((w - 1) / w + (1 / w) / 100)) and sch(w - 1) < base
+    assert sch(w) == base and sch(hold - 1) == base and sch(hold) == base  # decay factor 1 - sqrt(0) at hold
+    assert sch(hold + 1) == pytest.approx(base * (1 - math.sqrt(1 / 300_000)))
+    assert sch(T - 1) == pytest.approx(base * (1 - math.sqrt((T - 1 - hold) / 300_000)))
+    assert sch(T) == 0.0 and sch(T + 10) == 0.0
+    # XXL recipe: batch 512 -> T = 750k, warmup 200; hold at 600k
+    assert LRSchedule("wsd", 1e-4, 750_000, warmup=200, fract_decay=0.2).wsd_decay_start == 600_000
+
+
+def test_lr_timing_fixed_and_original():
+    wsd = LRSchedule("wsd", 1e-4, 100, warmup=10, fract_decay=0.2)
+    assert [lr_for_step(wsd, s) for s in (0, 9, 10, 80, 99)] == [wsd(0), wsd(9), 1e-4, 1e-4, wsd(99)]
+    # the original: update 0 at the constructor LR (base), update s at f(s - 1)
+    assert lr_for_step(wsd, 0, True) == 1e-4 and lr_for_step(wsd, 1, True) == wsd(0) == pytest.approx(1e-6)
+    assert lr_for_step(wsd, 81, True) == wsd(80) == 1e-4 and lr_for_step(wsd, 82, True) == wsd(81) < 1e-4
+    const = LRSchedule("const", 1e-4, 100, warmup=10)
+    assert lr_for_step(const, 0) == pytest.approx(1e-6) and lr_for_step(const, 10) == 1e-4  # fixed: warmup works
+    assert {lr_for_step(const, s, True) for s in range(20)} == {1e-4}  # original: never called
+    cos = LRSchedule("cosine_v2", 1e-4, 100, warmup=10, end_lr=1e-5)
+    assert lr_for_step(cos, 55) == pytest.approx((1e-4 + 1e-5) / 2) and lr_for_step(cos, 100) == 1e-5
+
+
+def _touch(folder: Path, *steps: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in steps:
+        (folder / f"{s:07d}.pt").write_bytes(b"x")
+    (folder / ".0000099.pt.abc.tmp").write_bytes(b"partial")  # an interrupted atomic write never counts
+
+
+def test_resume_rule_of_the_original(tmp_path):
+    const, cd = tmp_path / "checkpoints", tmp_path / "cd_records" / "cd_fract_0.2_to_0000100" / "checkpoints"
+    assert find_resume_checkpoint(const, cd, 80) is None
+    _touch(const, 20, 40, 60)
+    assert find_resume_checkpoint(const, cd, 80).name == "0000060.pt"  # constant phase: newest
+    assert find_resume_checkpoint(const, None, None).name == "0000060.pt"  # non-WSD: newest
+    _touch(const, 80, 90)  # a longer constant run exists: branch the cool-down from the hold step
+    assert find_resume_checkpoint(const, cd, 80).name == "0000080.pt"
+    assert find_resume_checkpoint(const, cd, 85).name == "0000080.pt"  # largest <= hold
+    _touch(cd, 85, 95)
+    assert find_resume_checkpoint(const, cd, 80).name == "0000095.pt"  # cool-down in progress
+
+
+def test_checkpoint_pruning_rule(tmp_path):
+    args = build_parser().parse_args(["--tok-config", "x", "--sub-exp-dir", "x", "--milestone-step", "50",
+                                      "--milestone-start", "50", "--max-milestone-num", "2",
+                                      "--max-none-milestone-num", "3"])
+    _touch(tmp_path, *range(10, 200, 10))
+    prune_checkpoints(tmp_path, args)
+    kept = sorted(int(p.stem) for p in tmp_path.glob("*.pt"))
+    # milestones 50, 100, 150: newest 2 kept; others older than the last milestone (150) deleted; newest 3 others
+    assert kept == [100, 150, 170, 180, 190]
+
+
+def test_weight_decay_groups_and_original_optimizer_state():
+    from autoregressive.models.gpt import GPT_models
+    model = GPT_models["GPT-tiny"](vocab_size=32, block_size=8, num_classes=3)
+    decay, plain = param_groups(model, 0.05)
+    names = param_group_names(model)
+    assert decay["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in plain["params"])
+    assert {"positional_embedding", "cls_embedding.embedding_table.weight", "tok_embeddings.weight",
+            "output.weight"} <= set(names[0])
+    assert all("norm" in n for n in names[1]) and len(names[1]) == 2 * 2 + 1
+    # an id-keyed optimizer state (the original's DDP checkpoints) maps to parameter names
+    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-3)
+    model(torch.zeros(2, 7, dtype=torch.long), torch.zeros(2, dtype=torch.long),
+          targets=torch.zeros(2, 8, dtype=torch.long))[1].backward()
+    opt.step()
+    named = optimizer_ids_to_names(opt.state_dict(), names)
+    params = dict(model.named_parameters())
+    assert set(named["state"]) == set(params)
+    assert all(named["state"][n]["exp_avg"].shape == params[n].shape for n in params)
+
+
+def test_sampler_is_a_function_of_the_step_and_world_size_independent():
+    one = StepBatchSampler(50, 8, rank=0, world_size=1, seed=3)
+    two = [StepBatchSampler(50, 8, rank=r, world_size=2, seed=3) for r in range(2)]
+    assert one.steps_per_epoch == 6
+    for step in (0, 5, 6, 13):
+        glob = one.batch_for_step(step)
+        assert glob == two[0].batch_for_step(step) + two[1].batch_for_step(step)
+        assert {e for _, e in glob} == {step // 6}
+    epoch0 = [i for s in range(6) for i, _ in one.batch_for_step(s)]
+    assert len(set(epoch0)) == 48  # no repeats inside an epoch
+    resumed = StepBatchSampler(50, 8, seed=3, start_step=4, end_step=9)
+    assert list(resumed) == [one.batch_for_step(s) for s in range(4, 9)] and len(resumed) == 5
+
+
+def test_code_views_are_seeded_per_sample(ar_data):
+    codes_dir, labels_dir = code_dirs(ar_data["train_codes"], "imagenet", 32)
+    ds = TrainCodeDataset(codes_dir, labels_dir, seed=0)
+    picks = {e: [ds[(i, e)][0] for i in range(6)] for e in range(6)}
+    again = [ds[(i, 3)][0] for i in range(6)]
+    assert all(torch.equal(a, b) for a, b in zip(picks[3], again))
+    stored = np.load(codes_dir / "0.npy")
+    views = {int(np.flatnonzero((stored == picks[e][0].numpy()).all(1))[0]) for e in range(6)}
+    assert views == {0, 1}  # both stored views (crop and mirror) get used
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training runs (single process, in-process)
+
+def test_tiny_gpt_lowers_training_and_validation_loss(ar_data, tmp_path, one_thread):
+    from autoregressive.val_loss import main as val_main
+    result = train_main(train_args(ar_data, tmp_path, "learn", 40, "--lr-scheduler", "const", "--warmup", "4",
+                                   "--ckpt-every", "10", "--mixed-precision", "none", "--global-batch-size", "16"))
+    run = tmp_path / "learn"
+    assert result["steps"] == 40 and sorted(p.name for p in (run / "checkpoints").glob("*.pt")) == \
+        ["0000010.pt", "0000020.pt", "0000030.pt", "0000040.pt"]
+    assert not (run / "cd_records").exists()  # const: no cool-down folders (the original crashed here)
+    m = losses(run)
+    first, last = np.mean([m[s]["train_loss"] for s in range(1, 5)]), np.mean([m[s]["train_loss"] for s in (37, 38, 39, 40)])
+    assert first > 6.5 and last < first - 2.0, (first, last)
+
+    def val(step):
+        return val_main(["--gpt-ckpt", str(run / "checkpoints" / f"{step:07d}.pt"), "--tok-config", str(TINY_TOK),
+                         "--code-path", str(ar_data["val_codes"]), "--device", "cpu", "--num-workers", "0",
+                         "--precision", "none", "--per-proc-batch-size", "5"])["val_loss"]
+    early, final = val(10), val(40)
+    assert final < early < LN_VOCAB - 0.2, (early, final)
+    records = json.loads((run / "val_results.json").read_text())
+    assert [r["gpt_iter"] for r in records] == ["0000010", "0000040"]
+
+    # the checkpoint: {model, optimizer, steps, args} + what load_gpt needs; safe to load with weights_only
+    path = run / "checkpoints" / "0000040.pt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert {"model", "optimizer", "steps", "args"} <= set(ckpt) and ckpt["steps"] == 40 and "ema" not in ckpt
+    assert ckpt["args"]["gpt_model"] == "GPT-tiny" and ckpt["gpt_config"]["vocab_size"] == 1024
+    model = load_gpt(ckpt["gpt_config"], path)
+    assert model.tok_embeddings.weight.shape == (1024, 64) and model.positional_embedding.shape == (65, 64)
+    same = load_gpt("GPT-tiny", path, vocab_size=1024, block_size=64, num_classes=N_CLASSES)
+    assert torch.equal(same.output.weight, model.output.weight)
+
+
+def test_online_tokenisation_mode(ar_data, tmp_path, one_thread):
+    """--dataset imagenet: random crop + flip, tokenised per step; cosine schedule, accumulation, bf16, EMA,
+    activation checkpointing."""
+    args = train_args(ar_data, tmp_path, "images", 3, "--lr-scheduler", "cosine", "--warmup", "1",
+                      "--gradient-accumulation-steps", "2", "--mixed-precision", "bf16", "--ema", "--grad-ckpt")
+    args[args.index("imagenet_code")] = "imagenet"
+    args += ["--data-path", str(ar_data["train_images"]), "--vq-ckpt", str(ar_data["tok_ckpt"])]
+    train_main(args)
+    run = tmp_path / "images"
+    m = losses(run)
+    assert sorted(m) == [1, 2, 3] and all(math.isfinite(r["train_loss"]) for r in m.values())
+    sch = LRSchedule("cosine_v2", 3e-3, 3, warmup=1, end_lr=1e-5)
+    assert [m[s]["lr"] for s in (1, 2, 3)] == pytest.approx([sch(0), sch(1), sch(2)])
+    assert (run / "VQ_tiny32.yaml").is_file() and (run / "vq_ckpt.txt").read_text() == str(ar_data["tok_ckpt"])
+    ckpt = load_checkpoint_file(run / "checkpoints" / "0000003.pt")
+    assert set(ckpt["ema"]) == set(ckpt["model"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SIGKILL after a checkpoint, then auto-resume: the same per-step losses; WSD layout and LR at every step
+
+@pytest.mark.slow
+def test_sigkill_and_resume_matches_uninterrupted_wsd_run(ar_data, tmp_path, one_thread):
+    T, hold = 24, 18  # fract 0.25
+    extra = ("--lr-scheduler", "wsd", "--warmup", "3", "--fract-decay", "0.25", "--ckpt-every", "6", "--ema",
+             "--mixed-precision", "bf16", "--max-grad-norm", "0.5")
+    train_main(train_args(ar_data, tmp_path, "ref", T, *extra))
+    ref = losses(tmp_path / "ref")
+    cd = Path("cd_records") / "cd_fract_0.25_to_0000024" / "checkpoints"
+    assert sorted(p.name for p in (tmp_path / "ref" / "checkpoints").glob("*.pt")) == \
+        ["0000006.pt", "0000012.pt", "0000018.pt"]  # the checkpoint at exactly the hold step stays here
+    assert sorted(p.name for p in (tmp_path / "ref" / cd).glob("*.pt")) == ["0000024.pt"]
+    assert (tmp_path / "ref" / cd.parent / "log.txt").is_file()  # logs follow the switch
+    sch = LRSchedule("wsd", 3e-3, T, warmup=3, fract_decay=0.25)
+    assert [ref[s]["lr"] for s in range(1, T + 1)] == pytest.approx([sch(s) for s in range(T)], rel=1e-12)
+    assert ref[hold]["lr"] == 3e-3 and ref[hold + 2]["lr"] < 3e-3
+
+    # the same run in a subprocess (with DataLoader workers), killed right after its first checkpoint
+    args = train_args(ar_data, tmp_path, "killed", T, *extra)
+    args[args.index("--num-workers") + 1] = "2"
+    proc = subprocess.Popen([sys.executable, "-m", "autoregressive.train_c2i", *args], cwd=REPO, env=child_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "killed" / "checkpoints" / "0000006.pt"
+    deadline = time.time() + 240
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (tmp_path / "killed" / cd / "0000024.pt").exists()
+    train_main(args)  # auto-resume from the newest checkpoint
+    log = (tmp_path / "killed" / "log.txt").read_text()
+    assert "Resume training from checkpoint" in log
+    res = losses(tmp_path / "killed")
+    assert sorted(res) == list(range(1, T + 1))
+    assert [res[s]["train_loss"] for s in range(1, T + 1)] == [ref[s]["train_loss"] for s in range(1, T + 1)]
+    a = load_checkpoint_file(tmp_path / "ref" / cd / "0000024.pt")
+    b = load_checkpoint_file(tmp_path / "killed" / cd / "0000024.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# torchrun: DDP, then FSDP2 resuming the DDP checkpoint (2 CPU processes, gloo)
+
+@pytest.mark.slow
+def test_ddp_then_fsdp_two_processes(ar_data, tmp_path):
+    extra = ("--ckpt-every", "3", "--ema", "--mixed-precision", "none", "--lr-scheduler", "const")
+    torchrun("autoregressive.train_c2i", train_args(ar_data, tmp_path, "ddp", 6, *extra))
+    ddp_dir = tmp_path / "ddp" / "checkpoints"
+    assert sorted(p.name for p in ddp_dir.glob("*.pt")) == ["0000003.pt", "0000006.pt"]
+    ddp = load_checkpoint_file(ddp_dir / "0000006.pt")
+    assert ddp["trainer_state"]["world_size"] == 2 and set(ddp["ema"]) == set(ddp["model"])
+    model = load_gpt(ddp["gpt_config"], ddp_dir / "0000006.pt")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ddp["model"].items())
+
+    # FSDP2 (sdp) continues the DDP run from step 3: same data, same per-rank random streams, so the losses of
+    # steps 4-6 and the final weights agree with the DDP run up to float reduction order
+    (tmp_path / "fsdp" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "fsdp" / "checkpoints" / "0000003.pt").write_bytes((ddp_dir / "0000003.pt").read_bytes())
+    torchrun("autoregressive.train_c2i", train_args(ar_data, tmp_path, "fsdp", 6, *extra, "--data-parallel", "sdp"))
+    fsdp_path = tmp_path / "fsdp" / "checkpoints" / "0000006.pt"
+    fsdp = load_checkpoint_file(fsdp_path)
+    assert fsdp["trainer_state"]["data_parallel"] == "sdp"
+    assert set(fsdp["model"]) == set(ddp["model"]) and set(fsdp["ema"]) == set(ddp["model"])
+    assert all(isinstance(k, str) for k in fsdp["optimizer"]["state"])
+    loaded = load_gpt(fsdp["gpt_config"], fsdp_path)
+    for k, v in ddp["model"].items():
+        torch.testing.assert_close(fsdp["model"][k], v, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fsdp["ema"][k], ddp["ema"][k], rtol=1e-4, atol=1e-5)
+        assert torch.equal(loaded.state_dict()[k], fsdp["model"][k])
+    ref, res = losses(tmp_path / "ddp"), losses(tmp_path / "fsdp")
+    assert sorted(res) == [4, 5, 6]
+    for s in (4, 5, 6):
+        assert res[s]["train_loss"] == pytest.approx(ref[s]["train_loss"], rel=1e-5, abs=1e-6)
