@@ -1,0 +1,330 @@
+"""Class-conditional sampling with a GPT and a GigaTok tokenizer: class grids, or many images for gFID.
+
+Two modes share one code path (``--mode``):
+
+* ``visualize`` (scripts/sample_c2i_visualization.sh): ``--qual-num`` images spread over ``--class-idx``; one
+  PNG per image under ``class_<id>_<name>/``, a grid per class and ``multi_class_grid.png`` with class names.
+* ``fid`` (scripts/sample_c2i_search_cfg.sh): ``--num-fid-samples`` images with uniformly drawn class ids, PNGs,
+  ``<folder>.npz`` (``arr_0`` uint8 NHWC, ``labels``, the token ``codes``), and with ``--gt-npz-path`` the ADM metrics
+  (``<folder>.txt`` / ``.metrics.json``) and a row in ``search_results/<name>.csv``; ``--search`` walks the CFG
+  scale by 0.25 to a local FID minimum as the original does.
+
+Image ``i``'s class and random numbers come from generators seeded by ``(global seed, i)``, so the images do not
+depend on the number of processes or the batch size. ``sample_settings.json`` records everything needed to
+reproduce a folder (settings, world size, checkpoints and their sha256).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from autoregressive import generate, load_gpt
+from autoregressive.models.generate import sample_generators
+from tokenizer import load_tokenizer
+from utils.checkpoint import CheckpointError, resolve_checkpoint, sha256_file
+from utils.data import to_uint8
+from utils.distributed import barrier, cleanup, init_distributed
+from utils.images import save_grid
+
+PRECISIONS = {"none": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+METRIC_NAMES = ("FID", "sFID", "Inception Score", "Precision", "Recall")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--mode", choices=["visualize", "fid"], default="visualize", help="class grids or gFID samples")
+    g = p.add_argument_group("models")
+    g.add_argument("--gpt-model", default="GPT-B", help="GPT preset (GPT-B, GPT-L, GPT-XL, GPT-XXL, ...)")
+    g.add_argument("--gpt-ckpt", required=True, help="GPT weights: local file, released name or hf://OWNER/REPO/FILE")
+    g.add_argument("--gpt-type", choices=["c2i"], default="c2i", help="only class-conditional models exist")
+    g.add_argument("--cls-token-num", type=int, default=1, help="class-condition tokens")
+    g.add_argument("--num-classes", type=int, default=1000, help="classes the GPT was trained with")
+    g.add_argument("--vq-ckpt", required=True, help="tokenizer weights")
+    g.add_argument("--tok-config", "--model-config", dest="tok_config", required=True, help="tokenizer YAML")
+    g.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family")
+    g.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="GPT weight/cache dtype")
+    g.add_argument("--compile", action="store_true", help="torch.compile the GPT")
+    g.add_argument("--from-fsdp", action="store_true", help="accepted for compatibility (checkpoints are full)")
+    g = p.add_argument_group("sampling")
+    g.add_argument("--cfg-scale", type=float, default=2.0, help="classifier-free guidance scale (<= 1: off)")
+    g.add_argument("--cfg-schedule", default="constant", help="constant, step, linear, linear_re, triangular, "
+                   "rectangular, cosine, sigmoid")
+    g.add_argument("--step-start-ratio", type=float, default=0.18, help="window_start of the step schedule")
+    g.add_argument("--cfg-interval", type=float, default=-1, help="decode steps after which CFG stops (-1: never)")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature")
+    g.add_argument("--global-seed", type=int, default=0, help="seed of every image's generator")
+    g = p.add_argument_group("output")
+    g.add_argument("--sample-dir", default="samples", help="parent folder of the outputs")
+    g.add_argument("--image-size", type=int, default=None, help="must equal the tokenizer's (default: it)")
+    g.add_argument("--image-size-eval", type=int, default=None, help="resize samples (bicubic) before saving")
+    g.add_argument("--per-proc-batch-size", type=int, default=32, help="images per batch and process")
+    g.add_argument("--class-idx", default="207,360,387,974,88,979,417,279", help="visualize: comma-separated ids")
+    g.add_argument("--class-names", default=None, help="text file with one class name per line (default: "
+                   "ImageNet names for 1000 classes, else class<id>)")
+    g.add_argument("--qual-num", type=int, default=100, help="visualize: total images over all classes")
+    g.add_argument("--num-fid-samples", type=int, default=50000, help="fid: number of images")
+    g.add_argument("--gt-npz-path", default=None, help="fid: ADM reference batch; evaluates the samples")
+    g.add_argument("--eval-python-path", default=None, help="accepted for compatibility (evaluation runs here)")
+    g.add_argument("--search", action="store_true", help="fid: greedy CFG-scale search (step 0.25) to a minimum")
+    g.add_argument("--clear-cache", action="store_true", help="fid: delete PNGs and npz after evaluation")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    return p.parse_args(argv)
+
+
+def class_names(args: argparse.Namespace) -> list[str]:
+    if args.class_names:
+        names = [line.strip() for line in Path(args.class_names).read_text().splitlines() if line.strip()]
+        if len(names) != args.num_classes:
+            raise ValueError(f"{args.class_names} lists {len(names)} names for {args.num_classes} classes")
+        return names
+    if args.num_classes == 1000:
+        from torchvision.models import ResNet50_Weights
+        return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    return [f"class{i}" for i in range(args.num_classes)]
+
+
+def parse_class_ids(text: str, num_classes: int) -> list[int]:
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError as exc:
+        raise ValueError(f"--class-idx must be comma-separated integers, got {text!r}") from exc
+    bad = [i for i in ids if not 0 <= i < num_classes]
+    if bad or not ids:
+        raise ValueError(f"class ids {bad or text!r} are outside [0, {num_classes})")
+    return ids
+
+
+def fid_labels(seed: int, indices: list[int], num_classes: int) -> torch.Tensor:
+    """Class of image ``i``: uniform, from its own generator (independent of process count and batching)."""
+    gens = sample_generators(seed + 7919, indices)
+    return torch.tensor([int(torch.randint(num_classes, (), generator=g)) for g in gens], dtype=torch.long)
+
+
+class Sampler:
+    """Loaded models plus the sampling settings; ``images(labels, indices)`` -> uint8 NHWC."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device):
+        self.args, self.device = args, device
+        self.tok = load_tokenizer(args.tok_config, resolve_checkpoint(args.vq_ckpt), device=device)
+        size = args.image_size or self.tok.image_size
+        if size != self.tok.image_size:
+            raise ValueError(f"--image-size {size} does not match the tokenizer's {self.tok.image_size}")
+        try:
+            self.gpt = load_gpt(args.gpt_model, resolve_checkpoint(args.gpt_ckpt), device=device,
+                                dtype=PRECISIONS[args.precision], vocab_size=self.tok.codebook_size,
+                                block_size=self.tok.num_tokens, num_classes=args.num_classes,
+                                cls_token_num=args.cls_token_num)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}\nThe GPT was built for the tokenizer {args.tok_config} (vocabulary "
+                                  f"{self.tok.codebook_size}, {self.tok.num_tokens} tokens) and --num-classes "
+                                  f"{args.num_classes}; a GPT trained for another tokenizer cannot be used.") from exc
+        if args.compile:
+            self.gpt = torch.compile(self.gpt)
+
+    def schedule_kwargs(self) -> dict:
+        return {"window_start": self.args.step_start_ratio} if self.args.cfg_schedule == "step" else {}
+
+    @torch.no_grad()
+    def images(self, labels: torch.Tensor, indices: list[int], cfg_scale: float) -> tuple[np.ndarray, np.ndarray]:
+        a = self.args
+        codes = generate(self.gpt, labels.to(self.device), self.tok.num_tokens, cfg_scale=cfg_scale,
+                         cfg_schedule=a.cfg_schedule, cfg_schedule_kwargs=self.schedule_kwargs(),
+                         temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, cfg_interval=a.cfg_interval,
+                         generator=sample_generators(a.global_seed, indices))
+        pixels = self.tok.decode_code(codes, self.tok.latent_shape(len(indices))).float()
+        if a.image_size_eval and a.image_size_eval != pixels.shape[-1]:
+            pixels = torch.nn.functional.interpolate(pixels, size=a.image_size_eval, mode="bicubic")
+        return to_uint8(pixels).cpu().numpy(), codes.cpu().numpy()
+
+
+def settings(args: argparse.Namespace, world_size: int, cfg_scale: float) -> dict:
+    out = {k: v for k, v in vars(args).items()}
+    out.update(cfg_scale=cfg_scale, world_size=world_size,
+               gpt_ckpt_sha256=sha256_file(resolve_checkpoint(args.gpt_ckpt)),
+               vq_ckpt_sha256=sha256_file(resolve_checkpoint(args.vq_ckpt)),
+               created=time.strftime("%Y-%m-%d %H:%M:%S"))
+    return out
+
+
+def visualize(args, sampler: Sampler, dist) -> Path:
+    ids = parse_class_ids(args.class_idx, args.num_classes)
+    names = class_names(args)
+    short = [names[i].split(",")[0].strip() for i in ids]
+    folder = Path(args.sample_dir) / (f"{args.gpt_model}-topk-{args.top_k}-topp-{args.top_p}-temp-{args.temperature}"
+                                      f"-cfg-{args.cfg_scale}-{args.cfg_schedule}-seed-{args.global_seed}")
+    per_class = math.ceil(args.qual_num / len(ids))
+    # job k = (class position c, sample n); image index k seeds its generator -> same picture for any world size
+    jobs = [(c, n) for c in range(len(ids)) for n in range(per_class)]
+    mine = jobs[dist.rank:: dist.world_size]
+    for start in tqdm(range(0, len(mine), args.per_proc_batch_size), disable=not dist.is_main, desc="sample"):
+        chunk = mine[start: start + args.per_proc_batch_size]
+        labels = torch.tensor([ids[c] for c, _ in chunk])
+        indices = [c * per_class + n for c, n in chunk]
+        for img, (c, n) in zip(sampler.images(labels, indices, args.cfg_scale)[0], chunk):
+            out = folder / f"class_{ids[c]}_{short[c]}"
+            out.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(out / f"{short[c]}_{n:06d}.png")
+    barrier()
+    if dist.is_main:
+        rows, captions = [], []
+        for c, cid in enumerate(ids):
+            files = [folder / f"class_{cid}_{short[c]}" / f"{short[c]}_{n:06d}.png" for n in range(per_class)]
+            imgs = np.stack([np.asarray(Image.open(f)) for f in files])
+            save_grid(imgs, folder / f"class_{cid}_grid.png", ncol=min(6, len(imgs)), title=f"{cid}: {names[cid]}")
+            show = imgs[: min(6, len(imgs))]
+            rows.append(show)
+            captions += [f"{cid} {short[c]}"[:24]] + [""] * (len(show) - 1)
+        ncol = max(len(r) for r in rows)
+        padded = [np.concatenate([r, np.full((ncol - len(r), *r.shape[1:]), 255, np.uint8)]) for r in rows]
+        flat_caps = []
+        k = 0
+        for r in rows:
+            flat_caps += captions[k: k + len(r)] + [""] * (ncol - len(r))
+            k += len(r)
+        save_grid(np.concatenate(padded), folder / "multi_class_grid.png", ncol=ncol, captions=flat_caps)
+        (folder / "sample_settings.json").write_text(json.dumps(settings(args, dist.world_size, args.cfg_scale),
+                                                                indent=2, default=str))
+        print(f"[sample] {len(jobs)} images of classes {ids} in {folder}; grid: {folder / 'multi_class_grid.png'}")
+    return folder
+
+
+def fid_folder(args, cfg_scale: float) -> Path:
+    size = args.image_size_eval or args.image_size or "tok"
+    return Path(args.sample_dir) / (f"{args.gpt_model}-size-{args.image_size or 'tok'}-size-{size}-topk-{args.top_k}"
+                                    f"-topp-{args.top_p}-temperature-{args.temperature}-cfg-{cfg_scale}"
+                                    f"-{args.cfg_schedule}-seed-{args.global_seed}")
+
+
+def read_metrics(txt: Path) -> dict | None:
+    if not txt.is_file():
+        return None
+    found = {}
+    for line in txt.read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in METRIC_NAMES:
+            try:
+                found[name.strip()] = float(value)
+            except ValueError:
+                found[name.strip()] = float("nan")
+    return found if all(m in found for m in METRIC_NAMES) else None
+
+
+def sample_fid(args, sampler: Sampler, dist, cfg_scale: float) -> dict | None:
+    """Sample (or reuse) one folder at ``cfg_scale``; returns the metrics when a reference batch is given."""
+    folder = fid_folder(args, cfg_scale)
+    txt = folder.parent / f"{folder.name}.txt"
+    done = read_metrics(txt)
+    if done is not None:
+        return done
+    n = args.num_fid_samples
+    mine = list(range(dist.rank, n, dist.world_size))
+    if dist.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+    barrier()
+    start = time.time()
+    for k in tqdm(range(0, len(mine), args.per_proc_batch_size), disable=not dist.is_main, desc=f"cfg {cfg_scale}"):
+        idx = mine[k: k + args.per_proc_batch_size]
+        imgs, codes = sampler.images(fid_labels(args.global_seed, idx, args.num_classes), idx, cfg_scale)
+        for img, code, i in zip(imgs, codes, idx):
+            Image.fromarray(img).save(folder / f"{i:06d}.png")
+            np.save(folder / f"{i:06d}.codes.npy", code)
+    barrier()
+    metrics = None
+    if dist.is_main:
+        arr = np.stack([np.asarray(Image.open(folder / f"{i:06d}.png")) for i in range(n)])
+        npz = folder.parent / f"{folder.name}.npz"
+        codes = np.stack([np.load(folder / f"{i:06d}.codes.npy") for i in range(n)])
+        np.savez(npz, arr_0=arr, labels=fid_labels(args.global_seed, list(range(n)), args.num_classes).numpy(),
+                 codes=codes)
+        info = settings(args, dist.world_size, cfg_scale)
+        info["seconds"] = time.time() - start
+        (folder / "sample_settings.json").write_text(json.dumps(info, indent=2, default=str))
+        print(f"[sample] {n} images in {folder}, npz {npz} ({info['seconds']:.0f} s)")
+        if args.gt_npz_path:
+            from evaluations.c2i.evaluator import evaluate_npz
+            result = evaluate_npz(Path(args.gt_npz_path), npz, device=dist.device)
+            lines = {"FID": result.get("fid"), "sFID": result.get("sfid"),
+                     "Inception Score": result.get("inception_score"), "Precision": result.get("precision"),
+                     "Recall": result.get("recall")}
+            txt.write_text("".join(f"{k}: {v}\n" for k, v in lines.items()))
+            metrics = {k: float("nan") if v is None else float(v) for k, v in lines.items()}
+            append_csv(args, cfg_scale, metrics)
+        if args.clear_cache:
+            shutil.rmtree(folder)
+            if args.gt_npz_path:
+                npz.unlink()
+    barrier()
+    return metrics if dist.is_main else read_metrics(txt)
+
+
+def csv_path(args) -> Path:
+    sample_dir = Path(args.sample_dir)
+    return sample_dir.parent / "search_results" / f"{sample_dir.name}.csv"
+
+
+def append_csv(args, cfg_scale: float, metrics: dict) -> None:
+    path = csv_path(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    annotation = f"window_start={args.step_start_ratio:.2f}" if args.cfg_schedule == "step" else ""
+    with path.open("a", newline="") as fh:
+        w = csv.writer(fh)
+        if new:
+            w.writerow(["annotation", "cfg_scale", "cfg_schedule", "FID", "Inception Score", "Precision", "Recall",
+                        "sFID"])
+        w.writerow([annotation, cfg_scale, args.cfg_schedule, metrics["FID"], metrics["Inception Score"],
+                    metrics["Precision"], metrics["Recall"], metrics["sFID"]])
+
+
+def search(args, sampler: Sampler, dist) -> dict:
+    """Greedy walk over the CFG scale (step 0.25, floor 1.0) to a local FID minimum, as the original."""
+    if not args.gt_npz_path:
+        raise ValueError("--search needs --gt-npz-path (the reference batch to compute FID against)")
+    tried: dict[float, float] = {}
+    scale = args.cfg_scale
+    while True:
+        tried[scale] = sample_fid(args, sampler, dist, scale)["FID"]
+        best = min(tried, key=tried.get)
+        candidates = [round(best + 0.25, 4), round(best - 0.25, 4)]
+        nxt = next((c for c in candidates if c >= 1.0 and c not in tried), None)
+        if nxt is None:
+            if dist.is_main:
+                print(f"[search] best cfg scale {best} with FID {tried[best]:.4f} (tried {sorted(tried)})")
+            return {"best_cfg_scale": best, "fid": tried}
+        scale = nxt
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    dist = init_distributed(args.device)
+    torch.set_grad_enabled(False)
+    if dist.is_main:  # download once; other ranks then read the Hub cache
+        resolve_checkpoint(args.vq_ckpt), resolve_checkpoint(args.gpt_ckpt)
+    barrier()
+    if args.mode == "visualize":
+        parse_class_ids(args.class_idx, args.num_classes)  # fail before loading models
+    sampler = Sampler(args, dist.device)
+    if args.mode == "visualize":
+        result = visualize(args, sampler, dist)
+    elif args.search:
+        result = search(args, sampler, dist)
+    else:
+        result = sample_fid(args, sampler, dist, args.cfg_scale)
+    cleanup()
+    return result
+
+
+if __name__ == "__main__":
+    main()
