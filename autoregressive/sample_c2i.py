@@ -307,10 +307,10 @@ def search(args, sampler: Sampler, dist) -> dict:
         scale = nxt
 
 
+@torch.no_grad()
 def main(argv=None):
     args = parse_args(argv)
     dist = init_distributed(args.device)
-    torch.set_grad_enabled(False)
     if dist.is_main:  # download once; other ranks then read the Hub cache
         resolve_checkpoint(args.vq_ckpt), resolve_checkpoint(args.gpt_ckpt)
     barrier()

@@ -13,5 +13,9 @@ import testlib  # noqa: E402,F401  (puts the repo root on sys.path)
 
 @pytest.fixture(autouse=True)
 def _deterministic_cpu():
+    """Seed every test and restore global torch state a test (or a driver it calls in-process) may change."""
     torch.manual_seed(0)
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
     yield
+    torch.set_grad_enabled(grad)
+    torch.set_num_threads(threads)

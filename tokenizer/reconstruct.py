@@ -66,7 +66,6 @@ def run_name(args: argparse.Namespace) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     dist = init_distributed(args.device)
-    torch.set_grad_enabled(False)
     if dist.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
 
