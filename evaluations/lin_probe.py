@@ -221,3 +221,109 @@ def fit_on_tensors(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Te
     result = evaluate_linear_probe(head, val, device=device)
     result.update({"history": history, "config": asdict(cfg), "head": head})
     return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Driver shared by tokenizer/lin_probe.py and autoregressive/lin_probe.py
+
+def add_probe_args(p) -> None:
+    """The command-line flags both probe drivers share (the original's names)."""
+    p.add_argument("--data-path", required=True, help="folder with ILSVRC2012_img_train/ and ILSVRC2012_img_val/, "
+                   "or use --train-path/--val-path")
+    p.add_argument("--train-path", default=None, help="training ImageFolder (default: DATA/ILSVRC2012_img_train)")
+    p.add_argument("--val-path", default=None, help="validation ImageFolder (default: DATA/ILSVRC2012_img_val)")
+    p.add_argument("--save-path", default="results/lin_probe", help="parent folder of the experiment")
+    p.add_argument("--sub-exp-dir", default="probe", help="experiment folder name")
+    p.add_argument("--batch-size", type=int, default=128, help="images per GPU")
+    p.add_argument("--epochs", type=int, default=90, help="total epochs (10 warm-up + cosine)")
+    p.add_argument("--warmup-epochs", type=int, default=10, help="linear warm-up epochs")
+    p.add_argument("--blr", type=float, default=0.1, help="base lr; lr = blr * batch * world / 256")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="LARS weight decay")
+    p.add_argument("--ckpt-epoch", type=int, default=10, help="checkpoint every N epochs")
+    p.add_argument("--num-classes", type=int, default=1000, help="classes of the dataset")
+    p.add_argument("--num-workers", type=int, default=4, help="DataLoader workers per process")
+    p.add_argument("--mixed-precision", choices=["none", "fp16", "bf16"], default="none",
+                   help="autocast dtype of the feature extractor")
+    p.add_argument("--eval", action="store_true", help="only evaluate the last checkpoint (or print the result)")
+    p.add_argument("--global-seed", type=int, default=0, help="seed of the data order and augmentation")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+
+
+def run_probe(args, feature_fn: Callable[[torch.Tensor], torch.Tensor], dim: int, image_size: int, tag: str,
+              extra_settings: dict | None = None) -> dict:
+    """Train (or evaluate) a linear probe on ``feature_fn`` features of an ImageFolder dataset; returns metrics.
+
+    Outputs in ``<save-path>/<sub-exp-dir>/``: ``checkpoints/{epoch:04d}.pt`` ({model, optimizer, steps, epoch,
+    args}), ``lin_probe_acc.txt`` (the original's line) and ``metrics.json``. A finished run is not retrained.
+    """
+    import json
+    import random
+    from pathlib import Path
+
+    from utils.checkpoint import load_checkpoint_file, save_atomic
+    from utils.data import ImageFolderDataset, collate_skip_bad, train_transform
+    from utils.distributed import barrier, init_distributed
+
+    d = init_distributed(args.device)
+    exp = Path(args.save_path) / args.sub_exp_dir
+    ckpt_dir = exp / "checkpoints"
+    train_root = Path(args.train_path or Path(args.data_path) / "ILSVRC2012_img_train")
+    val_root = Path(args.val_path or Path(args.data_path) / "ILSVRC2012_img_val")
+    cfg = ProbeConfig(epochs=args.epochs, warmup_epochs=args.warmup_epochs, blr=args.blr,
+                      weight_decay=args.weight_decay)
+    dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.mixed_precision]
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(d.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return feature_fn(x).float()
+
+    def loader(root: Path, train: bool):
+        rng = random.Random(args.global_seed + d.rank)
+        transform = (lambda img: train_transform(img, image_size, rng)) if train else None
+        ds = ImageFolderDataset(root, image_size, transform=transform)
+        sampler = torch.utils.data.DistributedSampler(ds, d.world_size, d.rank, shuffle=train, seed=args.global_seed,
+                                                      drop_last=train) if d.distributed else None
+
+        def collate(batch):
+            x, y, _, _ = collate_skip_bad(batch)
+            return x, y
+        return torch.utils.data.DataLoader(ds, batch_size=args.batch_size, sampler=sampler,
+                                           shuffle=train and sampler is None, drop_last=train,
+                                           num_workers=args.num_workers, collate_fn=collate,
+                                           generator=torch.Generator().manual_seed(args.global_seed)), sampler
+
+    head = LinearProbeHead(dim, args.num_classes)
+    last = ckpt_dir / f"{cfg.epochs - 1:04d}.pt"
+    existing = sorted(ckpt_dir.glob("*.pt"))
+    start_epoch, opt = 0, None
+    if existing:
+        state = load_checkpoint_file(existing[-1])
+        head.load_state_dict(state["model"])
+        start_epoch = int(state["epoch"]) + 1
+        if start_epoch < cfg.epochs and not args.eval:
+            opt = LARS(head.parameters(), lr=0.0, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                       trust_coefficient=cfg.trust_coefficient)
+            opt.load_state_dict(state["optimizer"])
+    if not args.eval and not last.exists():
+        train_loader, sampler = loader(train_root, True)
+
+        def save(epoch, model, optimizer, steps):
+            if d.is_main and ((epoch + 1) % args.ckpt_epoch == 0 or epoch == cfg.epochs - 1):
+                save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "steps": steps,
+                             "epoch": epoch, "args": vars(args)}, ckpt_dir / f"{epoch:04d}.pt")
+        train_linear_probe(head, train_loader, cfg, feature_fn=features, device=d.device, start_epoch=start_epoch,
+                           optimizer=opt, on_epoch_end=save,
+                           set_epoch=sampler.set_epoch if sampler is not None else None,
+                           log=print if d.is_main else None)
+        barrier()
+    val_loader, _ = loader(val_root, False)
+    result = evaluate_linear_probe(head, val_loader, feature_fn=features, device=d.device)
+    result.update({"feature_dim": dim, "epochs": cfg.epochs, "world_size": d.world_size, **(extra_settings or {})})
+    if d.is_main:
+        exp.mkdir(parents=True, exist_ok=True)
+        with open(exp / "lin_probe_acc.txt", "a") as fh:
+            fh.write(f"{tag}: Accuracy of the network on the {result['total']} test images: {result['top1']:.4f}\n")
+        (exp / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
+        print(f"[lin_probe] {tag}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f} "
+              f"on {result['total']} images; results in {exp}")
+    return result
