@@ -39,7 +39,7 @@ import torch.nn as nn
 
 from autoregressive.data import StepBatchSampler, TrainCodeDataset, TrainImageDataset, mix_seed
 from autoregressive.models.gpt import GPT_models
-from utils.checkpoint import CheckpointError, load_state_dict_strict, save_atomic, select_state_dict, strip_prefixes
+from utils.checkpoint import CheckpointError, load_checkpoint_file, load_state_dict_strict, save_atomic, select_state_dict, strip_prefixes
 from utils.data import collate_skip_bad
 from utils.distributed import DistInfo, barrier, cleanup, init_distributed
 from utils.ema import EMA
@@ -306,11 +306,7 @@ def prune_checkpoints(folder: Path, args: argparse.Namespace) -> list[Path]:
 
 def read_checkpoint(path: Path) -> dict:
     """Weights-only, memory-mapped load (argparse.Namespace allowed for the original's checkpoints)."""
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"could not read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+    return load_checkpoint_file(path, mmap=True)
 
 
 def _plain_args(args: argparse.Namespace) -> dict:

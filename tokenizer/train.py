@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from tokenizer import build_tokenizer, read_tokenizer_config
 from tokenizer.losses import build_loss
-from utils.checkpoint import CheckpointError, load_state_dict_strict, save_atomic, select_state_dict, strip_prefixes
+from utils.checkpoint import CheckpointError, load_checkpoint_file, load_state_dict_strict, save_atomic, select_state_dict, strip_prefixes
 from utils.config import ConfigError, as_float, save_config, to_plain
 from utils.data import ImageFolderDataset, train_transform
 from utils.distributed import DistInfo, barrier, cleanup, init_distributed
@@ -363,13 +363,8 @@ def list_checkpoints(exp_dir: Path) -> list[Path]:
 
 
 def read_checkpoint(path: Path) -> dict:
-    """Memory-mapped, weights-only load (every rank of a node shares the page cache)."""
-    import argparse as _argparse
-    try:
-        with torch.serialization.safe_globals([_argparse.Namespace]):
-            return dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"could not read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+    """Weights-only, memory-mapped load (argparse.Namespace allowed for the original's checkpoints)."""
+    return load_checkpoint_file(path, mmap=True)
 
 
 def manage_checkpoints(folder: Path, args: argparse.Namespace) -> list[Path]:

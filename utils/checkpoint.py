@@ -67,11 +67,13 @@ def _hub_download(repo_id: str, filename: str, original: str) -> Path:
             f"Hugging Face Hub: {type(exc).__name__}: {exc}.{hint}") from exc
 
 
-def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                         mmap: bool = False) -> dict:
     """Read a checkpoint without unpickling arbitrary objects.
 
     ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``,
-    allowing ``argparse.Namespace`` because the original training scripts store their args in it.
+    allowing ``argparse.Namespace`` because the original training scripts store their args in it. ``mmap=True``
+    memory-maps the file (every rank of a node then shares the page cache when resuming).
     """
     path = Path(path)
     if not path.is_file():
@@ -81,7 +83,7 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
             from safetensors.torch import load_file
             return load_file(str(path), device=str(map_location))
         with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location=map_location, weights_only=True)
+            obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(
             f"could not read checkpoint {str(path)!r} ({path.stat().st_size} bytes): {type(exc).__name__}: "
