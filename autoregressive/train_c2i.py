@@ -68,8 +68,12 @@ def _str_or_none(text: str) -> Optional[str]:
 # ---------------------------------------------------------------------------------------------------------------
 # command line
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the module docstring's layout and appends each flag's default to its help."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--code-path", type=_str_or_none, default=None,
                    help="folder with <dataset><size>_codes/ and _labels/ from autoregressive.extract_codes")
@@ -78,57 +82,97 @@ def build_parser() -> argparse.ArgumentParser:
                    help="imagenet: images from --data-path; imagenet_code: codes from --code-path")
     g.add_argument("--code-dataset-name", default="imagenet",
                    help="the --dataset name given to extract_codes (folder prefix of the code files)")
-    g.add_argument("--image-size", type=int, default=None, help="default: the tokenizer's image size")
-    g.add_argument("--num-classes", type=int, default=1000)
-    g.add_argument("--num-workers", type=int, default=min(24, os.cpu_count() or 1))
+    g.add_argument("--image-size", type=int, default=None,
+                   help="image side in pixels; must equal the tokenizer's (None: the tokenizer's image size)")
+    g.add_argument("--num-classes", type=int, default=1000,
+                   help="number of class labels; labels must lie in [0, N), and the class embedding gets one more "
+                        "(null) row for CFG when --class-dropout-prob > 0; 1000 as the original (ImageNet)")
+    g.add_argument("--num-workers", type=int, default=min(24, os.cpu_count() or 1),
+                   help="DataLoader worker processes per rank (the original's 24, capped at the CPU count; 0 loads "
+                        "in the main process)")
     g = p.add_argument_group("model")
-    g.add_argument("--gpt-model", choices=list(GPT_models), default="GPT-B")
+    g.add_argument("--gpt-model", choices=list(GPT_models), default="GPT-B",
+                   help="GPT size preset (GPT-B is the released 111M model; GPT-tiny is a 2-layer test model not in "
+                        "the original)")
     g.add_argument("--gpt-2d", action="store_true", help="the original's 2D-RoPE GPT (not implemented here)")
-    g.add_argument("--gpt-type", choices=["c2i", "t2i"], default="c2i")
+    g.add_argument("--gpt-type", choices=["c2i", "t2i"], default="c2i",
+                   help="c2i = class-conditional; t2i (text) is accepted as in the original but not implemented "
+                        "(exits with an error)")
     g.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing per transformer block")
-    g.add_argument("--cls-token-num", type=int, default=1)
+    g.add_argument("--cls-token-num", type=int, default=1,
+                   help="condition tokens before the image tokens; must be 1 for c2i (the original's gpt_1d asserts "
+                        "it)")
     g.add_argument("--dropout-p", type=float, default=0.1, help="resid and ffn dropout")
-    g.add_argument("--token-dropout-p", type=float, default=0.1)
+    g.add_argument("--token-dropout-p", type=float, default=0.1,
+                   help="dropout probability on the input embeddings (token + position) in training; 0.1 as the "
+                        "original")
     g.add_argument("--drop-path-rate", type=float, default=0.0, help="> 0 forces resid/ffn dropout to 0 (original)")
     g.add_argument("--class-dropout-prob", type=float, default=0.1,
                    help="probability of replacing a label by the null class in training (CFG); 0.1 as the original")
-    g.add_argument("--rope", action="store_true")
-    g.add_argument("--adaLN", action="store_true")
-    g.add_argument("--simple-adaLN", action="store_true")
-    g.add_argument("--qk-norm", action="store_true")
+    g.add_argument("--rope", action="store_true",
+                   help="the original's 1D RoPE variant (unused by the released GPTs and broken there); not "
+                        "implemented here: building the model raises")
+    g.add_argument("--adaLN", action="store_true",
+                   help="the original's adaLN-modulated blocks (unused by the released GPTs); not implemented here: "
+                        "building the model raises")
+    g.add_argument("--simple-adaLN", action="store_true",
+                   help="the original's simple adaLN (one shared modulation Linear plus a per-block offset; unused by "
+                        "the released GPTs); not implemented here: building the model raises")
+    g.add_argument("--qk-norm", action="store_true",
+                   help="LayerNorm over the head dimension on queries and keys in every attention layer (off in the "
+                        "released GPTs; recorded in the checkpoint's gpt_config)")
     g = p.add_argument_group("tokenizer")
-    g.add_argument("--quant-way", choices=["vq"], default="vq")
+    g.add_argument("--quant-way", choices=["vq"], default="vq",
+                   help="quantiser family of the tokenizer; only vq (the original's fsq options raise there too)")
     g.add_argument("--tok-config", required=True, help="tokenizer YAML (sets the GPT's vocabulary and length)")
     g.add_argument("--vq-ckpt", type=_str_or_none, default=None,
                    help="tokenizer weights (needed with --dataset imagenet; recorded with codes)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--iterations", type=int, default=1_500_000, help="total steps T of the schedule")
     g.add_argument("--early-stop-iter", type=_int_or_none, default=None, help="stop here (schedule still uses T)")
-    g.add_argument("--lr", type=float, default=1e-4)
-    g.add_argument("--weight-decay", type=float, default=5e-2)
-    g.add_argument("--beta1", type=float, default=0.9)
-    g.add_argument("--beta2", type=float, default=0.95)
+    g.add_argument("--lr", type=float, default=1e-4,
+                   help="base (peak) learning rate of AdamW; the schedule scales it")
+    g.add_argument("--weight-decay", type=float, default=5e-2,
+                   help="AdamW weight decay on tensors with >= 2 dims only (Linear weights, embeddings, position "
+                        "table; not the RMSNorm weights), as the original")
+    g.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
+    g.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
-    g.add_argument("--global-batch-size", type=int, default=256)
-    g.add_argument("--global-seed", type=int, default=0)
+    g.add_argument("--global-batch-size", type=int, default=256,
+                   help="sequences per optimiser step summed over all ranks; must be divisible by the world size "
+                        "(per-rank batch = global / world size)")
+    g.add_argument("--global-seed", type=int, default=0,
+                   help="seed of the initial weights, the data order, the data augmentation (crops, flips, code "
+                        "views) and the per-step dropout streams (the initial weights do not depend on the world "
+                        "size)")
     g.add_argument("--gradient-accumulation-steps", type=int, default=1,
                    help="split each rank's batch into this many micro-batches (same result, less memory)")
-    g.add_argument("--mixed-precision", choices=list(PRECISIONS), default="bf16")
+    g.add_argument("--mixed-precision", choices=list(PRECISIONS), default="bf16",
+                   help="autocast dtype of the forward pass: bf16, fp16 (adds a GradScaler) or none (fp32, TF32 on "
+                        "CUDA unless --no-tf32); with FSDP also the parameter dtype")
     g.add_argument("--grad-precision", choices=list(GRAD_PRECISIONS), default=None,
-                   help="FSDP gradient reduce dtype (default: the --mixed-precision dtype, fp32 for none)")
-    g.add_argument("--warmup", type=int, default=0)
-    g.add_argument("--lr-scheduler", choices=["const", "cosine", "wsd"], default="const")
+                   help="FSDP gradient reduce dtype (None: the --mixed-precision dtype, fp32 for none)")
+    g.add_argument("--warmup", type=int, default=0,
+                   help="warmup steps: the LR ramps linearly from lr/100 to lr (0: no warmup)")
+    g.add_argument("--lr-scheduler", choices=["const", "cosine", "wsd"], default="const",
+                   help="LR schedule over --iterations steps: const (lr after warmup), cosine (down to --end-lr at "
+                        "T, the original's cosine_v2) or wsd (constant, then a sqrt cool-down over the last "
+                        "--fract-decay of T, whose checkpoints go to cd_records/; what the original's scripts use)")
     g.add_argument("--end-lr", type=float, default=1e-5, help="cosine: final LR")
     g.add_argument("--fract-decay", type=float, default=0.2, help="wsd: fraction of T spent cooling down")
     g.add_argument("--original-lr-lag", action="store_true",
                    help="reproduce the original's off-by-one: update 0 at the base LR, update s at f(s-1); "
                         "with const the warmup is then ignored, as in the original")
-    g.add_argument("--ema", action="store_true")
-    g.add_argument("--ema-decay", type=float, default=0.9999)
+    g.add_argument("--ema", action="store_true",
+                   help="keep an exponential moving average of the weights (saved as 'ema' in the checkpoints)")
+    g.add_argument("--ema-decay", type=float, default=0.9999,
+                   help="EMA decay per optimiser step (0.9999 as the original)")
     cg = g.add_mutually_exclusive_group()
     cg.add_argument("--compile", dest="compile", action="store_true", default=None,
-                    help="torch.compile the model (default: on for CUDA, as the original; off on CPU)")
-    cg.add_argument("--no-compile", dest="compile", action="store_false")
+                    help="torch.compile the model (None, i.e. neither flag: on for CUDA, as the original; off on "
+                         "CPU)")
+    cg.add_argument("--no-compile", dest="compile", action="store_false", default=None,
+                    help="do not torch.compile the model")
     g.add_argument("--no-tf32", action="store_true", help="keep TF32 off on CUDA (the original turns it on)")
     g = p.add_argument_group("parallelism and device")
     g.add_argument("--data-parallel", choices=["ddp", "sdp", "fsdp", "hsdp"], default="ddp",
@@ -137,19 +181,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "a node and replicate across nodes")
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
     g = p.add_argument_group("checkpoints and logging")
-    g.add_argument("--save-path", "--results-dir", dest="save_path", default="results/gpt")
+    g.add_argument("--save-path", "--results-dir", dest="save_path", default="results/gpt",
+                   help="parent folder of experiments: the run writes to <save-path>/<sub-exp-dir>/")
     g.add_argument("--sub-exp-dir", required=True, help="experiment folder under --save-path")
-    g.add_argument("--log-every", type=int, default=200)
-    g.add_argument("--ckpt-every", type=int, default=5000)
-    g.add_argument("--milestone-step", type=int, default=50_000)
-    g.add_argument("--milestone-start", type=int, default=50_000)
-    g.add_argument("--max-milestone-num", type=int, default=40)
+    g.add_argument("--log-every", type=int, default=200,
+                   help="steps between log lines and metric records (loss averaged over the window and the ranks)")
+    g.add_argument("--ckpt-every", type=int, default=5000,
+                   help="steps between checkpoints (one is also written at the last step of the schedule or of "
+                        "--early-stop-iter)")
+    g.add_argument("--milestone-step", type=int, default=50_000,
+                   help="checkpoint retention in checkpoints/, as the original: the steps milestone-start + k * "
+                        "milestone-step (k >= 0) are milestones, kept up to --max-milestone-num; other checkpoints "
+                        "older than the newest milestone are deleted")
+    g.add_argument("--milestone-start", type=int, default=50_000, help="step of the first milestone checkpoint")
+    g.add_argument("--max-milestone-num", type=int, default=40,
+                   help="newest milestone checkpoints kept in checkpoints/ (0: keep none; nothing is deleted when "
+                        "--max-none-milestone-num is -1)")
     g.add_argument("--max-none-milestone-num", type=int, default=10,
                    help="non-milestone checkpoints kept in checkpoints/ (-1: keep all)")
     g.add_argument("--no-auto-resume", action="store_true", help="refuse to start if checkpoints exist")
     g.add_argument("--wandb-project", default=None, help="log to wandb (only if installed and logged in)")
     g.add_argument("--no-wandb", action="store_true", help="accepted for compatibility; wandb is off by default")
-    g.add_argument("--tensorboard", action="store_true")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also log the metrics to TensorBoard under <experiment>/tensorboard (if installed)")
     return p
 
 

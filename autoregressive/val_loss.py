@@ -37,41 +37,62 @@ from utils.distributed import barrier, cleanup, init_distributed
 PRECISIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the module docstring's layout and appends each flag's default to its help."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("--gpt-ckpt", required=True, help="GPT checkpoint (local file, released name or hf://...)")
     p.add_argument("--gpt-model", choices=list(GPT_models), default=None,
-                   help="default: from the checkpoint's gpt_config/args, else GPT-B")
-    p.add_argument("--gpt-type", choices=["c2i"], default="c2i")
+                   help="GPT size preset (None: from the checkpoint's gpt_config/args, else GPT-B)")
+    p.add_argument("--gpt-type", choices=["c2i"], default="c2i",
+                   help="model type; only c2i (class-conditional) is implemented")
     p.add_argument("--gpt-2d", action="store_true", help="not implemented (the released GPTs are 1D)")
     p.add_argument("--ema", action="store_true", help="evaluate the checkpoint's EMA weights (its 'ema' entry)")
     p.add_argument("--from-fsdp", action="store_true", help="accepted for compatibility (bare state dicts load anyway)")
-    p.add_argument("--cls-token-num", type=int, default=1)
-    p.add_argument("--qk-norm", action="store_true")
-    p.add_argument("--rope", action="store_true")
-    p.add_argument("--adaLN", action="store_true")
-    p.add_argument("--simple-adaLN", action="store_true")
+    p.add_argument("--cls-token-num", type=int, default=1,
+                   help="condition tokens before the image tokens; must be 1 for c2i (as the original's gpt_1d)")
+    p.add_argument("--qk-norm", action="store_true",
+                   help="the GPT was trained with QK-norm (also switched on when the checkpoint's gpt_config says "
+                        "so; the released GPTs have none)")
+    p.add_argument("--rope", action="store_true",
+                   help="the original's 1D RoPE variant (unused by the released GPTs); not implemented here: "
+                        "building the model raises")
+    p.add_argument("--adaLN", action="store_true",
+                   help="the original's adaLN variant (unused by the released GPTs); not implemented here: "
+                        "building the model raises")
+    p.add_argument("--simple-adaLN", action="store_true",
+                   help="the original's simple-adaLN variant (unused by the released GPTs); not implemented here: "
+                        "building the model raises")
     p.add_argument("--flash-attn", action="store_true", help="accepted; PyTorch picks the attention kernel")
-    p.add_argument("--num-classes", type=int, default=None, help="default: from the checkpoint, else 1000")
-    p.add_argument("--quant-way", choices=["vq"], default="vq")
+    p.add_argument("--num-classes", type=int, default=None, help="number of class labels (None: from the checkpoint, else 1000)")
+    p.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family of the tokenizer; only vq")
     p.add_argument("--tok-config", required=True, help="tokenizer YAML (vocabulary and length)")
     p.add_argument("--vq-ckpt", default=None, help="tokenizer weights (needed for image folders)")
     p.add_argument("--data-path", default=None, help="held-out ImageFolder (e.g. ILSVRC2012_img_val)")
     p.add_argument("--code-path", default=None, help="held-out codes from autoregressive.extract_codes")
     p.add_argument("--dataset", choices=["imagenet", "imagenet_code"], default=None,
-                   help="default: imagenet_code when only --code-path is given")
+                   help="imagenet: images from --data-path; imagenet_code: codes from --code-path (None: imagenet_code "
+                        "when only --code-path is given, else imagenet)")
     p.add_argument("--code-dataset-name", default="imagenet", help="--dataset name used by extract_codes")
     p.add_argument("--view", type=int, default=0, help="stored view to use for codes (0: centre crop)")
-    p.add_argument("--image-size", type=int, default=None, help="default: the tokenizer's image size")
-    p.add_argument("--per-proc-batch-size", type=int, default=32)
-    p.add_argument("--max-images", type=int, default=None, help="only the first N images")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="image side in pixels; must equal the tokenizer's (None: the tokenizer's image size)")
+    p.add_argument("--per-proc-batch-size", type=int, default=32,
+                   help="images per batch on each process (32 as the original)")
+    p.add_argument("--max-images", type=int, default=None, help="only the first N images (None: all)")
     p.add_argument("--global-seed", type=int, default=0, help="unused (evaluation is deterministic)")
-    p.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="DataLoader worker processes per process (8, capped at the CPU count; 0 loads in the main "
+                        "process)")
     p.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="autocast dtype")
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--no-tf32", action="store_true")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out-json", default=None, help="default: <run>/val_results.json")
+    p.add_argument("--compile", action="store_true", help="torch.compile the GPT for the loss pass")
+    p.add_argument("--no-tf32", action="store_true", help="keep TF32 off on CUDA (the original turns it on)")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA if available), cpu, cuda, cuda:N; under torchrun cuda means cuda:LOCAL_RANK")
+    p.add_argument("--out-json", default=None, help="JSON list the result is appended to (None: "
+                   "<run>/val_results.json)")
     p.add_argument("--no-txt", action="store_true", help="do not append to <run>/val_results.txt")
     args = p.parse_args(argv)
     if args.gpt_2d:

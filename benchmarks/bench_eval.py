@@ -18,19 +18,29 @@ from evaluations.metrics import FIDStatistics, precision_recall
 from utils.distributed import pick_device
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the module docstring's layout and appends each flag's default to its help."""
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--device", default="auto")
-    p.add_argument("--inception-path", default=None)
-    p.add_argument("--images", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=64)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    p.add_argument("--inception-path", default=None,
+                   help="Inception weights, any file evaluations.inception.load_inception accepts (None: random "
+                        "weights, for timing only)")
+    p.add_argument("--images", type=int, default=128,
+                   help="random 256x256 images pushed through the Inception network for the images/s figure "
+                        "(rounded up to whole batches)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per Inception forward pass")
     p.add_argument("--pr", type=int, default=2000, help="feature rows per set for precision/recall")
-    p.add_argument("--fid-dim", type=int, default=2048)
+    p.add_argument("--fid-dim", type=int, default=2048,
+                   help="dimension of the synthetic mean/covariance for the FID timing (2048 = the Inception pool "
+                        "features)")
     args = p.parse_args()
     device = pick_device(args.device)
     model = load_inception(args.inception_path, device) if args.inception_path else TFInceptionV3().to(device)

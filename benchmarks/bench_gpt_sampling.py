@@ -92,20 +92,29 @@ def run(model, args, device, cfg_scale: float) -> float:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--gpt-model", default="GPT-B", choices=sorted(GPT_models))
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--gpt-model", default="GPT-B", choices=sorted(GPT_models),
+                   help="GPT size preset to time (random weights)")
     p.add_argument("--batch", type=int, default=1, help="images per generate() call (doubled rows with CFG)")
     p.add_argument("--cfg-scale", type=float, default=1.75, help="scale of the guided run (> 1)")
-    p.add_argument("--cfg-schedule", default="constant")
+    p.add_argument("--cfg-schedule", default="constant",
+                   help="guidance schedule of the CFG run, one of autoregressive.models.generate.CFG_SCHEDULES "
+                        "(constant, linear, linear_re, triangular, rectangular, step, cosine, sigmoid; step uses "
+                        "window_start 0.18, the others their defaults)")
     p.add_argument("--steps", type=int, default=256, help="tokens per image (max_new_tokens)")
-    p.add_argument("--vocab-size", type=int, default=16384)
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--vocab-size", type=int, default=16384, help="codebook size, i.e. the output head width")
+    p.add_argument("--num-classes", type=int, default=1000,
+                   help="class labels of the GPT (image i of a batch gets class i mod N)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: no top-k filter)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
+                   help="dtype the model and its KV cache are cast to (no autocast), like the samplers' --precision")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (reduce-overhead on CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed generate() calls per mode before the timed ones (up to 8 tokens each, or the full "
+                        "--steps with --compile)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per mode; the best is reported")
     p.add_argument("--no-small-batch-matmul", action="store_true",
                    help="use plain F.linear on CPU for 2..8 rows (to measure the weight@x.T path's gain)")

@@ -33,25 +33,37 @@ from utils.ema import EMA  # noqa: E402
 PRECISIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the module docstring's layout and appends each flag's default to its help."""
+
+
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gpt-model", choices=list(GPT_models), default="GPT-B")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    p.add_argument("--gpt-model", choices=list(GPT_models), default="GPT-B",
+                   help="GPT size preset to time (random weights)")
     p.add_argument("--tok-config", default=None, help="take vocabulary, length and image size from this tokenizer")
     p.add_argument("--online-tokenizer", action="store_true", help="also encode random images with the tokenizer "
                    "(random weights) every step, as --dataset imagenet does")
-    p.add_argument("--vocab-size", type=int, default=16384)
-    p.add_argument("--block-size", type=int, default=256)
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--vocab-size", type=int, default=16384,
+                   help="codebook size, i.e. the output head width (ignored with --tok-config)")
+    p.add_argument("--block-size", type=int, default=256,
+                   help="image tokens per sequence (ignored with --tok-config)")
+    p.add_argument("--num-classes", type=int, default=1000,
+                   help="class labels of the GPT (the random labels lie in [0, N))")
     p.add_argument("--batch", type=int, default=32, help="sequences per step (per GPU)")
     p.add_argument("--reps", type=int, default=5, help="timed steps after --warmup untimed ones")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed steps before the timed ones (allocations, kernel selection, compilation)")
     p.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="autocast dtype")
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--ema", action="store_true")
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-flops", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the GPT (compilation happens in the --warmup steps)")
+    p.add_argument("--ema", action="store_true", help="include the EMA update (decay 0.9999) in every step")
+    p.add_argument("--max-grad-norm", type=float, default=1.0,
+                   help="gradient clipping norm, as train_c2i (0: no unscale and no clipping)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (None or 0: PyTorch's default)")
+    p.add_argument("--no-flops", action="store_true",
+                   help="skip the FLOP count and the GEMM FLOP/s probe (no floor is reported)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

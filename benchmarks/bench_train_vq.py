@@ -32,12 +32,17 @@ from utils.distributed import pick_device  # noqa: E402
 PRECISIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the module docstring's layout and appends each flag's default to its help."""
+
+
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("--config", default="configs/vq/VQ_SS256.yaml", help="tokenizer YAML")
     p.add_argument("--batch", type=int, default=4, help="images per step (per GPU)")
     p.add_argument("--reps", type=int, default=3, help="timed steps after --warmup untimed ones")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed steps before the timed ones (allocations, kernel selection)")
     p.add_argument("--at-step", type=int, default=0, help="completed iterations (selects the active loss terms)")
     p.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="autocast dtype")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")

@@ -80,29 +80,57 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((preds == y).float().mean())
 
 
+def read_samples(path: str | Path, num_classes: int) -> tuple[np.ndarray, torch.Tensor]:
+    """``arr_0`` (uint8 NHWC) and ``labels`` of a samples npz, checked before any training is spent."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"samples npz {str(path)!r} does not exist")
+    with np.load(path) as data:
+        if "labels" not in data.files:
+            raise KeyError(f"{path} has no 'labels' array (the class each sample was generated for)")
+        samples, labels = data["arr_0"], torch.from_numpy(data["labels"]).long()
+    if samples.ndim != 4 or samples.shape[-1] != 3 or len(samples) != len(labels):
+        raise ValueError(f"{path}: expected arr_0 [N, H, W, 3] and N labels, got {samples.shape} and {tuple(labels.shape)}")
+    if len(labels) == 0:
+        raise ValueError(f"{path} holds no samples")
+    if (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{path}: labels must be in [0, {num_classes}) (the training folder's classes), "
+                         f"got {int(labels.min())}..{int(labels.max())}")
+    return samples, labels
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train-dir", required=True, help="ImageFolder tree of real training images")
-    p.add_argument("--val-dir", required=True, help="ImageFolder tree of real held-out images")
+    p.add_argument("--val-dir", required=True, help="ImageFolder tree of real held-out images (same class folders)")
     p.add_argument("--samples", required=True, help="npz with arr_0 (uint8 NHWC samples) and labels")
-    p.add_argument("--image-size", type=int, default=32, help="classifier input size")
-    p.add_argument("--epochs", type=int, default=8, help="training epochs")
+    p.add_argument("--image-size", type=int, default=32, help="classifier input size (default: 32)")
+    p.add_argument("--epochs", type=int, default=8, help="training epochs (default: 8)")
+    p.add_argument("--batch-size", type=int, default=128, help="training batch size (default: 128)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     x_tr, y_tr, classes = load_folder(args.train_dir, args.image_size)
-    x_va, y_va, _ = load_folder(args.val_dir, args.image_size)
-    model = train_classifier(x_tr, y_tr, len(classes), epochs=args.epochs)
-    with np.load(args.samples) as data:
-        if "labels" not in data.files:
-            raise KeyError(f"{args.samples} has no 'labels' array (the class each sample was generated for)")
-        samples, labels = data["arr_0"], torch.from_numpy(data["labels"]).long()
+    x_va, y_va, val_classes = load_folder(args.val_dir, args.image_size)
+    if list(val_classes) != list(classes):
+        raise ValueError(f"--val-dir classes {list(val_classes)} differ from --train-dir classes {list(classes)}")
+    samples, labels = read_samples(args.samples, len(classes))
+    model = train_classifier(x_tr, y_tr, len(classes), epochs=args.epochs, batch=args.batch_size)
     x_s = uint8_to_input(samples, args.image_size)
-    result = {"real_val_accuracy": accuracy(model, x_va, y_va), "sample_accuracy": accuracy(model, x_s, labels),
-              "num_samples": int(len(samples)), "chance": 1.0 / len(classes), "classes": classes}
+    per_class = {}
+    with torch.no_grad():
+        preds = torch.cat([model(x_s[k: k + 256]).argmax(1) for k in range(0, len(x_s), 256)])
+    for c, name in enumerate(classes):
+        mask = labels == c
+        if mask.any():
+            per_class[name] = float((preds[mask] == c).float().mean())
+    result = {"real_val_accuracy": accuracy(model, x_va, y_va),
+              "sample_accuracy": float((preds == labels).float().mean()),
+              "per_class_sample_accuracy": per_class,
+              "num_samples": int(len(samples)), "chance": 1.0 / len(classes), "classes": classes,
+              "samples": str(args.samples), "epochs": args.epochs}
     print(f"[classifier] accuracy on real held-out images {result['real_val_accuracy']:.3f}; "
           f"on generated samples {result['sample_accuracy']:.3f} (chance {result['chance']:.3f})")
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))
     return result
 

@@ -278,7 +278,11 @@ class TFInceptionV3(nn.Module):
                              f"({'NHWC' if channels_last_input else 'NCHW'} layout)")
         if images.dtype == torch.uint8:
             images = images.float()
-        pool, mixed_6_conv = self.layers(self.preprocess(images))
+        x = self.preprocess(images)
+        if x.device.type == "cpu":
+            # oneDNN convolutions run ~1.6x faster in NHWC on CPU (same values up to float rounding order)
+            x = x.contiguous(memory_format=torch.channels_last)
+        pool, mixed_6_conv = self.layers(x)
         spatial = mixed_6_conv[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(pool.shape[0], -1)
         logits = None
         if want_logits:
@@ -473,7 +477,11 @@ def load_inception(path: str | os.PathLike | None = None, device: str | torch.de
     model.weights_path = str(src)
     model.weights_sha256 = sha  # of the TorchScript source when known, else of the file read
     from utils.distributed import pick_device
-    return model.to(pick_device(None if device is None else str(device)))
+    target = pick_device(None if device is None else str(device))
+    model = model.to(target)
+    if torch.device(target).type == "cpu":
+        model = model.to(memory_format=torch.channels_last)  # see forward: NHWC convolutions are faster on CPU
+    return model
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ folder is read back. PNGs keep the class sub-folder and the source file's stem.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -65,13 +66,18 @@ def build(data_path, npz_path=None, png_dir=None, image_size: int = 256, max_ima
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m evaluations.make_val_npz", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m evaluations.make_val_npz", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-path", required=True, help="ImageNet val folder (class sub-folders, or flat)")
     p.add_argument("--npz", default="val_imagenet.npz", help="output npz (arr_0 uint8 NHWC)")
     p.add_argument("--png-dir", default=None, help="also write the cropped images here as PNG")
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--image-size", type=int, default=256,
+                   help="side in pixels of the ADM centre crop (the npz holds N x size x size x 3)")
+    p.add_argument("--max-images", type=int, default=None,
+                   help="only the first N images in ImageFolder order (None: all)")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="DataLoader worker processes that read and crop the images (4, capped at the CPU count; "
+                        "0 crops in the main process)")
     args = p.parse_args(argv)
     arr = build(args.data_path, args.npz, args.png_dir, args.image_size, args.max_images, args.workers)
     print(f"wrote {args.npz}: {arr.shape[0]} images of {args.image_size}x{args.image_size}", file=sys.stderr)

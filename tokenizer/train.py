@@ -114,9 +114,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the experiment has no checkpoint yet")
     g.add_argument("--finetune", action="store_true", help="with --vq-ckpt: load weights and optimisers but restart "
                    "the step count at 0")
-    g.add_argument("--milestone-step", type=int, default=50000)
-    g.add_argument("--milestone-start", type=int, default=50000)
-    g.add_argument("--max-milestone-num", type=int, default=30)
+    g.add_argument("--milestone-step", type=int, default=50000,
+                   help="checkpoint retention, as the original: the steps milestone-start + k * milestone-step "
+                        "(k >= 0) are milestones, kept up to --max-milestone-num; other checkpoints older than the "
+                        "newest milestone are deleted")
+    g.add_argument("--milestone-start", type=int, default=50000, help="step of the first milestone checkpoint")
+    g.add_argument("--max-milestone-num", type=int, default=30,
+                   help="newest milestone checkpoints kept per checkpoint folder (0: keep none; nothing is deleted "
+                        "when --max-none-milestone-num is -1)")
     g.add_argument("--max-none-milestone-num", type=int, default=10,
                    help="non-milestone checkpoints kept (retention as the original; -1 keeps every checkpoint)")
     g.add_argument("--no-final-checkpoint", action="store_true",
@@ -124,7 +129,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     g.add_argument("--tensorboard", action="store_true", help="also log scalars to TensorBoard (if installed)")
     g.add_argument("--wandb", action="store_true", help="also log to wandb (if installed and logged in)")
-    g.add_argument("--wandb-project", default="vqvit_imagenet_train")
+    g.add_argument("--wandb-project", default="vqvit_imagenet_train",
+                   help="wandb project name, used only with --wandb (the original's project by default)")
     g.add_argument("--no-wandb", action="store_true", help="accepted for compatibility (wandb is opt-in here)")
     g = p.add_argument_group("loss networks")
     g.add_argument("--random-loss-nets", action="store_true",

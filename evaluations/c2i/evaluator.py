@@ -44,14 +44,17 @@ class Evaluator:
     """Inception features + ADM metrics on one device."""
 
     def __init__(self, inception: TFInceptionV3 | None = None, inception_path: str | os.PathLike | None = None,
-                 device: str | torch.device | None = None, batch_size: int = 64, softmax_batch_size: int = 512,
+                 device: str | torch.device | None = None, batch_size: int | None = None,
+                 softmax_batch_size: int = 512,
                  distance_precision: str = "fp16", row_batch_size: int = 10000, col_batch_size: int = 10000,
                  progress: bool = True):
         from utils.distributed import pick_device
         self.device = pick_device(None if device is None else str(device))
         self.model = (inception if inception is not None else load_inception(inception_path, self.device))
         self.model = self.model.to(self.device).eval()
-        self.batch_size = batch_size
+        # ADM's 64 on accelerators; 16 on CPU, where smaller batches run ~1.3x faster (cache-resident activations).
+        # The batch size does not change any value.
+        self.batch_size = batch_size or (16 if torch.device(self.device).type == "cpu" else 64)
         self.softmax_batch_size = softmax_batch_size
         self.distance_precision = distance_precision
         self.row_batch_size, self.col_batch_size = row_batch_size, col_batch_size
@@ -150,7 +153,7 @@ def _save_cached(paths: list[Path], pool: np.ndarray, spatial: np.ndarray) -> Pa
 # API
 # --------------------------------------------------------------------------------------------------------------------
 
-def evaluate_npz(ref, sample, device: str | torch.device | None = None, batch_size: int = 64,
+def evaluate_npz(ref, sample, device: str | torch.device | None = None, batch_size: int | None = None,
                  inception_path: str | os.PathLike | None = None, evaluator: Evaluator | None = None,
                  cache_ref: bool = False, split_size: int = IS_SPLIT_SIZE, distance_precision: str = "fp16",
                  compute_pr: bool = True, fid_method: str = "sqrtm",
@@ -284,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref_batch", help="path to reference batch npz file (arr_0 images; optional mu/sigma/mu_s/sigma_s)")
     p.add_argument("sample_batch", help="path to sample batch npz file (arr_0: uint8 NHWC images)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    p.add_argument("--batch-size", type=int, default=64, help="images per Inception forward (ADM: 64)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per Inception forward (default: ADM's 64 on GPU, 16 on CPU; values do not change)")
     p.add_argument("--inception-path", default=None,
                    help="Inception weights: the StyleGAN metrics TorchScript inception-2015-12-05.pt or a converted "
                         ".safetensors (default: $GIGATOK_INCEPTION_PATH, else the torch hub cache, else download)")

@@ -45,6 +45,16 @@ def test_visualize_writes_grids_and_settings(ckpts, tmp_path):
     assert settings["cfg_scale"] == 2.0 and settings["world_size"] == 1 and len(settings["gpt_ckpt_sha256"]) == 64
 
 
+def test_visualize_class_names_with_slashes_make_safe_file_names(ckpts, tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"{n}\n" for n in ["T-shirt/top", "Trouser", "a b, c", *[f"n{i}" for i in range(7)]]))
+    folder = sample(_common(ckpts, tmp_path / "out", "--mode", "visualize", "--class-idx", "0,2", "--qual-num", "2",
+                            "--class-names", str(names)))
+    assert (folder / "class_0_T-shirt_top" / "T-shirt_top_000000.png").is_file()
+    assert (folder / "class_2_a_b" / "a_b_000000.png").is_file()
+    assert (folder / "multi_class_grid.png").is_file()
+
+
 def test_fid_npz_is_independent_of_batch_size(ckpts, tmp_path):
     sample(_common(ckpts, tmp_path / "a", "--mode", "fid", "--num-fid-samples", "6", "--per-proc-batch-size", "4"))
     sample(_common(ckpts, tmp_path / "b", "--mode", "fid", "--num-fid-samples", "6", "--per-proc-batch-size", "1"))

@@ -1,0 +1,160 @@
+"""utils/checkpoint.py: atomic saving, safe loading, entry selection and the strict loader's error message."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from testlib import REPO  # noqa: F401  (puts the repo root on sys.path)
+
+from utils.checkpoint import (CheckpointError, load_checkpoint_file, load_state_dict_strict, save_atomic,
+                              select_state_dict, strip_prefixes)
+
+
+def _leftovers(folder, keep):
+    return sorted(p.name for p in folder.iterdir() if p.name != keep)
+
+
+def test_save_atomic_round_trip_and_no_temp_file(tmp_path):
+    obj = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "step": 7}
+    path = save_atomic(obj, tmp_path / "deep" / "ckpt.pt")
+    assert path == tmp_path / "deep" / "ckpt.pt" and path.is_file()
+    loaded = load_checkpoint_file(path)
+    assert loaded["step"] == 7
+    torch.testing.assert_close(loaded["model"]["w"], obj["model"]["w"])
+    assert _leftovers(path.parent, "ckpt.pt") == []
+
+
+def test_save_atomic_overwrites_existing_file(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_atomic({"v": torch.tensor([1.0])}, path)
+    save_atomic({"v": torch.tensor([2.0])}, path)
+    assert load_checkpoint_file(path)["v"].item() == 2.0
+    assert _leftovers(tmp_path, "ckpt.pt") == []
+
+
+def test_failure_part_way_keeps_previous_file_and_removes_temp(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_atomic({"v": torch.tensor([1.0, 2.0])}, path)
+    good = path.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"PARTIAL" * 100)  # some bytes reach the temporary file before the failure
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_atomic({"v": torch.tensor([3.0])}, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == good
+    torch.testing.assert_close(load_checkpoint_file(path)["v"], torch.tensor([1.0, 2.0]))
+    assert _leftovers(tmp_path, "ckpt.pt") == []
+
+
+def test_unpicklable_object_keeps_previous_file(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_atomic({"v": torch.tensor([5.0])}, path)
+    good = path.read_bytes()
+    with pytest.raises(Exception):
+        save_atomic({"v": torch.tensor([6.0]), "fn": lambda x: x}, path)
+    assert path.read_bytes() == good
+    assert _leftovers(tmp_path, "ckpt.pt") == []
+
+
+def test_failed_first_save_leaves_nothing(tmp_path):
+    path = tmp_path / "new.pt"
+    with pytest.raises(Exception):
+        save_atomic({"fn": lambda x: x}, path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_missing_file_names_the_path(tmp_path):
+    missing = tmp_path / "absent_weights.pt"
+    with pytest.raises(CheckpointError, match="absent_weights.pt") as info:
+        load_checkpoint_file(missing)
+    assert str(missing) in str(info.value)
+
+
+def test_load_truncated_file_is_a_checkpoint_error(tmp_path):
+    path = tmp_path / "trunc.pt"
+    save_atomic({"w": torch.randn(64)}, path)
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="trunc.pt"):
+        load_checkpoint_file(path)
+
+
+class _Custom:
+    """An arbitrary class: weights_only loading must refuse to unpickle it."""
+
+
+def test_load_refuses_arbitrary_pickled_objects(tmp_path):
+    path = tmp_path / "unsafe.pt"
+    torch.save({"obj": _Custom()}, path)
+    with pytest.raises(CheckpointError, match="unsafe.pt"):
+        load_checkpoint_file(path)
+
+
+def test_load_non_dict_is_rejected(tmp_path):
+    path = tmp_path / "list.pt"
+    torch.save([torch.zeros(1)], path)
+    with pytest.raises(CheckpointError, match="list"):
+        load_checkpoint_file(path)
+
+
+def test_select_state_dict_prefers_ema_then_model_then_state_dict():
+    ema, model, sd = {"w": torch.zeros(1)}, {"w": torch.ones(1)}, {"w": torch.full((1,), 2.0)}
+    assert select_state_dict({"ema": ema, "model": model, "state_dict": sd})["w"].item() == 0.0
+    assert select_state_dict({"model": model, "state_dict": sd, "step": 3})["w"].item() == 1.0
+    assert select_state_dict({"state_dict": sd, "args": None})["w"].item() == 2.0
+    # a bare state dict is returned as is
+    assert select_state_dict({"a": torch.zeros(2), "b": torch.ones(1)}).keys() == {"a", "b"}
+    # the entries order can be changed
+    assert select_state_dict({"ema": ema, "model": model}, entries=("model", "ema"))["w"].item() == 1.0
+
+
+def test_select_state_dict_without_weights_names_source():
+    with pytest.raises(CheckpointError, match="my.pt"):
+        select_state_dict({"step": 1, "optimizer": 2}, source="my.pt")
+    with pytest.raises(CheckpointError):
+        select_state_dict({})
+
+
+def test_strip_prefixes():
+    out = strip_prefixes({"module._orig_mod.a.w": 1, "_orig_mod.module.b": 2, "c.module.x": 3})
+    assert out == {"a.w": 1, "b": 2, "c.module.x": 3}
+
+
+def test_strict_loader_names_missing_unexpected_and_mismatched_keys():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    del sd["1.bias"]
+    sd["2.weight"] = torch.zeros(1)
+    sd["0.weight"] = torch.zeros(5, 3)
+    with pytest.raises(CheckpointError) as info:
+        load_state_dict_strict(model, sd, source="bad.pt", context="tiny config")
+    msg = str(info.value)
+    assert "bad.pt" in msg and "tiny config" in msg
+    assert "missing keys (1): 1.bias" in msg
+    assert "unexpected keys (1): 2.weight" in msg
+    assert "0.weight: checkpoint (5, 3) vs model (4, 3)" in msg
+
+
+def test_strict_loader_loads_matching_weights():
+    model = torch.nn.Linear(3, 2)
+    sd = {"weight": torch.full((2, 3), 0.25), "bias": torch.tensor([1.0, -1.0])}
+    load_state_dict_strict(model, sd)
+    torch.testing.assert_close(model.weight.data, sd["weight"])
+    torch.testing.assert_close(model.bias.data, sd["bias"])
+
+
+def test_save_atomic_gives_new_files_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        path = save_atomic({"x": torch.zeros(1)}, tmp_path / "perm.pt")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600
