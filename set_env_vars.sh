@@ -7,6 +7,8 @@ export VAL_PATH=${VAL_PATH:-}                  # 256x256 val images made by scri
 export EVAL_PYTHON_PATH=${EVAL_PYTHON_PATH:-}  # accepted for compatibility; evaluation runs in this environment
 export TORCH_RUN_PATH=${TORCH_RUN_PATH:-}      # torchrun executable; empty = "python -m torch.distributed.run"
 export WANDB_API_KEY=${WANDB_API_KEY:-}        # only if you log to wandb
+export GIGATOK_INCEPTION_PATH=${GIGATOK_INCEPTION_PATH:-}  # FID Inception weights file (offline); empty = hub cache/download
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-0}    # 1: released checkpoints only from the local Hugging Face cache
 # Processes per node: default = number of visible CUDA devices (1 on a CPU-only machine).
 if [[ -z "${GPUS:-}" ]]; then
   _py="$PROJECT_ROOT/.venv/bin/python"; [[ -x "$_py" ]] || _py=python3
