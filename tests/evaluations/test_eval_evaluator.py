@@ -94,7 +94,9 @@ def test_adm_reference_with_precomputed_statistics_and_rfid(tmp_path, photos, ev
     sample = tmp_path / "s.npz"
     np.savez(sample, arr_0=photos[4:10])
     result = rfid(ref, sample, return_all=True, evaluator=evaluator, fid_method="eigh", verbose=False)
-    assert abs(result["fid"]) < 1e-3 and abs(result["sfid"]) < 1e-3
+    # ~0 up to float rounding: on CPU the channels-last convolutions may round differently for another batch size,
+    # and 6-image covariances are singular, which amplifies that to ~1e-3; different photos give FID in the tens
+    assert abs(result["fid"]) < 2e-2 and abs(result["sfid"]) < 2e-2
     assert result["reference_stats"] == "precomputed"
     assert result["inception_score"] is None  # the trunk-only weights have no softmax layer
     assert result["num_reference_images"] == 4 and result["num_sample_images"] == 6
