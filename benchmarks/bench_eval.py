@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from evaluations.inception import TFInceptionV3, load_inception, strict_fp32
-from evaluations.metrics import FIDStatistics, precision_recall
-from utils.distributed import pick_device
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_tokenizer import count_flops, measure_gemm_flops  # noqa: E402
+from evaluations.inception import TFInceptionV3, load_inception, strict_fp32  # noqa: E402
+from evaluations.metrics import FIDStatistics, precision_recall  # noqa: E402
+from utils.distributed import pick_device  # noqa: E402
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -36,13 +42,16 @@ def main() -> None:
     p.add_argument("--images", type=int, default=128,
                    help="random 256x256 images pushed through the Inception network for the images/s figure "
                         "(rounded up to whole batches)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per Inception forward pass")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per Inception forward pass (None: the evaluator's default, 64 on GPU, 16 on CPU)")
     p.add_argument("--pr", type=int, default=2000, help="feature rows per set for precision/recall")
     p.add_argument("--fid-dim", type=int, default=2048,
                    help="dimension of the synthetic mean/covariance for the FID timing (2048 = the Inception pool "
                         "features)")
     args = p.parse_args()
     device = pick_device(args.device)
+    if args.batch_size is None:
+        args.batch_size = 16 if device.type == "cpu" else 64
     model = load_inception(args.inception_path, device) if args.inception_path else TFInceptionV3().to(device)
     out = {"device": str(device)}
 
@@ -56,6 +65,13 @@ def main() -> None:
             done += len(x)
         _sync(device)
     out["inception_images_per_s"] = done / (time.perf_counter() - t0)
+    with torch.no_grad():
+        flops = count_flops(lambda: model(x[:1]))
+    gemm = measure_gemm_flops(device, torch.float32)
+    out["inception_gflop_per_image"] = flops / 1e9
+    out["inception_gflop_per_s"] = out["inception_images_per_s"] * flops / 1e9
+    out["gemm_fp32_gflop_per_s (floor)"] = gemm / 1e9
+    out["inception_fraction_of_gemm_rate"] = out["inception_images_per_s"] * flops / gemm
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(args.fid_dim * 2, args.fid_dim))
