@@ -12,7 +12,7 @@ from autoregressive.models.gpt import GPT_models, ModelArgs, Transformer
 from utils.checkpoint import load_weights
 from utils.config import ConfigError, check_keys, load_config, to_plain
 
-__all__ = ["load_gpt", "build_gpt", "GPT_CHECKPOINT_ENTRIES"]
+__all__ = ["load_gpt", "build_gpt", "add_variant_flags", "GPT_CHECKPOINT_ENTRIES"]
 
 # The original samplers read checkpoint["model"], else ["module"] (DeepSpeed), else ["state_dict"];
 # an "ema" entry, if a file had one, is ignored by them, so it is ignored here too.
@@ -75,3 +75,17 @@ def load_gpt(name_or_config: Any, checkpoint: Optional[str | os.PathLike] = None
         load_weights(model, checkpoint, context=context, entries=GPT_CHECKPOINT_ENTRIES)
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     return model.eval()
+
+
+def add_variant_flags(parser) -> None:
+    """The original's GPT variant switches, accepted so its command lines parse; none is used by a released GPT, and
+    building a model with one of them raises (argparse parser or argument group)."""
+    parser.add_argument("--rope", action="store_true",
+                        help="the original's 1D RoPE variant (unused by the released GPTs and broken there); not "
+                             "implemented here: building the model raises")
+    parser.add_argument("--adaLN", action="store_true",
+                        help="the original's adaLN-modulated blocks (unused by the released GPTs); not implemented "
+                             "here: building the model raises")
+    parser.add_argument("--simple-adaLN", action="store_true",
+                        help="the original's simple adaLN (one shared modulation Linear plus a per-block offset; "
+                             "unused by the released GPTs); not implemented here: building the model raises")

@@ -38,9 +38,11 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from autoregressive.data import StepBatchSampler, TrainCodeDataset, TrainImageDataset, mix_seed
+from autoregressive.loading import add_variant_flags
 from autoregressive.models.gpt import GPT_models
 from utils.checkpoint import CheckpointError, load_checkpoint_file, load_state_dict_strict, save_atomic, select_state_dict, strip_prefixes
 from utils.data import collate_skip_bad
+from utils.cli import HelpFormatter
 from utils.distributed import DistInfo, barrier, cleanup, init_distributed
 from utils.ema import EMA
 from utils.logging import MetricWriter, close_logger, create_logger
@@ -68,12 +70,9 @@ def _str_or_none(text: str) -> Optional[str]:
 # ---------------------------------------------------------------------------------------------------------------
 # command line
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the module docstring's layout and appends each flag's default to its help."""
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--code-path", type=_str_or_none, default=None,
                    help="folder with <dataset><size>_codes/ and _labels/ from autoregressive.extract_codes")
@@ -109,15 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--drop-path-rate", type=float, default=0.0, help="> 0 forces resid/ffn dropout to 0 (original)")
     g.add_argument("--class-dropout-prob", type=float, default=0.1,
                    help="probability of replacing a label by the null class in training (CFG); 0.1 as the original")
-    g.add_argument("--rope", action="store_true",
-                   help="the original's 1D RoPE variant (unused by the released GPTs and broken there); not "
-                        "implemented here: building the model raises")
-    g.add_argument("--adaLN", action="store_true",
-                   help="the original's adaLN-modulated blocks (unused by the released GPTs); not implemented here: "
-                        "building the model raises")
-    g.add_argument("--simple-adaLN", action="store_true",
-                   help="the original's simple adaLN (one shared modulation Linear plus a per-block offset; unused by "
-                        "the released GPTs); not implemented here: building the model raises")
+    add_variant_flags(g)
     g.add_argument("--qk-norm", action="store_true",
                    help="LayerNorm over the head dimension on queries and keys in every attention layer (off in the "
                         "released GPTs; recorded in the checkpoint's gpt_config)")

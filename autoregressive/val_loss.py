@@ -28,21 +28,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from autoregressive.loading import load_gpt
+from autoregressive.loading import add_variant_flags, load_gpt
 from autoregressive.models.gpt import GPT_models
 from utils.checkpoint import resolve_checkpoint, sha256_file
 from utils.data import CodeDataset, ImageFolderDataset, collate_skip_bad
+from utils.cli import HelpFormatter
 from utils.distributed import barrier, cleanup, init_distributed
 
 PRECISIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the module docstring's layout and appends each flag's default to its help."""
-
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--gpt-ckpt", required=True, help="GPT checkpoint (local file, released name or hf://...)")
     p.add_argument("--gpt-model", choices=list(GPT_models), default=None,
                    help="GPT size preset (None: from the checkpoint's gpt_config/args, else GPT-B)")
@@ -56,15 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--qk-norm", action="store_true",
                    help="the GPT was trained with QK-norm (also switched on when the checkpoint's gpt_config says "
                         "so; the released GPTs have none)")
-    p.add_argument("--rope", action="store_true",
-                   help="the original's 1D RoPE variant (unused by the released GPTs); not implemented here: "
-                        "building the model raises")
-    p.add_argument("--adaLN", action="store_true",
-                   help="the original's adaLN variant (unused by the released GPTs); not implemented here: "
-                        "building the model raises")
-    p.add_argument("--simple-adaLN", action="store_true",
-                   help="the original's simple-adaLN variant (unused by the released GPTs); not implemented here: "
-                        "building the model raises")
+    add_variant_flags(p)
     p.add_argument("--flash-attn", action="store_true", help="accepted; PyTorch picks the attention kernel")
     p.add_argument("--num-classes", type=int, default=None, help="number of class labels (None: from the checkpoint, else 1000)")
     p.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family of the tokenizer; only vq")

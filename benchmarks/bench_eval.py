@@ -21,11 +21,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_tokenizer import count_flops, measure_gemm_flops  # noqa: E402
 from evaluations.inception import TFInceptionV3, load_inception, strict_fp32  # noqa: E402
 from evaluations.metrics import FIDStatistics, precision_recall  # noqa: E402
+from utils.cli import HelpFormatter  # noqa: E402
 from utils.distributed import pick_device  # noqa: E402
 
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the module docstring's layout and appends each flag's default to its help."""
 
 
 def _sync(device):
@@ -34,7 +32,7 @@ def _sync(device):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--inception-path", default=None,
                    help="Inception weights, any file evaluations.inception.load_inception accepts (None: random "

@@ -27,18 +27,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_tokenizer import count_flops, measure_gemm_flops, peak_memory_mb, sync  # noqa: E402
 from autoregressive.models.gpt import GPT_models  # noqa: E402
 from autoregressive.train_c2i import param_groups, tokenizer_info  # noqa: E402
+from utils.cli import HelpFormatter  # noqa: E402
 from utils.distributed import pick_device  # noqa: E402
 from utils.ema import EMA  # noqa: E402
 
 PRECISIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the module docstring's layout and appends each flag's default to its help."""
-
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--gpt-model", choices=list(GPT_models), default="GPT-B",
                    help="GPT size preset to time (random weights)")
     p.add_argument("--tok-config", default=None, help="take vocabulary, length and image size from this tokenizer")

@@ -27,17 +27,15 @@ from bench_tokenizer import count_flops, measure_gemm_flops, peak_memory_mb, syn
 from tokenizer import build_tokenizer, read_tokenizer_config  # noqa: E402
 from tokenizer.losses import build_loss  # noqa: E402
 from utils.config import as_float  # noqa: E402
+from utils.cli import HelpFormatter  # noqa: E402
 from utils.distributed import pick_device  # noqa: E402
 
 PRECISIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the module docstring's layout and appends each flag's default to its help."""
-
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", default="configs/vq/VQ_SS256.yaml", help="tokenizer YAML")
     p.add_argument("--batch", type=int, default=4, help="images per step (per GPU)")
     p.add_argument("--reps", type=int, default=3, help="timed steps after --warmup untimed ones")
