@@ -26,7 +26,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -40,7 +39,8 @@ import torch.nn as nn
 from autoregressive.data import StepBatchSampler, TrainCodeDataset, TrainImageDataset, mix_seed
 from autoregressive.loading import add_variant_flags
 from autoregressive.models.gpt import GPT_models
-from utils.checkpoint import CheckpointError, load_checkpoint_file, load_state_dict_strict, save_atomic, select_state_dict, strip_prefixes
+from utils.checkpoint import (CheckpointError, list_step_checkpoints, load_checkpoint_file, load_state_dict_strict,
+                              prune_step_checkpoints, save_atomic, select_state_dict, strip_prefixes)
 from utils.data import collate_skip_bad
 from utils.cli import HelpFormatter
 from utils.distributed import DistInfo, barrier, cleanup, init_distributed
@@ -50,7 +50,6 @@ from utils.lr import LRSchedule, set_lr
 
 PRECISIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 GRAD_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-CKPT_RE = re.compile(r"^(\d+)\.pt$")
 EXIT_DIVERGED = 3
 WANDB_PROJECT = "gpt_vqvit_imagenet_train"
 
@@ -300,13 +299,6 @@ def lr_for_step(schedule: LRSchedule, step: int, original_lag: bool = False) -> 
     return schedule.lr_for_update(step, lag=original_lag)
 
 
-def list_step_checkpoints(folder: Optional[Path]) -> list[tuple[int, Path]]:
-    """``%07d.pt`` files of a folder as (step, path), oldest first (temporary files never match)."""
-    if folder is None or not folder.is_dir():
-        return []
-    return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := CKPT_RE.match(p.name)))
-
-
 def find_resume_checkpoint(const_dir: Path, cd_dir: Optional[Path], hold: Optional[int]) -> Optional[Path]:
     """The original's ``wsd_find_newest_ckpt`` rule (for non-WSD runs: the newest checkpoint).
 
@@ -329,24 +321,9 @@ def find_resume_checkpoint(const_dir: Path, cd_dir: Optional[Path], hold: Option
 
 
 def prune_checkpoints(folder: Path, args: argparse.Namespace) -> list[Path]:
-    """The original's ``manage_ckpt_num``: keep the newest ``max_milestone_num`` milestones (multiples of
-    milestone_step from milestone_start), delete other checkpoints older than the last milestone, and keep at most
-    ``max_none_milestone_num`` of the rest."""
-    if args.max_none_milestone_num < 0:
-        return []
-    steps = [s for s, _ in list_step_checkpoints(folder)]
-    miles = [s for s in steps if s >= args.milestone_start and (s - args.milestone_start) % args.milestone_step == 0]
-    others = [s for s in steps if s not in miles]
-    drop = set(miles[:-args.max_milestone_num] if args.max_milestone_num > 0 else miles)
-    drop |= set(others[:-args.max_none_milestone_num] if args.max_none_milestone_num > 0 else others)
-    if miles:
-        drop |= {s for s in others if s < miles[-1]}
-    removed = []
-    for s in sorted(drop):
-        path = folder / f"{s:07d}.pt"
-        path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
+    """The original's ``manage_ckpt_num`` with this run's retention flags (utils.checkpoint.prune_step_checkpoints)."""
+    return prune_step_checkpoints(folder, args.milestone_step, args.milestone_start, args.max_milestone_num,
+                                  args.max_none_milestone_num)
 
 
 def read_checkpoint(path: Path) -> dict:

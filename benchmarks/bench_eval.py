@@ -25,7 +25,6 @@ from utils.cli import HelpFormatter  # noqa: E402
 from utils.distributed import pick_device  # noqa: E402
 
 
-
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -34,7 +34,6 @@ from utils.ema import EMA  # noqa: E402
 PRECISIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--gpt-model", choices=list(GPT_models), default="GPT-B",

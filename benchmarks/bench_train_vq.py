@@ -33,7 +33,6 @@ from utils.distributed import pick_device  # noqa: E402
 PRECISIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", default="configs/vq/VQ_SS256.yaml", help="tokenizer YAML")

@@ -21,7 +21,6 @@ import contextlib
 import math
 import os
 import random
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -37,7 +36,8 @@ from tqdm import tqdm
 
 from tokenizer import build_tokenizer, read_tokenizer_config
 from tokenizer.losses import build_loss
-from utils.checkpoint import CheckpointError, load_checkpoint_file, load_state_dict_strict, save_atomic, select_state_dict, strip_prefixes
+from utils.checkpoint import (CheckpointError, list_step_checkpoints, load_checkpoint_file, load_state_dict_strict,
+                              prune_step_checkpoints, save_atomic, select_state_dict, strip_prefixes)
 from utils.config import ConfigError, as_float, save_config, to_plain
 from utils.data import ImageFolderDataset, train_transform
 from utils.distributed import DistInfo, barrier, cleanup, init_distributed
@@ -46,7 +46,6 @@ from utils.logging import MetricWriter, WindowMeter, close_logger, create_logger
 from utils.lr import LRSchedule, set_lr
 
 PRECISIONS = {"none": None, "fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-CKPT_RE = re.compile(r"^(\d+)\.pt$")
 EXIT_DIVERGED = 3
 
 
@@ -364,34 +363,13 @@ def list_checkpoints(exp_dir: Path) -> list[Path]:
     found = []
     for folder in [exp_dir / "checkpoints", *sorted((exp_dir / "cd_records").glob("*/checkpoints"))]:
         if folder.is_dir():
-            found += [(int(m.group(1)), p) for p in folder.iterdir() if (m := CKPT_RE.match(p.name))]
+            found += list_step_checkpoints(folder)
     return [p for _, p in sorted(found, key=lambda sp: (sp[0], str(sp[1])))]
 
 
 def read_checkpoint(path: Path) -> dict:
     """Weights-only, memory-mapped load (argparse.Namespace allowed for the original's checkpoints)."""
     return load_checkpoint_file(path, mmap=True)
-
-
-def manage_checkpoints(folder: Path, args: argparse.Namespace) -> list[Path]:
-    """The original's retention: keep the newest ``max_milestone_num`` milestones (steps >= milestone_start on
-    the milestone_step grid) and the newest ``max_none_milestone_num`` others newer than the last milestone."""
-    if args.max_none_milestone_num < 0:
-        return []
-    steps = sorted(int(m.group(1)) for p in folder.iterdir() if (m := CKPT_RE.match(p.name)))
-    milestones = [s for s in steps if s >= args.milestone_start and (s - args.milestone_start) % args.milestone_step == 0]
-    others = [s for s in steps if s not in milestones]
-    drop = set(milestones[:-args.max_milestone_num] if args.max_milestone_num > 0 else milestones)
-    if milestones:
-        drop |= {s for s in others if s < milestones[-1]}
-    kept_others = [s for s in others if s not in drop]
-    drop |= set(kept_others[:-args.max_none_milestone_num] if args.max_none_milestone_num > 0 else kept_others)
-    removed = []
-    for s in sorted(drop):
-        path = folder / f"{s:07d}.pt"
-        path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -618,7 +596,8 @@ class Trainer:
                 ckpt["ema"] = ema_sd
             folder = self.ckpt_dir(step)
             path = save_atomic(ckpt, folder / f"{step:07d}.pt")
-            for removed in manage_checkpoints(folder, self.args):
+            for removed in prune_step_checkpoints(folder, self.args.milestone_step, self.args.milestone_start,
+                                                  self.args.max_milestone_num, self.args.max_none_milestone_num):
                 self.log(f"removed old checkpoint {removed}")
             self.log(f"saved checkpoint to {path}")
         barrier()

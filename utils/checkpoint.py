@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -209,3 +210,43 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# step checkpoint folders (``checkpoints/%07d.pt``) shared by the trainers
+# --------------------------------------------------------------------------------------------------------------------
+
+STEP_CKPT_RE = re.compile(r"^(\d+)\.pt$")  # temporary files of interrupted writes (".name.*.tmp") never match
+
+
+def list_step_checkpoints(folder: str | os.PathLike | None) -> list[tuple[int, Path]]:
+    """``%07d.pt`` files of a folder as (step, path), oldest first; [] for a missing folder."""
+    if folder is None or not Path(folder).is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in Path(folder).iterdir() if (m := STEP_CKPT_RE.match(p.name)))
+
+
+def prune_step_checkpoints(folder: str | os.PathLike, milestone_step: int, milestone_start: int,
+                           max_milestone_num: int, max_none_milestone_num: int) -> list[Path]:
+    """The original's checkpoint retention (``manage_ckpt_num``); returns the deleted paths.
+
+    Milestones are the steps >= ``milestone_start`` on the ``milestone_step`` grid: the newest ``max_milestone_num``
+    are kept (0: none). Other checkpoints older than the newest milestone are deleted, and of the rest the newest
+    ``max_none_milestone_num`` are kept. ``max_none_milestone_num < 0`` keeps everything.
+    """
+    if max_none_milestone_num < 0:
+        return []
+    steps = [s for s, _ in list_step_checkpoints(folder)]
+    milestones = [s for s in steps if s >= milestone_start and (s - milestone_start) % milestone_step == 0]
+    others = [s for s in steps if s not in milestones]
+    drop = set(milestones[:-max_milestone_num] if max_milestone_num > 0 else milestones)
+    if milestones:
+        drop |= {s for s in others if s < milestones[-1]}
+    kept_others = [s for s in others if s not in drop]
+    drop |= set(kept_others[:-max_none_milestone_num] if max_none_milestone_num > 0 else kept_others)
+    removed = []
+    for s in sorted(drop):
+        path = Path(folder) / f"{s:07d}.pt"
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed

@@ -158,3 +158,19 @@ def test_save_atomic_gives_new_files_the_usual_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600
+
+
+def test_prune_step_checkpoints_is_the_original_retention_rule(tmp_path):
+    from utils.checkpoint import list_step_checkpoints, prune_step_checkpoints
+
+    for s in range(10, 200, 10):
+        (tmp_path / f"{s:07d}.pt").write_bytes(b"x")
+    (tmp_path / ".0000200.pt.abc.tmp").write_bytes(b"partial")  # an interrupted write is never a checkpoint
+    assert [s for s, _ in list_step_checkpoints(tmp_path)] == list(range(10, 200, 10))
+    removed = prune_step_checkpoints(tmp_path, milestone_step=50, milestone_start=50, max_milestone_num=2,
+                                     max_none_milestone_num=3)
+    kept = [s for s, _ in list_step_checkpoints(tmp_path)]
+    assert kept == [100, 150, 170, 180, 190]
+    assert sorted(int(p.stem) for p in removed) == sorted(set(range(10, 200, 10)) - set(kept))
+    assert prune_step_checkpoints(tmp_path, 50, 50, 0, -1) == [] and len(list_step_checkpoints(tmp_path)) == 5
+    assert list_step_checkpoints(tmp_path / "missing") == []
