@@ -105,7 +105,7 @@ def main(argv=None) -> dict:
         b, v = x.shape[:2]
         _, _, info = model.encode(x.flatten(0, 1).to(dist.device))
         codes = info[2].reshape(b, v, -1).cpu().numpy().astype(np.int64)
-        for code, label, i in zip(codes, labels.tolist(), indices.tolist()):
+        for code, label, i in zip(codes, labels.tolist(), indices.tolist(), strict=True):
             _save_atomic_npy(codes_dir / f"{i}.npy", code)
             _save_atomic_npy(labels_dir / f"{i}.npy", np.array(label, dtype=np.int64))
             written += 1

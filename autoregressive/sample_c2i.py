@@ -178,7 +178,7 @@ def visualize(args, sampler: Sampler, dist) -> Path:
         chunk = mine[start: start + args.per_proc_batch_size]
         labels = torch.tensor([ids[c] for c, _ in chunk])
         indices = [c * per_class + n for c, n in chunk]
-        for img, (c, n) in zip(sampler.images(labels, indices, args.cfg_scale)[0], chunk):
+        for img, (c, n) in zip(sampler.images(labels, indices, args.cfg_scale)[0], chunk, strict=True):
             out = folder / f"class_{ids[c]}_{short[c]}"
             out.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(out / f"{short[c]}_{n:06d}.png")
@@ -243,7 +243,7 @@ def sample_fid(args, sampler: Sampler, dist, cfg_scale: float) -> dict | None:
     for k in tqdm(range(0, len(mine), args.per_proc_batch_size), disable=not dist.is_main, desc=f"cfg {cfg_scale}"):
         idx = mine[k: k + args.per_proc_batch_size]
         imgs, codes = sampler.images(fid_labels(args.global_seed, idx, args.num_classes), idx, cfg_scale)
-        for img, code, i in zip(imgs, codes, idx):
+        for img, code, i in zip(imgs, codes, idx, strict=True):
             Image.fromarray(img).save(folder / f"{i:06d}.png")
             np.save(folder / f"{i:06d}.codes.npy", code)
     barrier()

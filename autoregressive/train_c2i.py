@@ -39,10 +39,18 @@ import torch.nn as nn
 from autoregressive.data import StepBatchSampler, TrainCodeDataset, TrainImageDataset, mix_seed
 from autoregressive.loading import add_variant_flags
 from autoregressive.models.gpt import GPT_models
-from utils.checkpoint import (CheckpointError, list_step_checkpoints, load_checkpoint_file, load_state_dict_strict,
-                              prune_step_checkpoints, save_atomic, select_state_dict, strip_prefixes)
-from utils.data import collate_skip_bad
+from utils.checkpoint import (
+    CheckpointError,
+    list_step_checkpoints,
+    load_checkpoint_file,
+    load_state_dict_strict,
+    prune_step_checkpoints,
+    save_atomic,
+    select_state_dict,
+    strip_prefixes,
+)
 from utils.cli import HelpFormatter
+from utils.data import collate_skip_bad
 from utils.distributed import DistInfo, barrier, cleanup, init_distributed
 from utils.ema import EMA
 from utils.logging import MetricWriter, close_logger, create_logger
@@ -277,12 +285,14 @@ def optimizer_ids_to_names(osd: dict, group_names: list[list[str]]) -> dict:
     """An ``optimizer.state_dict()`` keyed by parameter ids (the original's DDP checkpoints) -> keyed by names
     (``get_optimizer_state_dict`` format), using the group order of :func:`param_groups`."""
     groups = osd["param_groups"]
-    if len(groups) != len(group_names) or any(len(g["params"]) != len(n) for g, n in zip(groups, group_names)):
+    if len(groups) != len(group_names) or any(
+            len(g["params"]) != len(n) for g, n in zip(groups, group_names, strict=True)):
         raise CheckpointError("optimizer state does not match the model's parameter groups "
                               f"({[len(g['params']) for g in groups]} vs {[len(n) for n in group_names]})")
-    id_to_name = {i: n for g, names in zip(groups, group_names) for i, n in zip(g["params"], names)}
+    id_to_name = {i: n for g, names in zip(groups, group_names, strict=True)
+                  for i, n in zip(g["params"], names, strict=True)}
     state = {id_to_name[i]: s for i, s in osd["state"].items()}
-    new_groups = [{**g, "params": list(names)} for g, names in zip(groups, group_names)]
+    new_groups = [{**g, "params": list(names)} for g, names in zip(groups, group_names, strict=True)]
     return {"state": state, "param_groups": new_groups}
 
 
@@ -668,7 +678,7 @@ class Trainer:
         lr = set_lr(self.optimizer, lr_for_step(self.schedule, step, a.original_lr_lag))
         accum = a.gradient_accumulation_steps
         total = torch.zeros((), device=self.device)
-        for j, (zj, cj) in enumerate(zip(z.chunk(accum), c.chunk(accum))):
+        for j, (zj, cj) in enumerate(zip(z.chunk(accum), c.chunk(accum), strict=True)):
             last = j == accum - 1
             with self.no_sync(last, accum):
                 with self.autocast():
@@ -727,7 +737,8 @@ class Trainer:
         spe = self.sampler_steps_per_epoch()
         self.log(f"{len(self.dataset):,} samples, {spe} steps per epoch, global batch {self.global_batch} "
                  f"({self.local_batch} per rank); steps {start} -> {self.stop_step} of T = {self.total_steps} "
-                 f"({a.lr_scheduler} schedule{', cool-down from step ' + str(self.hold) if self.hold is not None else ''})")
+                 f"({a.lr_scheduler} schedule"
+                 f"{', cool-down from step ' + str(self.hold) if self.hold is not None else ''})")
         result = {"start_step": start, "stop_step": self.stop_step, "checkpoint": None}
         if start >= self.stop_step:
             self.log(f"nothing to do: already at step {start} (stop step {self.stop_step})")
@@ -741,7 +752,7 @@ class Trainer:
         window_steps, t0 = 0, time.time()
         done = start
         lr = float("nan")
-        for step, batch in zip(range(start, self.stop_step), loader):
+        for step, batch in zip(range(start, self.stop_step), loader, strict=False):
             x, labels = batch[0], batch[1]
             codes = self.tokenize(x)
             loss, grad_norm, lr = self.train_step(step, codes, labels)

@@ -1,7 +1,8 @@
 """Validation cross-entropy of a class-conditional GPT on a held-out image folder or code folder.
 
     python -m autoregressive.val_loss --gpt-ckpt results/gpt/run/checkpoints/0010000.pt \
-        --tok-config configs/vq/VQ_XLXXL256.yaml --vq-ckpt VQ_XLXXL256_e300.pt --data-path $IMGNET_ROOT/ILSVRC2012_img_val
+        --tok-config configs/vq/VQ_XLXXL256.yaml --vq-ckpt VQ_XLXXL256_e300.pt \
+        --data-path $IMGNET_ROOT/ILSVRC2012_img_val
     GPUS=8 bash scripts/val_loss_c2i.sh ...
 
 Images are ADM centre-cropped and tokenised (as the original); with ``--dataset imagenet_code`` stored codes are
@@ -31,8 +32,8 @@ from tqdm import tqdm
 from autoregressive.loading import add_variant_flags, load_gpt
 from autoregressive.models.gpt import GPT_models
 from utils.checkpoint import resolve_checkpoint, sha256_file
-from utils.data import CodeDataset, ImageFolderDataset, collate_skip_bad
 from utils.cli import HelpFormatter
+from utils.data import CodeDataset, ImageFolderDataset, collate_skip_bad
 from utils.distributed import barrier, cleanup, init_distributed
 
 PRECISIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -55,7 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "so; the released GPTs have none)")
     add_variant_flags(p)
     p.add_argument("--flash-attn", action="store_true", help="accepted; PyTorch picks the attention kernel")
-    p.add_argument("--num-classes", type=int, default=None, help="number of class labels (None: from the checkpoint, else 1000)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="number of class labels (None: from the checkpoint, else 1000)")
     p.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family of the tokenizer; only vq")
     p.add_argument("--tok-config", required=True, help="tokenizer YAML (vocabulary and length)")
     p.add_argument("--vq-ckpt", default=None, help="tokenizer weights (needed for image folders)")
@@ -225,9 +227,11 @@ def main(argv=None) -> dict:
         raise SystemExit("no images could be evaluated")
     val_loss = loss_sum / tokens
     result = {
-        "gpt_ckpt": str(args.gpt_ckpt), "gpt_iter": Path(str(args.gpt_ckpt)).stem, "gpt_model": cfg["gpt_model"], "ema": args.ema,
+        "gpt_ckpt": str(args.gpt_ckpt), "gpt_iter": Path(str(args.gpt_ckpt)).stem, "gpt_model": cfg["gpt_model"],
+        "ema": args.ema,
         "val_loss": val_loss, "val_loss_batch_mean": sum(means) / len(means), "perplexity": math.exp(val_loss),
-        "num_images": int(images), "num_tokens": int(tokens), "skipped_images": sorted(i for s in all_skipped for i in s),
+        "num_images": int(images), "num_tokens": int(tokens),
+        "skipped_images": sorted(i for s in all_skipped for i in s),
         "per_position_loss": (pos_sum / images).tolist(), "precision": args.precision,
         "data": str(args.data_path if args.dataset == "imagenet" else args.code_path), "dataset": args.dataset,
         "tok_config": str(args.tok_config), "vq_ckpt": args.vq_ckpt, "world_size": d.world_size,

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_tokenizer import count_flops, measure_gemm_flops  # noqa: E402
+
 from evaluations.inception import TFInceptionV3, load_inception, strict_fp32  # noqa: E402
 from evaluations.metrics import FIDStatistics, precision_recall  # noqa: E402
 from utils.cli import HelpFormatter  # noqa: E402

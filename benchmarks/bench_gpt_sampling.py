@@ -51,7 +51,6 @@ def measure_bandwidth(device: torch.device, mbytes: int = 512, repeats: int = 5)
             sync(device)
             best = min(best, time.perf_counter() - t)
         results.append(nbytes / best)
-    del src, dst
     return results[0], results[1]
 
 
@@ -61,7 +60,8 @@ def streamed_bytes(model: torch.nn.Module, rows: int, seq: int) -> tuple[int, in
     weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n not in skip)
     attn = model.layers[0].attention
     seq = (seq + 7) // 8 * 8
-    cache = 2 * len(model.layers) * rows * attn.n_kv_head * seq * attn.head_dim * model.tok_embeddings.weight.element_size()
+    element = model.tok_embeddings.weight.element_size()
+    cache = 2 * len(model.layers) * rows * attn.n_kv_head * seq * attn.head_dim * element
     return weights, cache
 
 

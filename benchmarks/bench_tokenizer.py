@@ -9,7 +9,6 @@ device, i.e. the fastest the step could run if every FLOP ran at matmul speed.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import sys
 import time
@@ -107,7 +106,8 @@ def main(argv=None) -> dict:
         "encode_images_per_s": args.batch / t_enc, "decode_images_per_s": args.batch / t_dec,
         "encode_GFLOP_per_image": f_enc / args.batch / 1e9, "decode_GFLOP_per_image": f_dec / args.batch / 1e9,
         "gemm_TFLOPs_measured": gemm / 1e12,
-        "encode_images_per_s_floor": gemm / (f_enc / args.batch), "decode_images_per_s_floor": gemm / (f_dec / args.batch),
+        "encode_images_per_s_floor": gemm / (f_enc / args.batch),
+        "decode_images_per_s_floor": gemm / (f_dec / args.batch),
         "peak_memory_MiB": peak_memory_mb(device),
     }
     print(f"tokenizer benchmark: {args.config} ({params / 1e6:.1f}M params) on {device} "

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_tokenizer import count_flops, measure_gemm_flops, peak_memory_mb, sync  # noqa: E402
+
 from autoregressive.models.gpt import GPT_models  # noqa: E402
 from autoregressive.train_c2i import param_groups, tokenizer_info  # noqa: E402
 from utils.cli import HelpFormatter  # noqa: E402

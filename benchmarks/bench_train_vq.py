@@ -24,10 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_tokenizer import count_flops, measure_gemm_flops, peak_memory_mb, sync  # noqa: E402
+
 from tokenizer import build_tokenizer, read_tokenizer_config  # noqa: E402
 from tokenizer.losses import build_loss  # noqa: E402
-from utils.config import as_float  # noqa: E402
 from utils.cli import HelpFormatter  # noqa: E402
+from utils.config import as_float  # noqa: E402
 from utils.distributed import pick_device  # noqa: E402
 
 PRECISIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -120,7 +121,8 @@ def main(argv=None) -> dict:
     }
     print(f"tokenizer training step: {args.config} ({params / 1e6:.1f}M params) on {device} "
           f"[{torch.get_num_threads()} threads, {args.precision}], batch {args.batch}, step {s} "
-          f"(aux terms {'on' if result['aux_terms'] else 'off'}, discriminator {'on' if result['discriminator'] else 'off'}, "
+          f"(aux terms {'on' if result['aux_terms'] else 'off'}, "
+          f"discriminator {'on' if result['discriminator'] else 'off'}, "
           f"semantic loss {'on' if distill else 'off'})")
     print(f"  device GEMM throughput (measured):  {gemm / 1e12:.3f} TFLOP/s")
     line = f"  step: {t_step * 1e3:8.1f} ms   {args.batch / t_step:8.2f} images/s"

@@ -89,7 +89,8 @@ def read_samples(path: str | Path, num_classes: int) -> tuple[np.ndarray, torch.
             raise KeyError(f"{path} has no 'labels' array (the class each sample was generated for)")
         samples, labels = data["arr_0"], torch.from_numpy(data["labels"]).long()
     if samples.ndim != 4 or samples.shape[-1] != 3 or len(samples) != len(labels):
-        raise ValueError(f"{path}: expected arr_0 [N, H, W, 3] and N labels, got {samples.shape} and {tuple(labels.shape)}")
+        raise ValueError(f"{path}: expected arr_0 [N, H, W, 3] and N labels, "
+                         f"got {samples.shape} and {tuple(labels.shape)}")
     if len(labels) == 0:
         raise ValueError(f"{path} holds no samples")
     if (labels.min() < 0 or labels.max() >= num_classes):

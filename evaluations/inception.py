@@ -426,7 +426,7 @@ def _download(dest: Path) -> Path:
 
 
 def resolve_weights(path: str | os.PathLike | None = None, download: bool = True) -> Path:
-    """Which file to read: ``path``, else ``$GIGATOK_INCEPTION_PATH``, else the cache, else a download into the cache."""
+    """Which file to read: ``path``, else ``$GIGATOK_INCEPTION_PATH``, else the cache, else a download into it."""
     if path is None:
         path = os.environ.get(ENV_VAR) or None
     if path is not None:

@@ -51,7 +51,7 @@ def build(data_path, npz_path=None, png_dir=None, image_size: int = 256, max_ima
     out = np.empty((len(items), image_size, image_size, 3), np.uint8)
     for batch, idx in loader:
         arrays = batch.numpy()
-        for a, i in zip(arrays, idx.tolist()):
+        for a, i in zip(arrays, idx.tolist(), strict=True):
             out[i] = a
             if png_dir is not None:
                 src = items[i][0]

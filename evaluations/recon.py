@@ -130,6 +130,7 @@ class LPIPSMetric:
     def __init__(self, device: str | torch.device | None = None, pretrained_backbone: bool = True,
                  vgg_weights_path: str | os.PathLike | None = None):
         import lpips
+
         from utils.distributed import pick_device
         self.device = pick_device(None if device is None else str(device))
         random_trunk = (not pretrained_backbone) or vgg_weights_path is not None

@@ -1,4 +1,4 @@
-"""Fixtures for every test; shared helpers live in testlib.py (repo root and tests/ are put on sys.path)."""
+"""Fixtures for every test; helpers live in testlib.py (which puts the repo root and tests/ on sys.path)."""
 from __future__ import annotations
 
 import sys
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import testlib  # noqa: E402,F401  (puts the repo root on sys.path)
+from testlib import single_thread  # noqa: E402,F401  (fixture available to every test module)
 
 
 @pytest.fixture(autouse=True)

@@ -1,36 +1,145 @@
-"""Shared test helpers (import as ``from testlib import ...``): repo paths, ../shared, seeded weights.
+"""Test helpers in one place (import as ``from testlib import ...``): repo paths, test data, seeded weights, small
+image folders, tiny GPTs, thread limits and torchrun launches.
 
 Kept out of conftest.py because several conftest modules exist and importing from ``conftest`` would be ambiguous.
+Everything a test reads lives inside the repository (tests/data); nothing outside it is consulted.
 """
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import os
+import socket
+import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("GIGATOK_SHARED", REPO.parent / "shared"))
-PHOTOS = REPO / "tests" / "data" / "photos"
+DATA = REPO / "tests" / "data"
+PARITY = DATA / "parity"
+MANIFESTS = DATA / "manifests"
+PHOTOS = DATA / "photos"
 CONFIGS = REPO / "configs" / "vq"
 
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "tests"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from seeded_weights import seeded_state_dict  # noqa: E402  (re-exported: the parity vectors' weights)
+
+__all__ = ["CONFIGS", "DATA", "MANIFESTS", "PARITY", "PHOTOS", "REPO", "TINY_GPT", "child_env", "free_port",
+           "make_class_images", "make_images", "seeded_state_dict", "single_thread", "threads", "tiny_gpt",
+           "torchrun", "torchrun_cmd"]
 
 
-def shared_path(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the tests need the project's shared/ folder beside the repo "
-                                "(or GIGATOK_SHARED pointing at it)")
-    return path
+# ----- threads -------------------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run torch on ``n`` threads inside the block (tiny models are faster on one, and leave the cores to others)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
-def seeded_state_dict(template: dict, seed: int = 0) -> dict:
-    """The parity vectors' deterministic weights (../shared/parity/seeded_weights.py)."""
-    spec = importlib.util.spec_from_file_location("seeded_weights", shared_path("parity", "seeded_weights.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.seeded_state_dict(template, seed=seed)
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """One torch thread for the test (registered for every test module by tests/conftest.py)."""
+    with threads(1):
+        yield
+
+
+# ----- subprocesses and torchrun -------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env(**extra: str) -> dict:
+    """Environment for a child process: the repo importable, one thread per process, no GPU."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", **extra}
+
+
+def torchrun_cmd(entry: str | Path, args: Sequence[str], nproc: int = 2) -> list[str]:
+    """A torchrun command line; ``entry`` is a module name (``tokenizer.train``) or a script path."""
+    target = [str(entry)] if str(entry).endswith(".py") else ["-m", str(entry)]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+            f"--master_port={free_port()}", *target, *map(str, args)]
+
+
+def torchrun(entry: str | Path, args: Sequence[str], nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``entry`` under torchrun from the repo root and fail the test with the output's tail if it fails."""
+    proc = subprocess.run(torchrun_cmd(entry, args, nproc), cwd=REPO, env=child_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+# ----- small image folders -------------------------------------------------------------------------------------------
+
+def make_images(root: Path, n: int = 16, seed: int = 0) -> Path:
+    """``n`` small RGB images in two classes: gradients with a coloured disc (sizes vary, all >= 36 px)."""
+    rng = np.random.RandomState(seed)
+    for i in range(n):
+        folder = root / f"class{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        h, w = 36 + rng.randint(0, 20), 36 + rng.randint(0, 20)
+        yy, xx = np.mgrid[0:h, 0:w]
+        col = rng.randint(0, 256, 3)
+        img = np.stack([xx * 255 // w, yy * 255 // h, np.full_like(xx, col[2])], -1).astype(np.uint8)
+        cx, cy, r = rng.randint(8, w - 8), rng.randint(8, h - 8), rng.randint(4, 9)
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = col
+        Image.fromarray(img).save(folder / f"img{i:02d}.png")
+    return root
+
+
+CLASS_PALETTE = np.array([[220, 40, 40], [40, 200, 60], [50, 70, 230], [230, 210, 40]])
+
+
+def make_class_images(root: Path, per_class: int, seed: int) -> Path:
+    """Four learnable classes (ImageNet-style folder names): class c has a class colour, a bright square in a
+    class-specific quadrant and noise; random sizes >= 36 px."""
+    rng = np.random.default_rng(seed)
+    for c, colour in enumerate(CLASS_PALETTE):
+        folder = root / f"n{c:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = 36 + int(rng.integers(0, 8)), 36 + int(rng.integers(0, 8))
+            img = np.empty((h, w, 3), np.float64)
+            img[:] = colour * 0.6
+            y0, x0 = (c // 2) * h // 2, (c % 2) * w // 2
+            img[y0: y0 + h // 2, x0: x0 + w // 2] = 255 - colour * 0.3
+            img += rng.normal(0, 12, img.shape)
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"img{i:02d}.png")
+    return root
+
+
+# ----- tiny GPTs -----------------------------------------------------------------------------------------------------
+
+TINY_GPT = dict(vocab_size=64, block_size=16, num_classes=10)
+
+
+def tiny_gpt(seed: int = 0, **overrides) -> torch.nn.Module:
+    """A 2-layer GPT with random (non-zero) weights everywhere, in eval mode."""
+    from autoregressive.models.gpt import GPT_models
+
+    model = GPT_models["GPT-tiny"](**{**TINY_GPT, **overrides})
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
+        model.output.weight.mul_(4.0)  # sharper logits, so sampling is not close to uniform
+    return model.eval()

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from utils.checkpoint import load_weights
+
 from .config import model_args, read_tokenizer_config
 from .models.vq_model import MODEL_CLASSES, VQVitModel2DPlus, VQVitModelPlus
 

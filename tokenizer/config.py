@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from utils.config import ConfigError, check_keys, load_config, to_plain
+
 from .models.vq_model import MODEL_CLASSES, arg_names
 
 TOP_LEVEL_KEYS = {"model", "trainer", "loss"}

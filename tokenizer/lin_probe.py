@@ -22,8 +22,9 @@ def main(argv=None) -> dict:
     p.add_argument("--fix-dim", action="store_true", help="features after the encoder's output conv")
     p.add_argument("--from-decoder", action="store_true", help="decoder inner features (1D tokenizers)")
     args = p.parse_args(argv)
-    from utils.distributed import pick_device
     import os
+
+    from utils.distributed import pick_device
     device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
     tok = load_tokenizer(args.model_config, args.vq_ckpt, device=device)
     for q in tok.parameters():

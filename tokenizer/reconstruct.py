@@ -41,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="tokenizer weights: local file, released name (VQ_SS256_e100.pt) or hf://OWNER/REPO/FILE")
     p.add_argument("--model-config", required=True, help="tokenizer YAML (e.g. configs/vq/VQ_SS256.yaml)")
     p.add_argument("--qualitative", action="store_true", help="also write side-by-side PNGs and grid.png")
-    p.add_argument("--qual-num", type=int, default=16, help="images in grid.png with --qualitative (evenly spaced over the dataset)")
+    p.add_argument("--qual-num", type=int, default=16,
+                   help="images in grid.png with --qualitative (evenly spaced over the dataset)")
     p.add_argument("--lpips", action="store_true", help="also compute LPIPS (needs the VGG16 weights)")
     p.add_argument("--lpips-vgg-path", default=None, help="local torchvision vgg16 state dict for LPIPS (offline)")
     p.add_argument("--ref-npz", default=None, help="reference npz (e.g. val_imagenet.npz from scripts/val.sh): "
@@ -108,7 +109,7 @@ def main(argv=None) -> dict:
             quant, _, info = model.encode(x)
             samples = model.decode_code(info[2], quant.shape).float()
         recon = to_uint8(samples).cpu()
-        for img, i in zip(recon.numpy(), idx.tolist()):
+        for img, i in zip(recon.numpy(), idx.tolist(), strict=True):
             Image.fromarray(img).save(img_dir / f"{i:06d}.png")
         gt = ((x + 1) / 2).permute(0, 2, 3, 1).float().cpu()
         restored = recon.float() / 255.0
@@ -120,7 +121,7 @@ def main(argv=None) -> dict:
         done.append(idx)
         if args.qualitative:
             orig_u8 = to_uint8(x).cpu().numpy()
-            for o, r, i in zip(orig_u8, recon.numpy(), idx.tolist()):
+            for o, r, i in zip(orig_u8, recon.numpy(), idx.tolist(), strict=True):
                 Image.fromarray(np.concatenate([o, r], axis=1)).save(out_dir / "compare" / f"{i:06d}.png")
 
     def gather(parts: list[torch.Tensor], dtype=torch.float64, width: tuple = ()) -> torch.Tensor:

@@ -36,8 +36,16 @@ from tqdm import tqdm
 
 from tokenizer import build_tokenizer, read_tokenizer_config
 from tokenizer.losses import build_loss
-from utils.checkpoint import (CheckpointError, list_step_checkpoints, load_checkpoint_file, load_state_dict_strict,
-                              prune_step_checkpoints, save_atomic, select_state_dict, strip_prefixes)
+from utils.checkpoint import (
+    CheckpointError,
+    list_step_checkpoints,
+    load_checkpoint_file,
+    load_state_dict_strict,
+    prune_step_checkpoints,
+    save_atomic,
+    select_state_dict,
+    strip_prefixes,
+)
 from utils.config import ConfigError, as_float, save_config, to_plain
 from utils.data import ImageFolderDataset, train_transform
 from utils.distributed import DistInfo, barrier, cleanup, init_distributed
@@ -298,7 +306,7 @@ def allreduce_grads(params) -> None:
     flat = torch._utils._flatten_dense_tensors(grads)
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
-    for g, f in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+    for g, f in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
         g.copy_(f)
 
 
@@ -659,6 +667,7 @@ class Trainer:
                 self.opt.load_state_dict(osd)  # original-format (parameter-index keyed) optimiser state
             else:
                 import copy
+
                 from torch.distributed.checkpoint.state_dict import StateDictOptions
                 # strict=False: parameters that never received a gradient (e.g. the distill head without
                 # distill_loss) have no optimiser state in the checkpoint, and none in the live optimiser either
@@ -768,7 +777,8 @@ class Trainer:
                             g_loss, g_logs = loss_fn.generator_loss(outputs, x, step, **extra)
                         except FloatingPointError as exc:
                             err = str(exc)
-                    bad_flag = torch.zeros((), device=self.device) if g_loss is None else ~torch.isfinite(g_loss.detach())
+                    bad_flag = (torch.zeros((), device=self.device) if g_loss is None
+                                else ~torch.isfinite(g_loss.detach()))
                     msgs = agree(bad_flag, err, self.device)
                     if msgs:
                         raise self._diverged("generator loss", step, msgs)
@@ -801,7 +811,8 @@ class Trainer:
                             d_loss, d_logs = loss_fn.discriminator_loss(x, dec, step, direct_reconstructions=dir_dec)
                         except FloatingPointError as exc:
                             err = str(exc)
-                    bad_flag = torch.zeros((), device=self.device) if d_loss is None else ~torch.isfinite(d_loss.detach())
+                    bad_flag = (torch.zeros((), device=self.device) if d_loss is None
+                                else ~torch.isfinite(d_loss.detach()))
                     msgs = agree(bad_flag, err, self.device)
                     if msgs:
                         raise self._diverged("discriminator loss", step, msgs)
@@ -843,7 +854,8 @@ class Trainer:
                                  "commit_loss", "entropy_loss", "feature_rec_loss", "proj_loss",
                                  "generator_adv_loss", "discriminator_loss", "codebook_usage") if k in means)
                 self.log(f"(step={step:07d}) Train Loss: {means['loss']:.4f}, Train Steps/Sec: "
-                         f"{record['steps_per_sec']:.2f}, LR: {lr:.3e}, LR_disc: {lr_disc:.3e}, Epoch: {epoch} | {parts}")
+                         f"{record['steps_per_sec']:.2f}, LR: {lr:.3e}, LR_disc: {lr_disc:.3e}, Epoch: {epoch} "
+                         f"| {parts}")
                 bar.set_postfix(loss=f"{means['loss']:.4f}")
                 meter.reset()
                 bad_images = []

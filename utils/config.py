@@ -12,7 +12,6 @@ from typing import Any, Iterable, Mapping
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
-
 class ConfigError(ValueError):
     """A config is malformed: unknown key, missing required key, or bad value. The message names the key."""
 

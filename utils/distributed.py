@@ -78,4 +78,4 @@ def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
     padded[: t.shape[0]] = t
     gathered = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded)
-    return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes)], dim=0)
+    return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes, strict=True)], dim=0)

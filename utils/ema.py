@@ -15,7 +15,6 @@ import torch
 import torch.nn as nn
 
 
-
 def _is_dtensor(t) -> bool:
     # torch.distributed.tensor is slow to import; a DTensor can only exist once it has been imported
     mod = sys.modules.get("torch.distributed.tensor")

@@ -46,7 +46,7 @@ def export_image_folders(out_dir: str | os.PathLike, path: str | os.PathLike = S
         images, labels = data[f"{split}_images"], data[f"{split}_labels"]
         seen: dict[int, int] = {}
         n = 0
-        for i, (img, label) in enumerate(zip(images, labels)):
+        for i, (img, label) in enumerate(zip(images, labels, strict=True)):
             label = int(label)
             if limit_per_class is not None and seen.get(label, 0) >= limit_per_class:
                 continue

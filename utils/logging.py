@@ -150,4 +150,4 @@ class WindowMeter:
         if all_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and keys:
             dist.all_reduce(local, op=dist.ReduceOp.SUM)
             local /= dist.get_world_size()
-        return dict(zip(keys, local.tolist()))
+        return dict(zip(keys, local.tolist(), strict=True))

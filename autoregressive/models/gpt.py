@@ -16,7 +16,6 @@ state-dict keys, and the teacher-forced forward (``input_pos=None``) keeps worki
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import Optional
 

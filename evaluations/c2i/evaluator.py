@@ -27,9 +27,18 @@ import numpy as np
 import torch
 
 from evaluations.inception import InceptionWeightsError, TFInceptionV3, load_inception, strict_fp32
-from evaluations.metrics import (IS_SPLIT_SIZE, MIN_FID_SAMPLES, MIN_PR_SAMPLES, FIDStatistics, MetricInputError,
-                                 compute_statistics, inception_score, open_npz_array, precision_recall,
-                                 read_precomputed_stats)
+from evaluations.metrics import (
+    IS_SPLIT_SIZE,
+    MIN_FID_SAMPLES,
+    MIN_PR_SAMPLES,
+    FIDStatistics,
+    MetricInputError,
+    compute_statistics,
+    inception_score,
+    open_npz_array,
+    precision_recall,
+    read_precomputed_stats,
+)
 from utils.checkpoint import sha256_file
 
 METRIC_LINES = (("Inception Score", "inception_score"), ("FID", "fid"), ("sFID", "sfid"),

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from autoregressive.check_codes import main as check_codes
-from autoregressive.extract_codes import code_dirs, main as extract, view_transform
-from testlib import CONFIGS, PHOTOS
+from autoregressive.extract_codes import code_dirs, view_transform
+from autoregressive.extract_codes import main as extract
 from tokenizer import build_tokenizer
 from utils.checkpoint import save_atomic
 from utils.data import CodeDataset, ImageFolderDataset
+
+from testlib import CONFIGS, PHOTOS
 
 TINY = CONFIGS / "VQ_tiny32.yaml"
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import autoregressive.models.generate as gen_mod
-from _gpt_testutils import TINY, single_thread, tiny_gpt  # noqa: F401 (fixture)
 from autoregressive import generate
-from autoregressive.models.generate import (CFG_SCHEDULES, cfg_scale_at, sample, sample_generators,
-                                            top_k_top_p_filtering)
+from autoregressive.models.generate import CFG_SCHEDULES, cfg_scale_at, sample, sample_generators, top_k_top_p_filtering
+
+from testlib import TINY_GPT, tiny_gpt
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 OFF = 1.0001
@@ -79,7 +79,7 @@ def scales_used(model, cond, n, monkeypatch, **kwargs):
     b = cond.shape[0]
     with torch.no_grad():
         lc, _ = model(torch.zeros(b, n - 1, dtype=torch.long), cond)
-        lu, _ = model(torch.zeros(b, n - 1, dtype=torch.long), torch.full_like(cond, TINY["num_classes"]))
+        lu, _ = model(torch.zeros(b, n - 1, dtype=torch.long), torch.full_like(cond, TINY_GPT["num_classes"]))
     scales = []
     for t, g in enumerate(rec.logits):
         d = lc[:, t] - lu[:, t]
@@ -88,23 +88,23 @@ def scales_used(model, cond, n, monkeypatch, **kwargs):
 
 
 def test_cfg_combination_and_step_schedule(monkeypatch):
-    model, cond, n = tiny_gpt(), torch.tensor([1, 7]), TINY["block_size"]
+    model, cond, n = tiny_gpt(), torch.tensor([1, 7]), TINY_GPT["block_size"]
     scales, rec, lc = scales_used(model, cond, n, monkeypatch, cfg_scale=4.0, cfg_schedule="step",
                                   cfg_schedule_kwargs={"window_start": 0.5})
     expected = [4.0] + [OFF if (i + 1) / (n - 1) < 0.5 else 4.0 for i in range(n - 1)]
     assert scales == pytest.approx(expected, abs=1e-4)
-    assert all(g.shape == (2, TINY["vocab_size"]) for g in rec.logits)
+    assert all(g.shape == (2, TINY_GPT["vocab_size"]) for g in rec.logits)
 
 
 @pytest.mark.parametrize("schedule,kwargs", [("linear", {}), ("linear_re", {}), ("triangular", {}),
                                              ("rectangular", {"window_start": 0.2, "window_end": 0.7}),
                                              ("cosine", {}), ("sigmoid", {})])
 def test_each_schedule_inside_generate(monkeypatch, schedule, kwargs):
-    model, cond, n = tiny_gpt(), torch.tensor([3]), TINY["block_size"]
+    model, cond, n = tiny_gpt(), torch.tensor([3]), TINY_GPT["block_size"]
     scales, rec, lc = scales_used(model, cond, n, monkeypatch, cfg_scale=2.5, cfg_schedule=schedule,
                                   cfg_schedule_kwargs=kwargs)
     expected = [2.5] + [cfg_scale_at(schedule, 2.5, (i + 1) / (n - 1), **kwargs) for i in range(n - 1)]
-    for t, (got, want) in enumerate(zip(scales, expected)):
+    for t, (got, want) in enumerate(zip(scales, expected, strict=True)):
         if want <= 1.0:  # conditional logits alone
             torch.testing.assert_close(rec.logits[t], lc[:, t], rtol=1e-5, atol=1e-5)
         else:
@@ -173,7 +173,7 @@ def test_sample_respects_filter_and_distribution():
 
 # ----------------------------------------------------------- seeded sampling
 def test_seeded_sampling_reproducible_and_batch_split_independent():
-    model, n = tiny_gpt(), TINY["block_size"]
+    model, n = tiny_gpt(), TINY_GPT["block_size"]
     cond = torch.tensor([0, 3, 3, 9, 1])
     full = generate(model, cond, n, cfg_scale=2.0, generator=sample_generators(7, range(5)))
     again = generate(model, cond, n, cfg_scale=2.0, generator=sample_generators(7, range(5)))
@@ -203,15 +203,15 @@ def test_global_rng_and_single_generator_reproducible():
 
 def test_greedy_top_k_1_equals_sample_logits_false():
     model, cond = tiny_gpt(), torch.tensor([4, 8])
-    a = generate(model, cond, TINY["block_size"], cfg_scale=3.0, sample_logits=False)
-    b = generate(model, cond, TINY["block_size"], cfg_scale=3.0, top_k=1, generator=[0, 1])
+    a = generate(model, cond, TINY_GPT["block_size"], cfg_scale=3.0, sample_logits=False)
+    b = generate(model, cond, TINY_GPT["block_size"], cfg_scale=3.0, top_k=1, generator=[0, 1])
     assert torch.equal(a, b)
     # Greedy decoding through the cache equals greedy decoding by repeated full forwards.
     tokens = torch.empty(2, 0, dtype=torch.long)
     with torch.no_grad():
-        for _ in range(TINY["block_size"]):
+        for _ in range(TINY_GPT["block_size"]):
             lc, _ = model(tokens, cond)
-            lu, _ = model(tokens, torch.full_like(cond, TINY["num_classes"]))
+            lu, _ = model(tokens, torch.full_like(cond, TINY_GPT["num_classes"]))
             g = lu[:, -1] + 3.0 * (lc[:, -1] - lu[:, -1])
             tokens = torch.cat([tokens, g.softmax(-1).argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(a, tokens)
@@ -225,7 +225,7 @@ def test_bad_class_ids_and_arguments_rejected():
     with pytest.raises(ValueError, match=r"\[-3\]"):
         generate(model, torch.tensor([-3]), 4)
     with pytest.raises(ValueError, match="max_new_tokens"):
-        generate(model, torch.tensor([1]), TINY["block_size"] + 1)
+        generate(model, torch.tensor([1]), TINY_GPT["block_size"] + 1)
     with pytest.raises(ValueError, match="1-D integer"):
         generate(model, torch.tensor([1.0]), 4)
     with pytest.raises(ValueError, match="one per row"):

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from _gpt_testutils import TINY, single_thread, tiny_gpt  # noqa: F401 (fixture)
 from autoregressive import GPT_models
 from autoregressive.models.gpt import ModelArgs
-from testlib import shared_path
+
+from testlib import MANIFESTS, TINY_GPT, tiny_gpt
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -27,7 +27,7 @@ def meta_model(name: str, **kwargs):
 
 @pytest.mark.parametrize("name", ["GPT-B", "GPT-XXL"])
 def test_state_dict_matches_manifest(name):
-    manifest = json.loads(shared_path("manifests", f"gpt_{name}.json").read_text())
+    manifest = json.loads((MANIFESTS / f"gpt_{name}.json").read_text())
     sd = meta_model(name).state_dict()
     assert [(k, list(v.shape)) for k, v in sd.items()] == [(k, list(v)) for k, v in manifest["state_dict"].items()]
     assert len(sd) == manifest["num_keys"]
@@ -54,40 +54,40 @@ def test_registry_and_arguments():
 
 
 def test_init_rules():
-    model = GPT_models["GPT-tiny"](**TINY)
+    model = GPT_models["GPT-tiny"](**TINY_GPT)
     assert torch.count_nonzero(model.output.weight) == 0
     assert torch.all(model.norm.weight == 1)
-    assert model.cls_embedding.embedding_table.weight.shape == (TINY["num_classes"] + 1, 64)
+    assert model.cls_embedding.embedding_table.weight.shape == (TINY_GPT["num_classes"] + 1, 64)
     assert abs(model.tok_embeddings.weight.std().item() - 0.02) < 0.005
 
 
 def test_qk_norm_keys():
-    sd = GPT_models["GPT-tiny"](use_qk_norm=True, **TINY).state_dict()
+    sd = GPT_models["GPT-tiny"](use_qk_norm=True, **TINY_GPT).state_dict()
     assert sd["layers.0.attention.q_norm.weight"].shape == (16,)
     assert sd["layers.0.attention.k_norm.bias"].shape == (16,)
 
 
 def test_forward_shapes_and_loss():
     model = tiny_gpt()
-    tokens = torch.randint(0, TINY["vocab_size"], (3, TINY["block_size"]))
+    tokens = torch.randint(0, TINY_GPT["vocab_size"], (3, TINY_GPT["block_size"]))
     labels = torch.tensor([0, 5, 9])
     logits, loss = model(tokens[:, :-1], labels, targets=tokens)
-    assert logits.shape == (3, TINY["block_size"], TINY["vocab_size"]) and logits.dtype == torch.float32
-    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, TINY["vocab_size"]), tokens.reshape(-1))
+    assert logits.shape == (3, TINY_GPT["block_size"], TINY_GPT["vocab_size"]) and logits.dtype == torch.float32
+    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, TINY_GPT["vocab_size"]), tokens.reshape(-1))
     torch.testing.assert_close(loss, ref)
     # Class slot only.
     logits, loss = model(None, labels)
-    assert logits.shape == (3, 1, TINY["vocab_size"]) and loss is None
+    assert logits.shape == (3, 1, TINY_GPT["vocab_size"]) and loss is None
     # Causality: changing a later token leaves earlier logits unchanged.
     changed = tokens.clone()
-    changed[:, 7] = (changed[:, 7] + 1) % TINY["vocab_size"]
+    changed[:, 7] = (changed[:, 7] + 1) % TINY_GPT["vocab_size"]
     a, _ = model(tokens[:, :-1], labels)
     b, _ = model(changed[:, :-1], labels)
     torch.testing.assert_close(a[:, :8], b[:, :8])
     assert not torch.allclose(a[:, 8:], b[:, 8:])
     # Early exit for the linear probe.
     feat = model(tokens[:, :-1], labels, ret_inner_feat_layer=1)
-    assert feat.shape == (3, TINY["block_size"], 64)
+    assert feat.shape == (3, TINY_GPT["block_size"], 64)
 
 
 def test_bf16_forward_runs_and_returns_float32():
@@ -99,9 +99,9 @@ def test_bf16_forward_runs_and_returns_float32():
 @pytest.mark.parametrize("batch", [1, 4])
 def test_kv_cache_decoding_equals_full_forward(batch):
     model = tiny_gpt()
-    n = TINY["block_size"]
-    tokens = torch.randint(0, TINY["vocab_size"], (batch, n))
-    labels = torch.randint(0, TINY["num_classes"] + 1, (batch,))  # includes the null class
+    n = TINY_GPT["block_size"]
+    tokens = torch.randint(0, TINY_GPT["vocab_size"], (batch, n))
+    labels = torch.randint(0, TINY_GPT["num_classes"] + 1, (batch,))  # includes the null class
     with torch.no_grad():
         full, _ = model(tokens[:, :-1], labels)
         model.setup_caches(batch, n + 1)
@@ -130,11 +130,11 @@ def test_bad_class_ids_rejected_in_forward():
     model = tiny_gpt()
     with pytest.raises(ValueError, match=r"\[-1, 11\]"):
         model(None, torch.tensor([3, -1, 11]))
-    model(None, torch.tensor([TINY["num_classes"]]))  # the null class is a valid model input
+    model(None, torch.tensor([TINY_GPT["num_classes"]]))  # the null class is a valid model input
 
 
 def test_training_mode_label_dropout_uses_null_row():
-    model = GPT_models["GPT-tiny"](class_dropout_prob=1.0 - 1e-9, **{k: v for k, v in TINY.items()}).train()
+    model = GPT_models["GPT-tiny"](class_dropout_prob=1.0 - 1e-9, **{k: v for k, v in TINY_GPT.items()}).train()
     emb = model.cls_embedding(torch.tensor([1, 2, 3]))
-    null = model.cls_embedding.embedding_table.weight[TINY["num_classes"]]
+    null = model.cls_embedding.embedding_table.weight[TINY_GPT["num_classes"]]
     torch.testing.assert_close(emb[:, 0], null.expand(3, -1))

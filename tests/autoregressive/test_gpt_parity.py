@@ -1,16 +1,17 @@
-"""GPT-B on seeded weights reproduces the original's logits and greedy CFG sequences (../shared/parity)."""
+"""GPT-B on seeded weights reproduces the original's logits and greedy CFG sequences (tests/data/parity)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from autoregressive import GPT_models, generate
-from testlib import seeded_state_dict, shared_path
+
+from testlib import PARITY, seeded_state_dict
 
 
 @pytest.fixture(scope="module")
 def gpt_b():
-    ref = torch.load(shared_path("parity", "GPT-B_seed0.pt"), weights_only=True)
+    ref = torch.load(PARITY / "GPT-B_seed0.pt", weights_only=True)
     assert ref["model"] == "GPT-B" and ref["seed"] == 0
     model = GPT_models["GPT-B"](vocab_size=16384, block_size=256, num_classes=1000, cls_token_num=1).eval()
     model.load_state_dict(seeded_state_dict(model.state_dict(), seed=ref["seed"]), strict=True)

@@ -7,9 +7,10 @@ import hashlib
 import pytest
 import torch
 
-from _gpt_testutils import TINY, single_thread, tiny_gpt  # noqa: F401 (fixture)
 from autoregressive import build_gpt, load_gpt
 from utils.checkpoint import CheckpointError
+
+from testlib import TINY_GPT, tiny_gpt
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -31,9 +32,9 @@ def trained(tmp_path):
 
 def test_load_local_file(trained):
     model, path = trained
-    loaded = load_gpt("GPT-tiny", path, device="cpu", **TINY)
+    loaded = load_gpt("GPT-tiny", path, device="cpu", **TINY_GPT)
     assert same_weights(loaded, model) and not loaded.training
-    out = load_gpt("GPT-tiny", str(path), dtype=torch.bfloat16, **TINY)
+    out = load_gpt("GPT-tiny", str(path), dtype=torch.bfloat16, **TINY_GPT)
     assert out.tok_embeddings.weight.dtype == torch.bfloat16
 
 
@@ -42,20 +43,20 @@ def test_entries_and_prefixes(tmp_path):
     # "model" wins over "ema", as in the original samplers.
     path = tmp_path / "both.pt"
     torch.save({"ema": other.state_dict(), "model": model.state_dict()}, path)
-    assert same_weights(load_gpt("GPT-tiny", path, **TINY), model)
+    assert same_weights(load_gpt("GPT-tiny", path, **TINY_GPT), model)
     # DeepSpeed "module" entry with DDP and torch.compile prefixes.
     path = tmp_path / "ds.pt"
     torch.save({"module": {f"module._orig_mod.{k}": v for k, v in model.state_dict().items()}}, path)
-    assert same_weights(load_gpt("GPT-tiny", path, **TINY), model)
+    assert same_weights(load_gpt("GPT-tiny", path, **TINY_GPT), model)
     # A bare state dict (e.g. an FSDP export).
     path = tmp_path / "bare.pt"
     torch.save(model.state_dict(), path)
-    assert same_weights(load_gpt("GPT-tiny", path, **TINY), model)
+    assert same_weights(load_gpt("GPT-tiny", path, **TINY_GPT), model)
 
 
 def test_config_dict_and_yaml(tmp_path, trained):
     model, path = trained
-    cfg = {"gpt_model": "GPT-tiny", **TINY}
+    cfg = {"gpt_model": "GPT-tiny", **TINY_GPT}
     assert same_weights(load_gpt(cfg, path), model)
     yaml_path = tmp_path / "gpt.yaml"
     yaml_path.write_text("gpt:\n  gpt_model: GPT-tiny\n  vocab_size: 64\n  block_size: 16\n  num_classes: 10\n"
@@ -72,7 +73,7 @@ def test_config_dict_and_yaml(tmp_path, trained):
 
 def test_missing_file():
     with pytest.raises(CheckpointError, match="does not exist"):
-        load_gpt("GPT-tiny", "/nonexistent/dir/gpt.pt", **TINY)
+        load_gpt("GPT-tiny", "/nonexistent/dir/gpt.pt", **TINY_GPT)
 
 
 def test_wrong_model_for_checkpoint(trained):
@@ -81,7 +82,7 @@ def test_wrong_model_for_checkpoint(trained):
         load_gpt("GPT-tiny", path, vocab_size=128, block_size=16, num_classes=10)
     assert "GPT-tiny" in str(err.value) and str(path) in str(err.value)
     with pytest.raises(CheckpointError, match=r"missing keys.*q_norm"):
-        load_gpt("GPT-tiny", path, use_qk_norm=True, **TINY)
+        load_gpt("GPT-tiny", path, use_qk_norm=True, **TINY_GPT)
 
 
 def test_truncated_file(tmp_path, trained):
@@ -90,7 +91,7 @@ def test_truncated_file(tmp_path, trained):
     bad = tmp_path / "truncated.pt"
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated"):
-        load_gpt("GPT-tiny", bad, **TINY)
+        load_gpt("GPT-tiny", bad, **TINY_GPT)
 
 
 def test_load_from_offline_hub_cache(tmp_path, monkeypatch, trained):
@@ -116,7 +117,7 @@ def test_load_from_offline_hub_cache(tmp_path, monkeypatch, trained):
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
 
-    assert same_weights(load_gpt("GPT-tiny", name, **TINY), model)
-    assert same_weights(load_gpt("GPT-tiny", f"hf://YuuTennYi/GigaTok/{name}", **TINY), model)
+    assert same_weights(load_gpt("GPT-tiny", name, **TINY_GPT), model)
+    assert same_weights(load_gpt("GPT-tiny", f"hf://YuuTennYi/GigaTok/{name}", **TINY_GPT), model)
     with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):
-        load_gpt("GPT-tiny", "GPT_B256_e300_VQ_XLXXL.pt", **TINY)
+        load_gpt("GPT-tiny", "GPT_B256_e300_VQ_XLXXL.pt", **TINY_GPT)

@@ -9,9 +9,10 @@ import torch
 
 from autoregressive import GPT_models
 from autoregressive.sample_c2i import main as sample
-from testlib import CONFIGS
 from tokenizer import build_tokenizer
 from utils.checkpoint import CheckpointError, save_atomic
+
+from testlib import CONFIGS
 
 TINY = CONFIGS / "VQ_tiny32.yaml"
 

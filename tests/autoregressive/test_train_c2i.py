@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,19 +18,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from autoregressive import load_gpt
 from autoregressive.data import StepBatchSampler, TrainCodeDataset
-from autoregressive.extract_codes import code_dirs, main as extract
-from autoregressive.train_c2i import (find_resume_checkpoint, lr_for_step, main as train_main,
-                                      optimizer_ids_to_names, param_group_names, param_groups, prune_checkpoints,
-                                      build_parser)
-from testlib import CONFIGS, REPO
+from autoregressive.extract_codes import code_dirs
+from autoregressive.extract_codes import main as extract
+from autoregressive.train_c2i import (
+    build_parser,
+    find_resume_checkpoint,
+    lr_for_step,
+    optimizer_ids_to_names,
+    param_group_names,
+    param_groups,
+    prune_checkpoints,
+)
+from autoregressive.train_c2i import main as train_main
 from tokenizer import build_tokenizer
 from utils.checkpoint import load_checkpoint_file, save_atomic
 from utils.logging import read_metrics
 from utils.lr import LRSchedule
+
+from testlib import CONFIGS, REPO, child_env, make_class_images, threads, torchrun
 
 TINY_TOK = CONFIGS / "VQ_tiny32.yaml"
 N_CLASSES = 4
@@ -42,24 +48,6 @@ LN_VOCAB = math.log(1024)
 # ---------------------------------------------------------------------------------------------------------------
 # data shared with test_val_loss.py
 
-def make_images(root: Path, per_class: int, seed: int) -> Path:
-    """Class c: a class colour, a bright square in a class-specific quadrant, noise; random size >= 36 px."""
-    rng = np.random.default_rng(seed)
-    palette = np.array([[220, 40, 40], [40, 200, 60], [50, 70, 230], [230, 210, 40]])
-    for c in range(N_CLASSES):
-        folder = root / f"n{c:08d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            h, w = 36 + int(rng.integers(0, 8)), 36 + int(rng.integers(0, 8))
-            img = np.empty((h, w, 3), np.float64)
-            img[:] = palette[c] * 0.6
-            y0, x0 = (c // 2) * h // 2, (c % 2) * w // 2
-            img[y0: y0 + h // 2, x0: x0 + w // 2] = 255 - palette[c] * 0.3
-            img += rng.normal(0, 12, img.shape)
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"img{i:02d}.png")
-    return root
-
-
 def make_ar_data(root: Path, train_per_class: int = 8, val_per_class: int = 3) -> dict:
     """Images, a tiny tokenizer checkpoint and extracted codes (centre crop + mirror) for train and val."""
     torch.manual_seed(5)
@@ -67,7 +55,7 @@ def make_ar_data(root: Path, train_per_class: int = 8, val_per_class: int = 3) -
     tok_ckpt = save_atomic({"model": tok.state_dict()}, root / "tok.pt")
     out = {"tok_ckpt": tok_ckpt, "tokenizer": tok}
     for split, n, seed in (("train", train_per_class, 0), ("val", val_per_class, 1)):
-        images = make_images(root / f"{split}_images", n, seed)
+        images = make_class_images(root / f"{split}_images", n, seed)
         codes = root / f"{split}_codes"
         extract(["--data-path", str(images), "--code-path", str(codes), "--image-size", "32", "--model-config",
                  str(TINY_TOK), "--vq-ckpt", str(tok_ckpt), "--device", "cpu", "--num-workers", "0",
@@ -78,18 +66,8 @@ def make_ar_data(root: Path, train_per_class: int = 8, val_per_class: int = 3) -
 
 @pytest.fixture(scope="module")
 def ar_data(tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield make_ar_data(tmp_path_factory.mktemp("ar_data"))
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with threads(1):
+        yield make_ar_data(tmp_path_factory.mktemp("ar_data"))
 
 
 def train_args(data: dict, save: Path, name: str, iterations: int, *extra: str) -> list[str]:
@@ -105,24 +83,6 @@ def losses(folder: Path) -> dict[int, float]:
     for path in sorted(folder.rglob("metrics.jsonl")):
         out.update({s: r for s, r in read_metrics(path).items()})
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def child_env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-
-
-def torchrun(module: str, args: list[str], nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
-           "-m", module, *args]
-    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return proc
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -234,7 +194,7 @@ def test_code_views_are_seeded_per_sample(ar_data):
     ds = TrainCodeDataset(codes_dir, labels_dir, seed=0)
     picks = {e: [ds[(i, e)][0] for i in range(6)] for e in range(6)}
     again = [ds[(i, 3)][0] for i in range(6)]
-    assert all(torch.equal(a, b) for a, b in zip(picks[3], again))
+    assert all(torch.equal(a, b) for a, b in zip(picks[3], again, strict=True))
     stored = np.load(codes_dir / "0.npy")
     views = {int(np.flatnonzero((stored == picks[e][0].numpy()).all(1))[0]) for e in range(6)}
     assert views == {0, 1}  # both stored views (crop and mirror) get used
@@ -243,7 +203,7 @@ def test_code_views_are_seeded_per_sample(ar_data):
 # ---------------------------------------------------------------------------------------------------------------
 # training runs (single process, in-process)
 
-def test_tiny_gpt_lowers_training_and_validation_loss(ar_data, tmp_path, one_thread):
+def test_tiny_gpt_lowers_training_and_validation_loss(ar_data, tmp_path, single_thread):
     from autoregressive.val_loss import main as val_main
     result = train_main(train_args(ar_data, tmp_path, "learn", 40, "--lr-scheduler", "const", "--warmup", "4",
                                    "--ckpt-every", "10", "--mixed-precision", "none", "--global-batch-size", "16"))
@@ -252,7 +212,8 @@ def test_tiny_gpt_lowers_training_and_validation_loss(ar_data, tmp_path, one_thr
         ["0000010.pt", "0000020.pt", "0000030.pt", "0000040.pt"]
     assert not (run / "cd_records").exists()  # const: no cool-down folders (the original crashed here)
     m = losses(run)
-    first, last = np.mean([m[s]["train_loss"] for s in range(1, 5)]), np.mean([m[s]["train_loss"] for s in (37, 38, 39, 40)])
+    first = np.mean([m[s]["train_loss"] for s in range(1, 5)])
+    last = np.mean([m[s]["train_loss"] for s in (37, 38, 39, 40)])
     assert first > 6.5 and last < first - 2.0, (first, last)
 
     def val(step):
@@ -275,7 +236,7 @@ def test_tiny_gpt_lowers_training_and_validation_loss(ar_data, tmp_path, one_thr
     assert torch.equal(same.output.weight, model.output.weight)
 
 
-def test_online_tokenisation_mode(ar_data, tmp_path, one_thread):
+def test_online_tokenisation_mode(ar_data, tmp_path, single_thread):
     """--dataset imagenet: random crop + flip, tokenised per step; cosine schedule, accumulation, bf16, EMA,
     activation checkpointing."""
     args = train_args(ar_data, tmp_path, "images", 3, "--lr-scheduler", "cosine", "--warmup", "1",
@@ -297,7 +258,7 @@ def test_online_tokenisation_mode(ar_data, tmp_path, one_thread):
 # SIGKILL after a checkpoint, then auto-resume: the same per-step losses; WSD layout and LR at every step
 
 @pytest.mark.slow
-def test_sigkill_and_resume_matches_uninterrupted_wsd_run(ar_data, tmp_path, one_thread):
+def test_sigkill_and_resume_matches_uninterrupted_wsd_run(ar_data, tmp_path, single_thread):
     T, hold = 24, 18  # fract 0.25
     extra = ("--lr-scheduler", "wsd", "--warmup", "3", "--fract-decay", "0.25", "--ckpt-every", "6", "--ema",
              "--mixed-precision", "bf16", "--max-grad-norm", "0.5")

@@ -5,30 +5,29 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from _gpt_testutils import tiny_gpt
 from autoregressive.extract_codes import code_dirs
 from autoregressive.val_loss import main as val_main
-from testlib import REPO
-from test_train_c2i import N_CLASSES, TINY_TOK, make_ar_data
 from utils.checkpoint import save_atomic
+
+from test_train_c2i import N_CLASSES, TINY_TOK, make_ar_data
+from testlib import threads, tiny_gpt, torchrun
 
 GPT_CFG = {"gpt_model": "GPT-tiny", "vocab_size": 1024, "block_size": 64, "num_classes": N_CLASSES}
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    with threads(1):
+        yield _make_data(tmp_path_factory)
+
+
+def _make_data(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("val_data")
     out = make_ar_data(root, train_per_class=1, val_per_class=3)  # 12 held-out images
     model = tiny_gpt(seed=1, vocab_size=1024, block_size=64, num_classes=N_CLASSES)
@@ -37,8 +36,7 @@ def data(tmp_path_factory):
     out["ckpt"] = save_atomic({"model": model.state_dict(), "ema": ema.state_dict(), "steps": 5,
                                "args": {"gpt_model": "GPT-tiny"}, "gpt_config": GPT_CFG},
                               root / "run" / "checkpoints" / "0000005.pt")
-    yield out
-    torch.set_num_threads(before)
+    return out
 
 
 def reference(model, codes_root, batch: int) -> tuple[float, float]:
@@ -93,16 +91,9 @@ def test_mismatched_tokenizer_is_a_clear_error(data, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_count_each_image_once(data, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "ddp.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m",
-           "autoregressive.val_loss", *args(data, "--code-path", str(data["val_codes"]), "--out-json", str(out),
-                                            "--no-txt")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun("autoregressive.val_loss", args(data, "--code-path", str(data["val_codes"]), "--out-json", str(out),
+                                             "--no-txt"))
     res = json.loads(out.read_text())[-1]
     assert res["world_size"] == 2 and res["num_images"] == 12
     assert res["val_loss"] == pytest.approx(reference(data["model"], data["val_codes"], 5)[0], rel=1e-6)

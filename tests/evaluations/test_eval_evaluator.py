@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _eval_images import add_noise
 from evaluations.c2i.evaluator import Evaluator, evaluate_npz, main, parse_metric_lines
 from evaluations.inception import load_inception
 from evaluations.metrics import MetricInputError, compute_statistics
+
+from _eval_images import add_noise
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,8 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from evaluations.inception import (SPATIAL_DIM, InceptionWeightsError, TFInceptionV3, convert_torchscript,
-                                   load_inception, resolve_weights, tf1_resize_bilinear)
+from evaluations.inception import (
+    SPATIAL_DIM,
+    InceptionWeightsError,
+    TFInceptionV3,
+    convert_torchscript,
+    load_inception,
+    resolve_weights,
+    tf1_resize_bilinear,
+)
 
 
 def _naive_tf1_resize(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:

@@ -7,9 +7,18 @@ import torch
 from scipy import linalg, stats
 
 import evaluations.metrics as M
-from evaluations.metrics import (FIDStatistics, ManifoldEstimator, MetricInputError, compute_statistics,
-                                 frechet_distance, inception_score, open_npz_array, pairwise_sq_distances,
-                                 precision_recall, read_precomputed_stats)
+from evaluations.metrics import (
+    FIDStatistics,
+    ManifoldEstimator,
+    MetricInputError,
+    compute_statistics,
+    frechet_distance,
+    inception_score,
+    open_npz_array,
+    pairwise_sq_distances,
+    precision_recall,
+    read_precomputed_stats,
+)
 
 
 def _random_cov(rng, d, n=None):

@@ -6,8 +6,9 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from _eval_images import photo_crops
 from evaluations.recon import LPIPSMetric, psnr, ssim
+
+from _eval_images import photo_crops
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def test_psnr_hand_computed_and_skimage(pair):
     got = psnr(rec, gt)
     mse = ((rec.astype(np.float64) - gt) ** 2).reshape(3, -1).mean(1)
     np.testing.assert_allclose(got, 10 * np.log10(1.0 / mse), rtol=1e-6)
-    np.testing.assert_allclose(got, [peak_signal_noise_ratio(r, g) for r, g in zip(rec, gt)], rtol=1e-6)
+    np.testing.assert_allclose(got, [peak_signal_noise_ratio(r, g) for r, g in zip(rec, gt, strict=True)], rtol=1e-6)
     a = np.zeros((8, 8, 3), np.float32)
     b = np.full((8, 8, 3), 0.1, np.float32)
     assert psnr(a, b)[0] == pytest.approx(20.0)          # 10 log10(1 / 0.01)
@@ -35,8 +36,8 @@ def test_ssim_faithful_quirk_and_correct_against_skimage(pair):
     rec, gt = pair
     faithful = ssim(rec, gt)                      # data_range=2.0 as the original
     correct = ssim(rec, gt, faithful=False)       # data_range=1.0
-    sk2 = [structural_similarity(r, g, data_range=2.0, channel_axis=-1) for r, g in zip(rec, gt)]
-    sk1 = [structural_similarity(r, g, data_range=1.0, channel_axis=-1) for r, g in zip(rec, gt)]
+    sk2 = [structural_similarity(r, g, data_range=2.0, channel_axis=-1) for r, g in zip(rec, gt, strict=True)]
+    sk1 = [structural_similarity(r, g, data_range=1.0, channel_axis=-1) for r, g in zip(rec, gt, strict=True)]
     np.testing.assert_allclose(faithful, sk2, atol=1e-5)
     np.testing.assert_allclose(correct, sk1, atol=1e-5)
     assert np.all(faithful > correct)             # the quirk inflates SSIM
@@ -106,9 +107,10 @@ def test_lpips_local_vgg_weights(lpips_metric, tmp_path):
 def test_make_val_npz_builds_reference_and_pngs(tmp_path):
     from PIL import Image
 
-    from _eval_images import source_photos
     from evaluations.make_val_npz import main as make_val
     from utils.data import center_crop_arr
+
+    from _eval_images import source_photos
     photos = source_photos()[:3]
     src = tmp_path / "val"
     for i, p in enumerate(photos):

@@ -12,10 +12,11 @@ from PIL import Image
 
 from autoregressive import GPT_models
 from autoregressive.lin_probe import main as gpt_probe
-from testlib import CONFIGS
 from tokenizer import build_tokenizer
 from tokenizer.lin_probe import main as tok_probe
 from utils.checkpoint import save_atomic
+
+from testlib import CONFIGS
 
 TINY = CONFIGS / "VQ_tiny32.yaml"
 

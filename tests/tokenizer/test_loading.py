@@ -10,10 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from testlib import CONFIGS, REPO
 from tokenizer import build_tokenizer, load_tokenizer
 from utils.checkpoint import CheckpointError, load_checkpoint_file, save_atomic
 from utils.config import ConfigError
+
+from testlib import CONFIGS, REPO
 
 TINY = CONFIGS / "VQ_tiny32.yaml"
 

@@ -1,6 +1,6 @@
 """Documented loss values: VQ_SS256's loss settings on a fixed batch with seeded weights (Detailed_instructions.md).
 
-Model, LPIPS VGG trunk, semantic teacher (DINOv2-B shape) and PatchGAN get ../shared/parity's seeded weights (the
+Model, LPIPS VGG trunk, semantic teacher (DINOv2-B shape) and PatchGAN get the parity vectors' seeded weights (the
 LPIPS linear heads and input scaling stay the ones the lpips package ships); the batch is the parity photos
 (astronaut, coffee). LPIPS runs without its train-mode dropout so the values are
 deterministic. Each logged term is also recomputed here from its definition. Regenerate the table with
@@ -15,19 +15,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from testlib import CONFIGS, REPO, seeded_state_dict, shared_path
 from tokenizer import build_tokenizer, read_tokenizer_config
 from tokenizer.losses import build_loss
 
-VALUES = REPO / "tests" / "data" / "loss_values_VQ_SS256.json"
+from testlib import CONFIGS, DATA, PARITY, seeded_state_dict
+
+VALUES = DATA / "loss_values_VQ_SS256.json"
 STEPS = {"t=1 (aux on, no GAN)": 0, "t=20000 (aux off, GAN on)": 19999}
 
 
 @pytest.mark.slow
 def test_documented_loss_values_vq_ss256():
     cfg = read_tokenizer_config(CONFIGS / "VQ_SS256.yaml", ["+loss.params.lpips_train_dropout=false"])
-    ref = torch.load(shared_path("parity", "VQ_SS256_seed0.pt"), weights_only=True)
-    x = ref["x"]
+    ref = torch.load(PARITY / "VQ_SS256_seed0.pt", weights_only=True)
+    x = ref["images"].float() / 127.5 - 1
     model = build_tokenizer(cfg).train()
     model.load_state_dict(seeded_state_dict(model.state_dict(), seed=0))
     loss = build_loss(cfg, pretrained=False).train()

@@ -13,7 +13,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from testlib import CONFIGS
 from tokenizer.config import LOSS_PARAM_KEYS, model_args, read_tokenizer_config
 from tokenizer.losses import SemanticTeacher, VQLoss, build_loss
 from tokenizer.losses import adversarial as adv
@@ -24,6 +23,8 @@ from tokenizer.losses.semantic import alignment_loss
 from tokenizer.models.quantizer import VectorQuantizer
 from tokenizer.models.vq_model import MODEL_CLASSES
 from utils.config import to_plain
+
+from testlib import CONFIGS
 
 SS256_PARAMS = dict(to_plain(read_tokenizer_config(CONFIGS / "VQ_SS256.yaml").loss.params))
 
@@ -394,7 +395,9 @@ def test_full_generator_loss_released_ss256_schedule(reuse_lpips, step, aux, dis
     dec, dir_dec = out[0]
     total, logs = loss.generator_loss(out, x, step=step)
 
-    lp = lambda a, b: reuse_lpips.net(a, b).mean().item()
+    def lp(a, b):
+        return reuse_lpips.net(a, b).mean().item()
+
     want = F.mse_loss(x, dec).item() + lp(x, dec) + (0.11 + 0.025 - 0.004)
     if aux:
         want += F.mse_loss(x, dir_dec).item() + lp(x, dir_dec) + 0.8

@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-from testlib import CONFIGS, shared_path
 from tokenizer import build_tokenizer
+
+from testlib import CONFIGS, MANIFESTS
 
 RELEASED = ["VQ_SS256", "VQ_SB256", "VQ_BL256", "VQ_BL256_dino_disc", "VQ_BL256_train_new", "VQ_XLXXL256",
             "VQ_SS256_2d", "VQ_SB256_2d", "VQ_BL256_2d"]
@@ -19,7 +20,7 @@ PARAMS = {"VQ_SS256": 136_073_227, "VQ_SB256": 232_399_627, "VQ_BL256": 621_637_
 
 @pytest.mark.parametrize("name", RELEASED)
 def test_state_dict_matches_manifest(name):
-    manifest = json.loads(shared_path("manifests", f"tok_{name}.json").read_text())
+    manifest = json.loads((MANIFESTS / f"tok_{name}.json").read_text())
     with torch.device("meta"):
         model = build_tokenizer(CONFIGS / f"{name}.yaml")
     assert type(model).__name__ == manifest["model_cls"]
@@ -28,6 +29,7 @@ def test_state_dict_matches_manifest(name):
     assert sorted(shapes) == sorted(expected)
     assert shapes == expected
     assert len(shapes) == manifest["num_keys"]
+    assert manifest["num_parameters"] == PARAMS[name]
     assert sum(p.numel() for p in model.parameters()) == PARAMS[name]
     assert sum(t.numel() for t in model.state_dict().values()) == manifest["num_params"]
     distill = sum(p.numel() for n, p in model.named_parameters() if ".distill_mlp." in n)

@@ -2,21 +2,19 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from testlib import CONFIGS, PHOTOS, REPO
 from tokenizer import build_tokenizer
 from tokenizer.reconstruct import main as reconstruct
 from utils.checkpoint import save_atomic
 from utils.data import ImageFolderDataset, center_crop_arr, to_model_range
+
+from testlib import CONFIGS, PHOTOS, torchrun
 
 TINY = CONFIGS / "VQ_tiny32.yaml"
 
@@ -87,11 +85,7 @@ def test_torchrun_two_processes_match_single(tmp_path, tiny_ckpt):
     common = ["--data-path", str(PHOTOS), "--image-size", "32", "--vq-ckpt", str(tiny_ckpt),
               "--model-config", str(TINY), "--device", "cpu", "--num-workers", "0", "--run-name", "r"]
     single = reconstruct(common + ["--sample-dir", str(tmp_path / "one")])
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29611",
-           "-m", "tokenizer.reconstruct", *common, "--sample-dir", str(tmp_path / "two")]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert res.returncode == 0, res.stderr[-3000:]
+    torchrun("tokenizer.reconstruct", [*common, "--sample-dir", str(tmp_path / "two")], timeout=600)
     two = json.loads((tmp_path / "two" / "r" / "metrics.json").read_text())
     assert two["world_size"] == 2 and two["num_images"] == single["num_images"] == 6
     a = np.load(tmp_path / "one" / "r" / "r.npz")["arr_0"]

@@ -10,7 +10,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,8 @@ import torch
 from PIL import Image
 
 if __name__ != "__main__":
-    from testlib import CONFIGS, REPO
+    import testlib
+    from testlib import CONFIGS, REPO, child_env, make_images
 else:  # torchrun entry: make the repo importable
     REPO = Path(__file__).resolve().parents[2]
     sys.path.insert(0, str(REPO))
@@ -31,7 +31,8 @@ else:  # torchrun entry: make the repo importable
 import torch.nn.functional as F  # noqa: E402
 
 from tokenizer import build_tokenizer, load_tokenizer  # noqa: E402
-from tokenizer.train import EXIT_DIVERGED, TrainingDiverged, list_checkpoints, main as train_main  # noqa: E402
+from tokenizer.train import EXIT_DIVERGED, TrainingDiverged, list_checkpoints  # noqa: E402
+from tokenizer.train import main as train_main
 from utils.checkpoint import load_checkpoint_file  # noqa: E402
 from utils.data import ImageFolderDataset, random_crop_arr, train_transform  # noqa: E402
 from utils.logging import read_metrics  # noqa: E402
@@ -47,22 +48,6 @@ LOSS_KEYS = ("loss", "generator_loss", "rec_loss", "vq_loss", "commit_loss", "en
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
 
-def make_images(root: Path, n: int = 16, seed: int = 0) -> Path:
-    """``n`` small RGB images in two classes: gradients with a coloured disc (sizes vary, all >= 36 px)."""
-    rng = np.random.RandomState(seed)
-    for i in range(n):
-        folder = root / f"class{i % 2}"
-        folder.mkdir(parents=True, exist_ok=True)
-        h, w = 36 + rng.randint(0, 20), 36 + rng.randint(0, 20)
-        yy, xx = np.mgrid[0:h, 0:w]
-        col = rng.randint(0, 256, 3)
-        img = np.stack([xx * 255 // w, yy * 255 // h, np.full_like(xx, col[2])], -1).astype(np.uint8)
-        cx, cy, r = rng.randint(8, w - 8), rng.randint(8, h - 8), rng.randint(4, 9)
-        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = col
-        Image.fromarray(img).save(folder / f"img{i:02d}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     return make_images(tmp_path_factory.mktemp("train_data") / "images")
@@ -76,26 +61,9 @@ def train_args(data: Path, save: Path, name: str, iterations: int, *extra: str, 
             "--no-progress", *extra, "--config-overrides", *(MICRO if micro else ()), *overrides]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun_cmd(args: list[str], nproc: int = 2) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-            f"--master_port={free_port()}", __file__, *args]
-
-
-def child_env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-
-
-def torchrun(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
-    proc = subprocess.run(torchrun_cmd(args), cwd=REPO, env=child_env(), capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return proc
+def torchrun(args: list[str], timeout: int = 240):
+    """This file under torchrun (its __main__ block runs the trainer)."""
+    return testlib.torchrun(__file__, args, timeout=timeout)
 
 
 def assert_same_losses(ref: dict, other: dict, steps, keys=LOSS_KEYS) -> None:
@@ -279,7 +247,7 @@ def test_ddp_two_processes_and_sigkill_resume(images, tmp_path):
 
     # the same run, killed with SIGKILL (all processes) soon after its first checkpoint, then restarted
     args = train_args(images, tmp_path, "killed", 7, *extra, overrides=over)
-    proc = subprocess.Popen(torchrun_cmd(args), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(testlib.torchrun_cmd(__file__, args), cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     first = tmp_path / "killed" / "checkpoints" / "0000003.pt"
     deadline = time.time() + 180

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from testlib import REPO  # noqa: F401  (puts the repo root on sys.path)
-
 from evaluations.classifier import accuracy, main, train_classifier
+
+from testlib import REPO  # noqa: F401  (puts the repo root on sys.path)
 
 SIZE = 16
 
@@ -58,7 +58,7 @@ def test_accuracy_counts_correct_argmax():
 
 
 def _write_folder(root, images, labels, names=("a_top", "b_middle", "c_bottom")):
-    for i, (img, label) in enumerate(zip(images, labels)):
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
         folder = root / names[int(label)]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(folder / f"{i:04d}.png")

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 from omegaconf import DictConfig
 
-from testlib import REPO  # noqa: F401  (puts the repo root on sys.path)
-
 from utils.config import ConfigError, check_keys, load_config, save_config, to_plain
+
+from testlib import REPO  # noqa: F401  (puts the repo root on sys.path)
 
 YAML = """\
 model:

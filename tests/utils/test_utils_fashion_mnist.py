@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from testlib import REPO  # noqa: F401  (puts the repo root on sys.path)
-
 from utils.fashion_mnist import SUBSET, class_folder, export_image_folders, load_subset
+
+from testlib import REPO  # noqa: F401  (puts the repo root on sys.path)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from testlib import REPO  # noqa: F401  (puts the repo root on sys.path)
-
 from utils.images import make_grid, save_grid
+
+from testlib import REPO  # noqa: F401  (puts the repo root on sys.path)
 
 
 def test_make_grid_places_cells_row_major():

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from testlib import REPO  # noqa: F401  (puts the repo root on sys.path)
-
 from evaluations.quickstart_report import main
+
+from testlib import REPO  # noqa: F401  (puts the repo root on sys.path)
 
 RECON = {"num_images": 60, "psnr": 21.0, "ssim": 0.71, "rfid": 40.5, "codebook_usage": 0.25, "extra": 1}
 GEN = {"num_sample_images": 100, "fid": 80.0, "sfid": 90.0, "precision": 0.4, "recall": 0.3,

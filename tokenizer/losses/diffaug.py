@@ -5,7 +5,8 @@ translation / colour / cutout (each applied when <= prob), then ``torch.rand(7, 
 gives the per-sample parameters:
 
 1. translation by integer shifts in [-d, d], d = round(0.125 * size), reading zeros outside the image;
-2. colour: brightness +(r2 - 0.5); saturation (x - mean_c) * 2 r3 + mean_c; contrast (x - mean_chw)(r4 + 0.5) + mean_chw;
+2. colour: brightness +(r2 - 0.5); saturation (x - mean_c) * 2 r3 + mean_c;
+   contrast (x - mean_chw)(r4 + 0.5) + mean_chw;
 3. cutout: a square of side round(0.2 * size) zeroed around a random centre (clamped to the image).
 
 Every operation is differentiable with respect to the image. The warm-up blur of the original is hard-coded off

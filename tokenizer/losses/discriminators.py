@@ -205,7 +205,7 @@ class DinoDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
-        return torch.cat([head(a).view(b, -1) for head, a in zip(self.heads, self.features(x))], dim=1)
+        return torch.cat([head(a).view(b, -1) for head, a in zip(self.heads, self.features(x), strict=True)], dim=1)
 
 
 def build_discriminator(params, pretrained: bool = True, dino_weights: str | None = None) -> nn.Module:

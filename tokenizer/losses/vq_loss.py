@@ -14,7 +14,8 @@ spec's 1-based iteration index is t = step + 1, and every threshold is applied t
 
 Generator loss
 --------------
-L_G = w_rec (rec + rec_d) + w_p (p + p_d) + λ w_d(t) (g_adv + g_adv_d) + (vq + commit + entropy) + f + proj_weight · proj
+L_G = w_rec (rec + rec_d) + w_p (p + p_d) + λ w_d(t) (g_adv + g_adv_d) + (vq + commit + entropy) + f
+      + proj_weight · proj
 
 with rec = mean (x - x̂)^2 ('l2') or mean |x - x̂| ('l1'); p = batch mean of LPIPS-VGG (train-mode dropout as the
 original, see perceptual.py); g_adv = hinge / non-saturating generator loss on D(x̂) (DiffAug'd for dinodisc);
@@ -265,7 +266,7 @@ class VQLoss(nn.Module):
 def _to_floats(keys, values, device) -> dict[str, float]:
     """One device->host transfer for all logged values."""
     stacked = torch.stack([torch.as_tensor(v, device=device).detach().float().reshape(()) for v in values])
-    return dict(zip(keys, stacked.tolist()))
+    return dict(zip(keys, stacked.tolist(), strict=True))
 
 
 def _nan_inputs(x: torch.Tensor, dec: torch.Tensor) -> str:

@@ -168,7 +168,7 @@ class Decoder(nn.Module):
         h = self.conv_in(z)
         for block in self.mid:
             h = block(h)
-        for level, adaptive in zip(self.conv_blocks, self.adaptive):
+        for level, adaptive in zip(self.conv_blocks, self.adaptive, strict=True):
             h = adaptive(h, style)
             for block in level.res:
                 h = block(h)
