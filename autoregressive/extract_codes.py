@@ -103,8 +103,8 @@ def main(argv=None) -> dict:
         if x.numel() == 0:
             continue
         b, v = x.shape[:2]
-        _, _, info = model.encode(x.flatten(0, 1).to(dist.device))
-        codes = info[2].reshape(b, v, -1).cpu().numpy().astype(np.int64)
+        codes = model.encode_to_codes(x.flatten(0, 1).to(dist.device)).reshape(b, v, -1).cpu().numpy()
+        codes = codes.astype(np.int64)
         for code, label, i in zip(codes, labels.tolist(), indices.tolist(), strict=True):
             _save_atomic_npy(codes_dir / f"{i}.npy", code)
             _save_atomic_npy(labels_dir / f"{i}.npy", np.array(label, dtype=np.int64))

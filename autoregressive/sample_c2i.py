@@ -36,8 +36,8 @@ from utils.checkpoint import CheckpointError, resolve_checkpoint, sha256_file
 from utils.data import to_uint8
 from utils.distributed import barrier, cleanup, init_distributed
 from utils.images import save_grid
+from utils.training import PRECISIONS, storage_dtype
 
-PRECISIONS = {"none": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 METRIC_NAMES = ("FID", "sFID", "Inception Score", "Precision", "Recall")
 
 
@@ -128,7 +128,7 @@ class Sampler:
             raise ValueError(f"--image-size {size} does not match the tokenizer's {self.tok.image_size}")
         try:
             self.gpt = load_gpt(args.gpt_model, resolve_checkpoint(args.gpt_ckpt), device=device,
-                                dtype=PRECISIONS[args.precision], vocab_size=self.tok.codebook_size,
+                                dtype=storage_dtype(args.precision), vocab_size=self.tok.codebook_size,
                                 block_size=self.tok.num_tokens, num_classes=args.num_classes,
                                 cls_token_num=args.cls_token_num, use_qk_norm=args.qk_norm)
         except CheckpointError as exc:

@@ -31,12 +31,12 @@ from tqdm import tqdm
 
 from autoregressive.loading import add_variant_flags, load_gpt
 from autoregressive.models.gpt import GPT_models
-from utils.checkpoint import resolve_checkpoint, sha256_file
+from tokenizer import tokenizer_info
+from utils.checkpoint import CheckpointError, load_checkpoint_file, resolve_checkpoint, sha256_file
 from utils.cli import HelpFormatter
 from utils.data import CodeDataset, ImageFolderDataset, collate_skip_bad
 from utils.distributed import barrier, cleanup, init_distributed
-
-PRECISIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+from utils.training import PRECISIONS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -97,12 +97,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _peek(path: Path) -> dict:
-    import argparse as _argparse
+def _stored_gpt_config(path: Path) -> dict:
+    """The GPT settings a checkpoint records (``gpt_config``, else the training args); {} if it cannot be read
+    (load_gpt then reports the file properly)."""
     try:
-        with torch.serialization.safe_globals([_argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - load_gpt reports unreadable files properly
+        ckpt = load_checkpoint_file(path, mmap=True)
+    except CheckpointError:
         return {}
     if not isinstance(ckpt, dict):
         return {}
@@ -137,7 +137,6 @@ def main(argv=None) -> dict:
     if device.type == "cuda" and not args.no_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    from autoregressive.train_c2i import tokenizer_info
     tok_info = tokenizer_info(args.tok_config)
     image_size = args.image_size or tok_info["image_size"]
     if image_size != tok_info["image_size"]:
@@ -147,7 +146,7 @@ def main(argv=None) -> dict:
         resolve_checkpoint(args.gpt_ckpt)
     barrier()
     ckpt_path = resolve_checkpoint(args.gpt_ckpt)
-    stored = _peek(ckpt_path)
+    stored = _stored_gpt_config(ckpt_path)
     cfg = {"gpt_model": args.gpt_model or stored.get("gpt_model", "GPT-B"),
            "vocab_size": tok_info["codebook_size"], "block_size": tok_info["num_tokens"],
            "num_classes": args.num_classes or stored.get("num_classes", 1000),
@@ -197,8 +196,7 @@ def main(argv=None) -> dict:
         if x.numel() == 0:
             continue
         if tokenizer is not None:
-            _, _, info = tokenizer.encode(x.to(device, non_blocking=True))
-            z = info[2].reshape(x.shape[0], -1)
+            z = tokenizer.encode_to_codes(x.to(device, non_blocking=True))
         else:
             z = x.to(device, non_blocking=True)
         if z.shape[1] != T:

@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import autoregressive.models.gpt as gpt_module  # noqa: E402
 from autoregressive import GPT_models, generate  # noqa: E402
 from autoregressive.models.generate import sample_generators  # noqa: E402
+from autoregressive.models.gpt import small_batch_cpu_matmul  # noqa: E402
 from utils.distributed import pick_device  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -123,8 +123,6 @@ def main(argv=None) -> None:
         p.error("--cfg-scale must be > 1 (the unguided run is always measured too)")
 
     device = pick_device(args.device)
-    if args.no_small_batch_matmul:
-        gpt_module.SMALL_BATCH_CPU_MATMUL = False
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
@@ -155,7 +153,8 @@ def main(argv=None) -> None:
         rows = args.batch * (2 if scale > 1 else 1)
         weights, cache = streamed_bytes(model, rows, args.steps + 1)
         floor = bandwidth / (weights + cache)  # steps/s if the step time were only the memory traffic
-        seconds = run(model, args, device, scale)
+        with small_batch_cpu_matmul(not args.no_small_batch_matmul):
+            seconds = run(model, args, device, scale)
         steps_s = args.steps / seconds
         print(f"{label:<10}{rows:>5}{seconds:>10.2f}{steps_s:>10.1f}{args.batch * steps_s:>10.1f}"
               f"{args.batch / seconds:>10.3f}{floor:>15.1f}{steps_s / floor:>9.0%} {cache / 2**20:>8.1f}MiB")

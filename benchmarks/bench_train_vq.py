@@ -30,8 +30,7 @@ from tokenizer.losses import build_loss  # noqa: E402
 from utils.cli import HelpFormatter  # noqa: E402
 from utils.config import as_float  # noqa: E402
 from utils.distributed import pick_device  # noqa: E402
-
-PRECISIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+from utils.training import PRECISIONS  # noqa: E402
 
 
 def main(argv=None) -> dict:

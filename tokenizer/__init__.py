@@ -11,7 +11,8 @@ from utils.checkpoint import load_weights
 from .config import model_args, read_tokenizer_config
 from .models.vq_model import MODEL_CLASSES, VQVitModel2DPlus, VQVitModelPlus
 
-__all__ = ["build_tokenizer", "load_tokenizer", "VQVitModelPlus", "VQVitModel2DPlus", "read_tokenizer_config"]
+__all__ = ["build_tokenizer", "load_tokenizer", "tokenizer_info", "VQVitModelPlus", "VQVitModel2DPlus",
+           "read_tokenizer_config"]
 
 
 def build_tokenizer(config: Any, overrides: list[str] | None = None) -> torch.nn.Module:
@@ -33,3 +34,13 @@ def load_tokenizer(config: Any, checkpoint: str | os.PathLike, device: str | tor
     model = build_tokenizer(config, overrides)
     load_weights(model, checkpoint, context=context)
     return model.to(device).eval()
+
+
+def tokenizer_info(config: Any) -> dict:
+    """Vocabulary size, token count, image size and class of a tokenizer config, without building any weights
+    (what a GPT trained on its codes must match)."""
+    cfg = read_tokenizer_config(config)
+    with torch.device("meta"):
+        model = build_tokenizer(cfg)
+    return {"codebook_size": int(model.codebook_size), "num_tokens": int(model.num_tokens),
+            "image_size": int(model.image_size), "model_cls": str(cfg.model.model_cls)}

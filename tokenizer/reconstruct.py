@@ -25,8 +25,7 @@ from utils.config import save_config
 from utils.data import ImageFolderDataset, collate_skip_bad, to_uint8
 from utils.distributed import all_gather_tensor, barrier, cleanup, init_distributed
 from utils.images import save_grid
-
-PRECISIONS = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+from utils.training import PRECISIONS
 
 
 def parse_args(argv=None) -> argparse.Namespace:

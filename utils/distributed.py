@@ -79,3 +79,67 @@ def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
     gathered = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded)
     return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes, strict=True)], dim=0)
+
+
+# ----- collectives the trainers use (each a no-op in a single process) -----------------------------------------------
+
+def is_distributed() -> bool:
+    """True when a process group with more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@torch.no_grad()
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers to every rank (what DDP does for the module it wraps)."""
+    if not is_distributed():
+        return
+    for t in [*module.parameters(), *module.buffers()]:
+        dist.broadcast(t.data, src=src)
+
+
+def allreduce_grads(params) -> None:
+    """Average the gradients of ``params`` over ranks in one flat all-reduce (for modules DDP does not wrap)."""
+    if not is_distributed():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for g, f in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
+        g.copy_(f)
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """The mean of ``t`` over ranks (in place; returned for chaining)."""
+    if is_distributed():
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t
+
+
+def gather_objects(obj):
+    """Every rank's ``obj`` as a list indexed by rank (``[obj]`` in a single process)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def any_rank(bad: torch.Tensor | bool, message: str | None, device: torch.device) -> list[str]:
+    """All ranks learn together whether any rank is in trouble (a true ``bad`` or a ``message``), so that all of them
+    stop at the same collective. Returns every troubled rank's message (an empty list when all are fine)."""
+    if isinstance(bad, torch.Tensor):
+        flag = bad.detach().float().reshape(1).to(device)
+    else:
+        flag = torch.tensor([float(bad)], device=device)
+    if message is not None:
+        flag.fill_(1.0)
+    if is_distributed():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() == 0:
+        return []
+    messages = gather_objects(message)
+    return [f"rank {r}: {m}" for r, m in enumerate(messages) if m] or ["(non-finite value without a message)"]

@@ -16,6 +16,9 @@ state-dict keys, and the teacher-forced forward (``input_pos=None``) keeps worki
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Optional
 
@@ -93,8 +96,19 @@ class ModelArgs:
 
 # On CPU, MKL's GEMM for 2..8 activation rows against a [N, K] weight streams the weight much more slowly than
 # ``weight @ x.T``; at such batch sizes decoding is bound by weight bandwidth, so this path matters (see
-# benchmarks/bench_gpt_sampling.py). Results equal ``F.linear`` up to float summation order.
-SMALL_BATCH_CPU_MATMUL = True
+# benchmarks/bench_gpt_sampling.py). Results equal ``F.linear`` up to float summation order. On by default;
+# ``with small_batch_cpu_matmul(False):`` measures or compares against the plain path (per thread / task).
+_SMALL_BATCH_CPU_MATMUL: contextvars.ContextVar[bool] = contextvars.ContextVar("small_batch_cpu_matmul", default=True)
+
+
+@contextlib.contextmanager
+def small_batch_cpu_matmul(enabled: bool) -> Iterator[None]:
+    """Use (or not) the ``weight @ x.T`` CPU path for 2..8 rows inside the block."""
+    token = _SMALL_BATCH_CPU_MATMUL.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _SMALL_BATCH_CPU_MATMUL.reset(token)
 
 
 class Linear(nn.Linear):
@@ -102,7 +116,7 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-        if SMALL_BATCH_CPU_MATMUL and 2 <= rows <= 8 and x.device.type == "cpu" and self.bias is None:
+        if x.device.type == "cpu" and 2 <= rows <= 8 and self.bias is None and _SMALL_BATCH_CPU_MATMUL.get():
             out = (self.weight @ x.reshape(rows, x.shape[-1]).T).T.contiguous()
             return out.reshape(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)

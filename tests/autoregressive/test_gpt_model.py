@@ -13,7 +13,7 @@ from testlib import MANIFESTS, TINY_GPT, tiny_gpt
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-# Spec ar_eval.md 1.3 (vocab 16384, block 256, 1000 classes, learned absolute positions).
+# The original's gpt_1d.py presets (vocab 16384, block 256, 1000 classes, learned absolute positions).
 PARAM_COUNTS = {
     "GPT-B": 111_085_824, "GPT-L": 343_174_144, "GPT-XL": 775_028_480, "GPT-XXL": 1_411_367_424,
     "GPT-XXXL": 3_893_685_760, "GPT-1B": 1_200_142_336, "GPT-3B": 3_097_481_600, "GPT-7B": 6_615_642_112,
@@ -138,3 +138,22 @@ def test_training_mode_label_dropout_uses_null_row():
     emb = model.cls_embedding(torch.tensor([1, 2, 3]))
     null = model.cls_embedding.embedding_table.weight[TINY_GPT["num_classes"]]
     torch.testing.assert_close(emb[:, 0], null.expand(3, -1))
+
+
+def test_small_batch_cpu_matmul_is_a_scoped_switch(monkeypatch):
+    """The weight @ x.T path for 2..8 rows on CPU is on by default and off inside small_batch_cpu_matmul(False)."""
+    from autoregressive.models import gpt
+
+    calls = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a: calls.append(1) or linear(*a))
+    layer = gpt.Linear(16, 8, bias=False)
+    x = torch.randn(4, 16)
+    fast = layer(x)
+    assert calls == []
+    with gpt.small_batch_cpu_matmul(False):
+        plain = layer(x)
+    assert calls == [1]
+    torch.testing.assert_close(fast, plain)
+    layer(x)
+    assert calls == [1]  # the switch is scoped to the block

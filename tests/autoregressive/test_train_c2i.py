@@ -88,7 +88,7 @@ def losses(folder: Path) -> dict[int, float]:
 # ---------------------------------------------------------------------------------------------------------------
 # pure functions: schedule, timing, resume rule, pruning, optimiser groups, sampler
 
-# spec ar_eval.md 5.1, "Checked numbers [run]" for T = 1.5M, warmup 5000, base 1e-4
+# the original's wsd_lr (tokenizer_image/scheduler.py) evaluated for T = 1.5M, warmup 5000, base 1e-4
 # (as printed there, so compared at the printed number of significant digits)
 WSD_TABLE = [(0, "1.0e-6"), (2500, "5.05e-5"), (5000, "1e-4"), (1_200_000, "1e-4"), (1_275_000, "5e-5"),
              (1_350_000, "2.93e-5"), (1_499_999, "1.7e-10")]
@@ -331,3 +331,14 @@ def test_ddp_then_fsdp_two_processes(ar_data, tmp_path):
     assert sorted(res) == [4, 5, 6]
     for s in (4, 5, 6):
         assert res[s]["train_loss"] == pytest.approx(ref[s]["train_loss"], rel=1e-5, abs=1e-6)
+
+
+def test_schedule_names_mean_one_thing():
+    """cosine_v2 is the canonical name (as in the tokenizer configs); the original's c2i spelling 'cosine' is the
+    same schedule."""
+    from autoregressive.train_options import SCHEDULE_NAMES
+
+    base = ["--tok-config", str(TINY_TOK), "--sub-exp-dir", "x", "--dataset", "imagenet_code", "--code-path", "c"]
+    for name in ("cosine", "cosine_v2"):
+        assert SCHEDULE_NAMES[build_parser().parse_args([*base, "--lr-scheduler", name]).lr_scheduler] == "cosine_v2"
+    assert {SCHEDULE_NAMES[k] for k in SCHEDULE_NAMES} <= {"const", "cosine_v2", "wsd"}

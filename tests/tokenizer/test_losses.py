@@ -145,7 +145,7 @@ def test_entropy_term_from_quantizer_and_entropy_loss_end():
 # ----- LPIPS -------------------------------------------------------------------------------------------------------
 
 def manual_lpips(net, x, y, dropout=False):
-    """Spec 2.3 written out on the lpips module's own weights (dropout draws in the same order as lpips)."""
+    """LPIPS written out on the lpips module's own weights (dropout draws in the same order as lpips)."""
     shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
     scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
     hx, hy = (x - shift) / scale, (y - shift) / scale

@@ -34,6 +34,7 @@ from tokenizer import build_tokenizer, load_tokenizer  # noqa: E402
 from tokenizer.train import EXIT_DIVERGED, TrainingDiverged, list_checkpoints  # noqa: E402
 from tokenizer.train import main as train_main
 from utils.checkpoint import load_checkpoint_file  # noqa: E402
+from utils.config import ConfigError  # noqa: E402
 from utils.data import ImageFolderDataset, random_crop_arr, train_transform  # noqa: E402
 from utils.logging import read_metrics  # noqa: E402
 from utils.lr import LRSchedule  # noqa: E402
@@ -159,7 +160,7 @@ def test_training_reduces_loss_and_writes_loadable_checkpoints(images, tmp_path)
         x = torch.rand(2, 3, 32, 32) * 2 - 1
         assert model(x)[0].shape == x.shape
     # a second run into the same experiment without auto-resume is refused; with it, nothing is left to do
-    with pytest.raises(Exception, match="already has checkpoints"):
+    with pytest.raises(ConfigError, match="already has checkpoints"):
         train_main(train_args(images, tmp_path, "learn", 40, "--no-auto-resume"))
 
 
@@ -181,6 +182,20 @@ def test_resume_in_process_is_exact(images, tmp_path):
     for key in ("model", "ema", "discriminator"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     assert "Resume training from checkpoint" in (tmp_path / "split" / "message.txt").read_text()
+
+
+def test_generator_is_updated_from_gen_start_on(images, tmp_path):
+    """loss.params.gen_start = 3: iterations t = 1, 2 run the generator forward but do not update it (as the
+    original); t = 3 does."""
+    train_main(train_args(images, tmp_path, "gen", 3, "--ckpt-every", "1", overrides=["+loss.params.gen_start=3"]))
+    states = [load_checkpoint_file(tmp_path / "gen" / "checkpoints" / f"{s:07d}.pt")["model"] for s in (1, 2, 3)]
+    params = [k for k in states[0] if k != "quantize.codebook_used"]
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in params)
+    assert same(states[0], states[1]) and not same(states[1], states[2])
+    m = read_metrics(tmp_path / "gen" / "metrics.jsonl")
+    assert m[1]["grad_norm"] == 0.0 and m[3]["grad_norm"] > 0
 
 
 def test_corrupt_image_is_skipped_and_reported(tmp_path):

@@ -1,7 +1,7 @@
 """Adversarial loss functions, the LeCam regulariser and the adaptive discriminator weight.
 
 Discriminator losses return the *unweighted* value (``disc_weight`` is applied by VQLoss).
-Formulas (spec tokenizer_training.md 2.2, 2.7):
+Formulas (the original's vq_loss.py):
 
 * hinge D:   0.5 * (mean relu(1 - l_r) + mean relu(1 + l_f))
 * vanilla D: 0.5 * (mean softplus(-l_r) + mean softplus(l_f))
@@ -10,8 +10,8 @@ Formulas (spec tokenizer_training.md 2.2, 2.7):
 * non-saturating G: mean softplus(-l_f)   (= BCE(l_f, 1))
 
 Deliberate difference: the original passes the arguments of ``binary_cross_entropy_with_logits`` in swapped
-order for the two non-saturating variants (spec quirk 8.9), which makes them linear in the logits; here they are
-the textbook losses. No released config uses them (all hinge). The original's vanilla / non-saturating
+order for the two non-saturating variants, which makes them linear in the logits; here they are the textbook
+losses. No released config uses them (all hinge). The original's vanilla / non-saturating
 discriminator losses would also crash when called (they do not accept the ``ema``/``iter`` arguments VQLoss
 passes); here they work.
 """

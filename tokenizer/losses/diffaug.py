@@ -1,8 +1,8 @@
 """Differentiable augmentation for the DINO discriminator: DiffAug(prob=1.0, cutout=0.2) (StyleGAN-T recipe).
 
-Spec tokenizer_training.md 3.3. Input cast to fp32. One ``torch.rand(3)`` on the CPU generator decides
-translation / colour / cutout (each applied when <= prob), then ``torch.rand(7, B, 1, 1)`` on the image's device
-gives the per-sample parameters:
+As the original's tokenizer/tokenizer_image/diffaug.py. Input cast to fp32. One ``torch.rand(3)`` on the CPU generator
+decides translation / colour / cutout (each applied when <= prob), then ``torch.rand(7, B, 1, 1)`` on the image's
+device gives the per-sample parameters:
 
 1. translation by integer shifts in [-d, d], d = round(0.125 * size), reading zeros outside the image;
 2. colour: brightness +(r2 - 0.5); saturation (x - mean_c) * 2 r3 + mean_c;

@@ -1,14 +1,14 @@
 """Discriminators: PatchGAN (``disc_type: patchgan``) and the DINO discriminator (``disc_type: dinodisc``).
 
-PatchGAN (spec tokenizer_training.md 3.1): pix2pix NLayerDiscriminator with state_dict keys ``main.{i}.*``;
+PatchGAN (the original's discriminator_patchgan.py): pix2pix NLayerDiscriminator with state_dict keys ``main.{i}.*``;
 ndf 64, 3 layers, kw 4 -> 2,765,633 parameters, [B, 1, 30, 30] logits for 256x256 inputs.
 
-DINO discriminator (spec 3.2): a frozen DINO (v1) ViT-S/16 backbone read out before the blocks and after blocks
-2, 5, 8, 11 (patch tokens + CLS token), each readout scored by a trainable head of spectral-normalised 1-D convs
-with local batch norm; logits [B, 5 * 196]. The backbone is built with timm (``vit_small_patch16_224.dino``,
-GELU tanh-approximation as the original's MLP) and, as the original, is NOT a registered submodule: it is not in
-``parameters()`` / ``state_dict()`` (checkpoints hold ``heads.*`` only) and stays in eval mode; ``.to()`` /
-``.cuda()`` do move it (the original hard-wires it to 'cuda').
+DINO discriminator (the original's discriminator_dino.py): a frozen DINO (v1) ViT-S/16 backbone read out before the
+blocks and after blocks 2, 5, 8, 11 (patch tokens + CLS token), each readout scored by a trainable head of
+spectral-normalised 1-D convs with local batch norm; logits [B, 5 * 196]. The backbone is built with timm
+(``vit_small_patch16_224.dino``, GELU tanh-approximation as the original's MLP) and, as the original, is NOT a
+registered submodule: it is not in ``parameters()`` / ``state_dict()`` (checkpoints hold ``heads.*`` only) and stays
+in eval mode; ``.to()`` / ``.cuda()`` do move it (the original hard-wires it to 'cuda').
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LPIPS-VGG perceptual loss for training (with gradients), via the ``lpips`` package (spec 2.3).
+"""LPIPS-VGG perceptual loss for training (with gradients), via the ``lpips`` package (as the original's lpips.py).
 
 ``lpips.LPIPS(net='vgg')`` is exactly the network the original uses: ScalingLayer, torchvision VGG16 features
 tapped at relu1_2 ... relu5_3, unit-normalisation (eps 1e-10), squared difference, per-tap ``lin{k}`` =
@@ -6,7 +6,7 @@ Dropout(0.5) -> 1x1 conv (no bias), spatial mean, sum over taps. Its bundled ``w
 same file as the original's ``cache/vgg.pth`` (md5 d507d7349b931f0638a25a48a722f98a), key layout
 ``lin{k}.model.1.weight``.
 
-Train-mode dropout quirk (spec 2.3.7 / 8.1): in the original the LPIPS module follows the train()/eval() state
+Train-mode dropout quirk: in the original the LPIPS module follows the train()/eval() state
 of the loss module, so Dropout(0.5) in front of each linear head is ACTIVE during training. Reproduced by default:
 this wrapper simply follows the mode set by ``VQLoss.train()`` / ``.eval()`` (``train_dropout=True``). With
 ``train_dropout=False`` the LPIPS network is kept in eval mode always (deterministic loss; not the original).

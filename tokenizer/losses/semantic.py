@@ -1,4 +1,4 @@
-"""Semantic regularisation: the frozen DINOv2 teacher and the cosine alignment loss (spec tokenizer_training.md 2.6).
+"""Semantic regularisation: the frozen DINOv2 teacher and the cosine alignment loss (as the original).
 
 Teacher: timm ``vit_{s,b,l}_patch14_dinov2`` (DINOv2 without registers, the same network and weights as the
 original's ``torch.hub.load('facebookresearch/dinov2', 'dinov2_vitb14')``). Built at ``image_size`` (224) so that

@@ -1,4 +1,4 @@
-"""VQLoss: the GigaTok tokenizer training objective (spec tokenizer_training.md 2.2-2.8, 3).
+"""VQLoss: the GigaTok tokenizer training objective (the original's tokenizer_image/vq/vq_loss.py).
 
 Step convention
 ---------------

@@ -190,6 +190,19 @@ class _VQModelBase(nn.Module):
         quant, emb_loss, info = self.quantize(h)
         return (quant, emb_loss, info) if return_code else (quant, emb_loss, s)
 
+    def encode_to_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [-1, 1] -> code indices, LongTensor [B, num_tokens] (row-major token order)."""
+        _, _, info = self.encode(x)
+        return info[2].reshape(x.shape[0], -1)
+
+    def encoder_only(self) -> "_VQModelBase":
+        """Drop the decoders (CNN pixel decoder and ViT decoder) to save memory when only codes are needed, as the
+        original's AR trainer does; ``encode`` / ``encode_to_codes`` keep working, ``decode*`` no longer can."""
+        for name in ("decoder", self._vit_names[1]):
+            if isinstance(getattr(self, name, None), nn.Module):
+                delattr(self, name)
+        return self
+
     def pre_quant_features(self, x: torch.Tensor) -> torch.Tensor:
         """Continuous quant_conv output before quantisation ([B, C, H, W]), for both 1D and 2D models."""
         self._check_input(x)

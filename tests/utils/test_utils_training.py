@@ -1,0 +1,137 @@
+"""utils.training, the kit both trainers share: flags, precision names, exit codes, state round trips, RNG state."""
+from __future__ import annotations
+
+import argparse
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from utils import training as kit
+from utils.checkpoint import CheckpointError
+from utils.config import ConfigError
+
+
+def _parser(max_milestone: int = 30) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    kit.add_checkpoint_flags(p, max_milestone_num=max_milestone)
+    kit.add_logging_flags(p, "default_project")
+    kit.add_compute_flags(p, precision_default="bf16")
+    return p
+
+
+@pytest.mark.parametrize("argv,project", [([], None), (["--wandb"], "default_project"),
+                                          (["--wandb-project", "mine"], "mine"),
+                                          (["--wandb-project", "mine", "--no-wandb"], None),
+                                          (["--no-wandb"], None)])
+def test_wandb_is_on_with_the_flag_or_a_named_project(argv, project):
+    assert kit.wandb_project(_parser().parse_args(argv)) == project
+
+
+def test_one_spelling_per_switch_with_the_original_aliases():
+    p = _parser(max_milestone=40)
+    a = p.parse_args([])
+    assert a.auto_resume is True and a.max_milestone_num == 40 and a.compile is None
+    assert a.mixed_precision == "bf16" and a.data_parallel == "ddp"
+    a = p.parse_args(["--no-auto-resume", "--no-compile", "--precision", "fp16", "--data-parallel", "sdp"])
+    assert a.auto_resume is False and a.compile is False and a.mixed_precision == "fp16"
+    assert p.parse_args(["--mixed-precision", "none", "--compile"]).compile is True
+
+
+def test_precision_names():
+    assert kit.autocast_dtype("none") is None and kit.autocast_dtype("fp32") is None
+    assert kit.autocast_dtype("bf16") == torch.bfloat16 and kit.storage_dtype("none") == torch.float32
+    assert kit.storage_dtype("fp16") == torch.float16
+    with pytest.raises(ConfigError, match="'fp8'"):
+        kit.autocast_dtype("fp8")
+
+
+def test_fsdp_needs_a_process_group_and_a_known_mode():
+    assert not kit.uses_fsdp("fsdp")  # no process group in this test process: unsharded
+    assert not kit.uses_fsdp("ddp")
+    with pytest.raises(ConfigError, match="zero3"):
+        kit.uses_fsdp("zero3")
+
+
+def test_no_sync_and_weights_finite_on_a_plain_module():
+    model = torch.nn.Linear(3, 2)
+    with kit.no_sync(model, model, fsdp=False, last=False):
+        model(torch.ones(1, 3)).sum().backward()
+    assert model.weight.grad is not None
+    assert kit.weights_finite(model, torch.device("cpu"))
+    with torch.no_grad():
+        model.bias[1] = float("nan")
+    assert not kit.weights_finite(model, torch.device("cpu"))
+
+
+def test_full_state_round_trip_keyed_by_name():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    model_sd, optim_sd = kit.full_state_dicts(model, opt)
+    assert set(optim_sd["state"]) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    other = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
+    other_opt = torch.optim.AdamW(other.parameters(), lr=1e-2)
+    kit.load_model_state(other, model_sd, fsdp=False, source="mem")
+    kit.load_optimizer_state(other, other_opt, optim_sd)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values(),
+                                                 strict=True))
+    ours = opt.state_dict()["state"]
+    theirs = other_opt.state_dict()["state"]
+    assert all(torch.equal(ours[i]["exp_avg"], theirs[i]["exp_avg"]) for i in ours)
+    with pytest.raises(CheckpointError, match="2.bias"):
+        kit.load_model_state(other, {**model_sd, "2.bias": torch.zeros(1)}, fsdp=True, source="mem")
+
+
+def test_rng_state_round_trip():
+    state = kit.rng_state(torch.device("cpu"))
+    first = (torch.rand(3), random.random(), np.random.rand())
+    kit.set_rng_state(state, torch.device("cpu"))
+    again = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(first[0], again[0]) and first[1:] == again[1:]
+
+
+def _raiser(exc):
+    def main(argv=None):
+        raise exc
+    return main
+
+
+@pytest.mark.parametrize("exc,code,text", [
+    (ConfigError("trainer.lr: bad value"), kit.EXIT_CONFIG, "[prog] error: trainer.lr: bad value"),
+    (CheckpointError("x.pt is not a checkpoint"), kit.EXIT_CONFIG, "[prog] error: x.pt is not a checkpoint"),
+    (kit.TrainingDiverged("non-finite loss at step 3"), kit.EXIT_DIVERGED,
+     "[prog] training stopped: non-finite loss at step 3")])
+def test_cli_turns_project_errors_into_one_line_and_an_exit_code(exc, code, text, capsys, monkeypatch):
+    monkeypatch.delenv("GIGATOK_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as info:
+        kit.cli(_raiser(exc), "prog", [])
+    assert info.value.code == code
+    assert capsys.readouterr().err.strip() == text
+    monkeypatch.setenv("GIGATOK_DEBUG", "1")
+    with pytest.raises(type(exc)):
+        kit.cli(_raiser(exc), "prog", [])
+
+
+def test_run_trainer_closes_and_logs_the_error():
+    events = []
+
+    class Fake:
+        def build(self):
+            events.append("build")
+
+        def train(self):
+            raise ConfigError("bad key")
+
+        def log_error(self, msg):
+            events.append(msg)
+
+        def close(self):
+            events.append("close")
+
+    with pytest.raises(ConfigError):
+        kit.run_trainer(Fake())
+    assert events == ["build", "ERROR: bad key", "close"]
