@@ -52,6 +52,20 @@ def timed(fn, device: torch.device, reps: int) -> float:
     return (time.perf_counter() - start) / reps
 
 
+def time_steps(step, device: torch.device, warmup: int, reps: int) -> float:
+    """Seconds per ``step()``: ``warmup`` untimed calls, then the peak-memory counter is reset and ``reps`` timed."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        step()
+    sync(device)
+    return (time.perf_counter() - start) / reps
+
+
 def count_flops(fn) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()

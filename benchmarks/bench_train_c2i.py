@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_tokenizer import count_flops, measure_gemm_flops, peak_memory_mb, sync  # noqa: E402
+from bench_tokenizer import count_flops, measure_gemm_flops, peak_memory_mb, time_steps  # noqa: E402
 
 from autoregressive.models.gpt import GPT_models  # noqa: E402
 from autoregressive.train_c2i import param_groups  # noqa: E402
@@ -115,16 +114,7 @@ def main(argv=None) -> dict:
             ema.update(raw)
         return loss
 
-    for _ in range(args.warmup):
-        step()
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for _ in range(args.reps):
-        step()
-    sync(device)
-    dt = (time.perf_counter() - t0) / args.reps
+    dt = time_steps(step, device, args.warmup, args.reps)
     n_params = sum(p.numel() for p in raw.parameters())
     out = {"gpt_model": args.gpt_model, "params": n_params, "device": str(device), "precision": args.precision,
            "compile": args.compile, "ema": args.ema, "online_tokenizer": tokenizer is not None, "batch": args.batch,

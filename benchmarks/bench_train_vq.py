@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_tokenizer import count_flops, measure_gemm_flops, peak_memory_mb, sync  # noqa: E402
+from bench_tokenizer import count_flops, measure_gemm_flops, peak_memory_mb, time_steps  # noqa: E402
 
 from tokenizer import build_tokenizer, read_tokenizer_config  # noqa: E402
 from tokenizer.losses import build_loss  # noqa: E402
@@ -98,16 +97,7 @@ def main(argv=None) -> dict:
             scaler_d.step(opt_d)
             scaler_d.update()
 
-    for _ in range(args.warmup):
-        step()
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(args.reps):
-        step()
-    sync(device)
-    t_step = (time.perf_counter() - start) / args.reps
+    t_step = time_steps(step, device, args.warmup, args.reps)
     peak = peak_memory_mb(device)
     flops = None if args.no_flops else count_flops(forward_backward)
     gemm = measure_gemm_flops(device, dtype if (device.type == "cuda" and dtype is not None) else torch.float32)

@@ -461,7 +461,7 @@ def test_patchgan_layout_count_and_init():
             "main.11.weight", "main.11.bias"} <= keys and "main.2.bias" not in keys
     with torch.no_grad():
         assert d(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 6, 6)  # 256x256 -> 30x30 (checked by shape rule)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="loss.params.norm must be .batch.*got .group."):
         NLayerDiscriminator(norm="group")
 
 
