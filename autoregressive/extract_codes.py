@@ -4,7 +4,8 @@ Layout (as the original): ``<code-path>/<dataset><size>_codes/<i>.npy`` int64 [v
 ``<code-path>/<dataset><size>_labels/<i>.npy`` int64 scalar, ``i`` the ImageFolder index. Views: ten-crop of an
 ADM centre crop enlarged by ``--crop-range`` (10 views), or the centre crop and its mirror (2 views).
 Files are written atomically (labels last), so ``--resume`` after a kill skips exactly the finished images.
-Runs alone or under torchrun (each rank takes every world_size-th image).
+Runs alone or under torchrun (each rank takes every world_size-th image). The weights are the checkpoint's
+``model`` entry, as the original (``--use-ema`` for ``ema``); TF32 is on for CUDA as the original (``--no-tf32``).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tokenizer import load_tokenizer, read_tokenizer_config
 from utils.checkpoint import resolve_checkpoint, sha256_file
 from utils.data import ImageFolderDataset, center_crop_arr, collate_skip_bad, to_model_range
 from utils.distributed import barrier, cleanup, init_distributed
+from utils.training import configure_tf32
 
 
 def code_dirs(code_path: str | os.PathLike, dataset: str = "imagenet", image_size: int = 256) -> tuple[Path, Path]:
@@ -65,6 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family")
     p.add_argument("--resume", action="store_true", help="skip images whose code and label files both exist")
     p.add_argument("--max-images", type=int, default=None, help="only the first N images")
+    p.add_argument("--use-ema", action="store_true",
+                   help="encode with the checkpoint's 'ema' weights (default: 'model', as the original)")
+    p.add_argument("--no-tf32", action="store_true", help="keep TF32 off on CUDA (the original turns it on)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--global-seed", type=int, default=0, help="unused (extraction is deterministic); kept for "
                    "compatibility with the original's flags")
@@ -75,12 +80,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     dist = init_distributed(args.device)
+    configure_tf32(dist.device, not args.no_tf32)
     cfg = read_tokenizer_config(args.model_config)
     if dist.is_main:
         resolve_checkpoint(args.vq_ckpt)
     barrier()
     ckpt = resolve_checkpoint(args.vq_ckpt)
-    model = load_tokenizer(cfg, ckpt, device=dist.device)
+    entry = "ema" if args.use_ema else "model"
+    model = load_tokenizer(cfg, ckpt, device=dist.device, entries=(entry,))
     if model.image_size != args.image_size:
         raise ValueError(f"--image-size {args.image_size} does not match the tokenizer's {model.image_size}")
     codes_dir, labels_dir = code_dirs(args.code_path, args.dataset, args.image_size)
@@ -115,7 +122,9 @@ def main(argv=None) -> dict:
     summary = {"images": len(dataset), "written_by_rank0": written, "views": 10 if args.ten_crop else 2,
                "tokens": model.num_tokens, "classes": dataset.classes, "tokenizer_config": str(args.model_config),
                "vq_ckpt": str(args.vq_ckpt), "vq_ckpt_sha256": sha256_file(ckpt) if dist.is_main else None,
-               "codebook_size": model.codebook_size, "image_size": args.image_size}
+               "codebook_size": model.codebook_size, "image_size": args.image_size, "weights_entry": entry,
+               "tf32": not args.no_tf32, "ten_crop": args.ten_crop,
+               "crop_range": args.crop_range if args.ten_crop else None}
     if dist.is_main:
         (Path(args.code_path) / "extract_settings.json").write_text(json.dumps(summary, indent=2))
         print(f"[extract_codes] codes in {codes_dir}, labels in {labels_dir}")

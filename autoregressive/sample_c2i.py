@@ -7,7 +7,10 @@ Two modes share one code path (``--mode``):
 * ``fid`` (scripts/sample_c2i_search_cfg.sh): ``--num-fid-samples`` images with uniformly drawn class ids, PNGs,
   ``<folder>.npz`` (``arr_0`` uint8 NHWC, ``labels``, the token ``codes``), and with ``--gt-npz-path`` the ADM metrics
   (``<folder>.txt`` / ``.metrics.json``) and a row in ``search_results/<name>.csv``; ``--search`` walks the CFG
-  scale by 0.25 to a local FID minimum as the original does.
+  scale by 0.25 to a local FID minimum as the original does, from its per-model start table and continuing from
+  every row the CSV already holds (``autoregressive/cfg_search.py``); ``rectangular`` searches its window grid.
+
+TF32 matmuls are on for CUDA, as the original's samplers (``--no-tf32`` turns them off); the settings JSON records it.
 
 Image ``i``'s class and random numbers come from generators seeded by ``(global seed, i)``, so the images do not
 depend on the number of processes or the batch size. ``sample_settings.json`` records everything needed to
@@ -16,7 +19,6 @@ reproduce a folder (settings, world size, checkpoints and their sha256).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import re
@@ -29,14 +31,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from autoregressive import generate, load_gpt
+from autoregressive import cfg_search, generate, load_gpt
 from autoregressive.models.generate import sample_generators
 from tokenizer import load_tokenizer
 from utils.checkpoint import CheckpointError, resolve_checkpoint, sha256_file
 from utils.data import to_uint8
 from utils.distributed import barrier, cleanup, init_distributed
 from utils.images import save_grid
-from utils.training import PRECISIONS, storage_dtype
+from utils.training import PRECISIONS, configure_tf32, storage_dtype
 
 METRIC_NAMES = ("FID", "sFID", "Inception Score", "Precision", "Recall")
 
@@ -56,6 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family")
     g.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="GPT weight/cache dtype")
     g.add_argument("--compile", action="store_true", help="torch.compile the GPT")
+    g.add_argument("--no-tf32", action="store_true", help="keep TF32 off on CUDA (the original's samplers turn it on)")
     g.add_argument("--from-fsdp", action="store_true", help="accepted for compatibility (checkpoints are full)")
     g = p.add_argument_group("sampling")
     g.add_argument("--cfg-scale", type=float, default=2.0, help="classifier-free guidance scale (<= 1: off)")
@@ -82,7 +85,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fid: trace of the covariance-product root by scipy sqrtm (as ADM) or by symmetric "
                         "eigendecompositions (eigh: ~3x faster on CPU, same value up to round-off)")
     g.add_argument("--eval-python-path", default=None, help="accepted for compatibility (evaluation runs here)")
-    g.add_argument("--search", action="store_true", help="fid: greedy CFG-scale search (step 0.25) to a minimum")
+    g.add_argument("--search", action="store_true",
+                   help="fid: the original's CFG-scale search (step 0.25 to a local FID minimum; schedules step, "
+                        "constant, rectangular); ignores --cfg-scale and starts from the original's per-model table")
+    g.add_argument("--cfg-scale-start", type=float, default=None,
+                   help="fid --search: start scale instead of the original's table (e.g. GPT-B step 2.5)")
     g.add_argument("--clear-cache", action="store_true", help="fid: delete PNGs and npz after evaluation")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     return p.parse_args(argv)
@@ -138,14 +145,13 @@ class Sampler:
         if args.compile:
             self.gpt = torch.compile(self.gpt)
 
-    def schedule_kwargs(self) -> dict:
-        return {"window_start": self.args.step_start_ratio} if self.args.cfg_schedule == "step" else {}
-
     @torch.no_grad()
-    def images(self, labels: torch.Tensor, indices: list[int], cfg_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    def images(self, labels: torch.Tensor, indices: list[int], cfg_scale: float,
+               schedule_kwargs: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         a = self.args
+        kwargs = default_schedule_kwargs(a) if schedule_kwargs is None else schedule_kwargs
         codes = generate(self.gpt, labels.to(self.device), self.tok.num_tokens, cfg_scale=cfg_scale,
-                         cfg_schedule=a.cfg_schedule, cfg_schedule_kwargs=self.schedule_kwargs(),
+                         cfg_schedule=a.cfg_schedule, cfg_schedule_kwargs=kwargs,
                          temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, cfg_interval=a.cfg_interval,
                          generator=sample_generators(a.global_seed, indices))
         pixels = self.tok.decode_code(codes, self.tok.latent_shape(len(indices))).float()
@@ -154,9 +160,14 @@ class Sampler:
         return to_uint8(pixels).cpu().numpy(), codes.cpu().numpy()
 
 
-def settings(args: argparse.Namespace, world_size: int, cfg_scale: float) -> dict:
+def default_schedule_kwargs(args: argparse.Namespace) -> dict:
+    return {"window_start": args.step_start_ratio} if args.cfg_schedule == "step" else {}
+
+
+def settings(args: argparse.Namespace, world_size: int, cfg_scale: float, schedule_kwargs: dict | None = None) -> dict:
     out = {k: v for k, v in vars(args).items()}
-    out.update(cfg_scale=cfg_scale, world_size=world_size,
+    out.update(cfg_scale=cfg_scale, world_size=world_size, tf32=not args.no_tf32,
+               cfg_schedule_kwargs=default_schedule_kwargs(args) if schedule_kwargs is None else schedule_kwargs,
                gpt_ckpt_sha256=sha256_file(resolve_checkpoint(args.gpt_ckpt)),
                vq_ckpt_sha256=sha256_file(resolve_checkpoint(args.vq_ckpt)),
                created=time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -206,11 +217,14 @@ def visualize(args, sampler: Sampler, dist) -> Path:
     return folder
 
 
-def fid_folder(args, cfg_scale: float) -> Path:
+def fid_folder(args, cfg_scale: float, schedule_kwargs: dict) -> Path:
+    """The original's folder name, plus the schedule arguments (the original leaves them out, so runs with other
+    windows would reuse each other's samples)."""
     size = args.image_size_eval or args.image_size or "tok"
+    windows = "".join(f"-{k}-{float(v):.2f}" for k, v in schedule_kwargs.items())
     return Path(args.sample_dir) / (f"{args.gpt_model}-size-{args.image_size or 'tok'}-size-{size}-topk-{args.top_k}"
                                     f"-topp-{args.top_p}-temperature-{args.temperature}-cfg-{cfg_scale}"
-                                    f"-{args.cfg_schedule}-seed-{args.global_seed}")
+                                    f"-{args.cfg_schedule}{windows}-seed-{args.global_seed}")
 
 
 def read_metrics(txt: Path) -> dict | None:
@@ -227,12 +241,17 @@ def read_metrics(txt: Path) -> dict | None:
     return found if all(m in found for m in METRIC_NAMES) else None
 
 
-def sample_fid(args, sampler: Sampler, dist, cfg_scale: float) -> dict | None:
-    """Sample (or reuse) one folder at ``cfg_scale``; returns the metrics when a reference batch is given."""
-    folder = fid_folder(args, cfg_scale)
+def sample_fid(args, sampler: Sampler, dist, cfg_scale: float, schedule_kwargs: dict | None = None) -> dict | None:
+    """Sample (or reuse) one folder at ``cfg_scale``; with a reference batch, evaluate it, write ``<folder>.txt`` and
+    make sure the results CSV has its row; returns the metrics (None without a reference)."""
+    kwargs = default_schedule_kwargs(args) if schedule_kwargs is None else schedule_kwargs
+    folder = fid_folder(args, cfg_scale, kwargs)
     txt = folder.parent / f"{folder.name}.txt"
     done = read_metrics(txt)
     if done is not None:
+        if dist.is_main:
+            cfg_search.record(csv_path(args), args.cfg_schedule, cfg_search.annotation(kwargs), cfg_scale, done)
+        barrier()
         return done
     n = args.num_fid_samples
     mine = list(range(dist.rank, n, dist.world_size))
@@ -242,7 +261,7 @@ def sample_fid(args, sampler: Sampler, dist, cfg_scale: float) -> dict | None:
     start = time.time()
     for k in tqdm(range(0, len(mine), args.per_proc_batch_size), disable=not dist.is_main, desc=f"cfg {cfg_scale}"):
         idx = mine[k: k + args.per_proc_batch_size]
-        imgs, codes = sampler.images(fid_labels(args.global_seed, idx, args.num_classes), idx, cfg_scale)
+        imgs, codes = sampler.images(fid_labels(args.global_seed, idx, args.num_classes), idx, cfg_scale, kwargs)
         for img, code, i in zip(imgs, codes, idx, strict=True):
             Image.fromarray(img).save(folder / f"{i:06d}.png")
             np.save(folder / f"{i:06d}.codes.npy", code)
@@ -254,7 +273,7 @@ def sample_fid(args, sampler: Sampler, dist, cfg_scale: float) -> dict | None:
         codes = np.stack([np.load(folder / f"{i:06d}.codes.npy") for i in range(n)])
         np.savez(npz, arr_0=arr, labels=fid_labels(args.global_seed, list(range(n)), args.num_classes).numpy(),
                  codes=codes)
-        info = settings(args, dist.world_size, cfg_scale)
+        info = settings(args, dist.world_size, cfg_scale, kwargs)
         info["seconds"] = time.time() - start
         (folder / "sample_settings.json").write_text(json.dumps(info, indent=2, default=str))
         print(f"[sample] {n} images in {folder}, npz {npz} ({info['seconds']:.0f} s)")
@@ -264,12 +283,12 @@ def sample_fid(args, sampler: Sampler, dist, cfg_scale: float) -> dict | None:
             result = evaluate_npz(Path(args.gt_npz_path), npz, device=dist.device, cache_ref=True,
                                   fid_method=args.fid_method,
                                   out_json=folder.parent / f"{folder.name}.metrics.json")
-            lines = {"FID": result.get("fid"), "sFID": result.get("sfid"),
-                     "Inception Score": result.get("inception_score"), "Precision": result.get("precision"),
-                     "Recall": result.get("recall")}
+            # the original evaluator's order: IS, FID, sFID, Precision, Recall
+            lines = {"Inception Score": result.get("inception_score"), "FID": result.get("fid"),
+                     "sFID": result.get("sfid"), "Precision": result.get("precision"), "Recall": result.get("recall")}
             txt.write_text("".join(f"{k}: {v}\n" for k, v in lines.items()))
             metrics = {k: float("nan") if v is None else float(v) for k, v in lines.items()}
-            append_csv(args, cfg_scale, metrics)
+            cfg_search.record(csv_path(args), args.cfg_schedule, cfg_search.annotation(kwargs), cfg_scale, metrics)
         if args.clear_cache:
             shutil.rmtree(folder)
             if args.gt_npz_path:
@@ -283,42 +302,39 @@ def csv_path(args) -> Path:
     return sample_dir.parent / "search_results" / f"{sample_dir.name}.csv"
 
 
-def append_csv(args, cfg_scale: float, metrics: dict) -> None:
-    path = csv_path(args)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    annotation = f"window_start={args.step_start_ratio:.2f}" if args.cfg_schedule == "step" else ""
-    with path.open("a", newline="") as fh:
-        w = csv.writer(fh)
-        if new:
-            w.writerow(["annotation", "cfg_scale", "cfg_schedule", "FID", "Inception Score", "Precision", "Recall",
-                        "sFID"])
-        w.writerow([annotation, cfg_scale, args.cfg_schedule, metrics["FID"], metrics["Inception Score"],
-                    metrics["Precision"], metrics["Recall"], metrics["sFID"]])
-
-
 def search(args, sampler: Sampler, dist) -> dict:
-    """Greedy walk over the CFG scale (step 0.25, floor 1.0) to a local FID minimum, as the original."""
+    """The original's search for this schedule (see autoregressive/cfg_search.py); returns the best setting."""
     if not args.gt_npz_path:
         raise ValueError("--search needs --gt-npz-path (the reference batch to compute FID against)")
-    tried: dict[float, float] = {}
-    scale = args.cfg_scale
-    while True:
-        tried[scale] = sample_fid(args, sampler, dist, scale)["FID"]
-        best = min(tried, key=tried.get)
-        candidates = [round(best + 0.25, 4), round(best - 0.25, 4)]
-        nxt = next((c for c in candidates if c >= 1.0 and c not in tried), None)
-        if nxt is None:
-            if dist.is_main:
-                print(f"[search] best cfg scale {best} with FID {tried[best]:.4f} (tried {sorted(tried)})")
-            return {"best_cfg_scale": best, "fid": tried}
-        scale = nxt
+    start = args.cfg_scale_start
+    if start is None:
+        start = cfg_search.empirical_cfg_start(args.gpt_model, args.cfg_schedule, args.tok_config, args.gpt_ckpt)
+    path, first_start = csv_path(args), start
+    if args.cfg_schedule == "rectangular":
+        windows = [{"window_start": ws, "window_end": we} for ws, we in cfg_search.rectangular_grid()]
+    else:
+        windows = [default_schedule_kwargs(args)]
+    walks = []
+    for kwargs in tqdm(windows, disable=not dist.is_main or len(windows) == 1, desc="window grid"):
+        best, fid = cfg_search.walk(path, args.cfg_schedule, cfg_search.annotation(kwargs), start,
+                                    lambda scale, kw=kwargs: sample_fid(args, sampler, dist, scale, kw),
+                                    increase_first=args.cfg_schedule != "rectangular")
+        walks.append({"cfg_schedule_kwargs": kwargs, "best_cfg_scale": best, "fid": fid})
+        start = best  # the next window starts from this one's best (rectangular)
+    overall = min(walks, key=lambda w: w["fid"])
+    if dist.is_main:
+        print(f"[search] {args.cfg_schedule} {overall['cfg_schedule_kwargs']}: best cfg scale "
+              f"{overall['best_cfg_scale']} with FID {overall['fid']:.4f} (results in {path})")
+    return {**overall, "start": first_start, "walks": walks, "csv": str(path)}
 
 
 @torch.no_grad()
 def main(argv=None):
     args = parse_args(argv)
+    if args.search and args.mode == "fid":
+        cfg_search.empirical_cfg_start(args.gpt_model, args.cfg_schedule)  # an unsearchable schedule fails here
     dist = init_distributed(args.device)
+    configure_tf32(dist.device, not args.no_tf32)
     if dist.is_main:  # download once; other ranks then read the Hub cache
         resolve_checkpoint(args.vq_ckpt), resolve_checkpoint(args.gpt_ckpt)
     barrier()

@@ -231,6 +231,7 @@ def main(argv=None) -> dict:
         "num_images": int(images), "num_tokens": int(tokens),
         "skipped_images": sorted(i for s in all_skipped for i in s),
         "per_position_loss": (pos_sum / images).tolist(), "precision": args.precision,
+        "tf32": device.type == "cuda" and not args.no_tf32,
         "data": str(args.data_path if args.dataset == "imagenet" else args.code_path), "dataset": args.dataset,
         "tok_config": str(args.tok_config), "vq_ckpt": args.vq_ckpt, "world_size": d.world_size,
         "per_proc_batch_size": args.per_proc_batch_size,

@@ -15,14 +15,21 @@ Features are produced per batch by ``feature_fn(images)`` under ``no_grad`` (the
 """
 from __future__ import annotations
 
+import json
 import math
+import random
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+
+from utils.data import ImageFolderDataset, collate_skip_bad, train_transform
+from utils.training import configure_tf32
 
 
 class LinearProbeHead(nn.Module):
@@ -79,8 +86,11 @@ class ProbeConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9
     trust_coefficient: float = 0.001
+    abs_lr: float | None = None  # the original's --lr: used as is instead of the blr rule
 
     def lr(self, batch_per_gpu: int, world_size: int = 1) -> float:
+        if self.abs_lr is not None:
+            return float(self.abs_lr)
         return self.blr * batch_per_gpu * world_size / 256
 
 
@@ -226,25 +236,53 @@ def fit_on_tensors(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Te
 # ---------------------------------------------------------------------------------------------------------------
 # Driver shared by tokenizer/lin_probe.py and autoregressive/lin_probe.py
 
+class EpochAugmentedFolder(ImageFolderDataset):
+    """Training images whose random crop and flip draw from a stream seeded by ``(seed, epoch, index)``.
+
+    Reproducible from the seed, different for every image and every epoch, and the same whatever the number of
+    DataLoader workers (a generator captured in the transform would restart identically in every worker and epoch).
+    Call :meth:`set_epoch` before each epoch's iterator is created.
+    """
+
+    def __init__(self, root, image_size: int, seed: int):
+        super().__init__(root, image_size)
+        self.seed, self.epoch = int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def to_tensor(self, img, index: int) -> torch.Tensor:
+        stream = random.Random(int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]))
+        return train_transform(img, self.image_size, stream)
+
+
 def add_probe_args(p) -> None:
-    """The command-line flags both probe drivers share (the original's names)."""
-    p.add_argument("--data-path", required=True, help="folder with ILSVRC2012_img_train/ and ILSVRC2012_img_val/, "
-                   "or use --train-path/--val-path")
+    """The command-line flags both probe drivers share (the original's names and defaults)."""
+    p.add_argument("--data-path", "--data-root", dest="data_path", required=True,
+                   help="folder with ILSVRC2012_img_train/ and ILSVRC2012_img_val/, or use --train-path/--val-path")
     p.add_argument("--train-path", default=None, help="training ImageFolder (default: DATA/ILSVRC2012_img_train)")
     p.add_argument("--val-path", default=None, help="validation ImageFolder (default: DATA/ILSVRC2012_img_val)")
     p.add_argument("--save-path", default="results/lin_probe", help="parent folder of the experiment")
     p.add_argument("--sub-exp-dir", default="probe", help="experiment folder name")
-    p.add_argument("--batch-size", type=int, default=128, help="images per GPU")
+    p.add_argument("--batch-size", type=int, default=512, help="images per GPU (the lr scales with it)")
+    p.add_argument("--image-size", type=int, default=None, help="must equal the model's image size (default: it)")
     p.add_argument("--epochs", type=int, default=90, help="total epochs (10 warm-up + cosine)")
     p.add_argument("--warmup-epochs", type=int, default=10, help="linear warm-up epochs")
     p.add_argument("--blr", type=float, default=0.1, help="base lr; lr = blr * batch * world / 256")
+    p.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
+    p.add_argument("--min-lr", type=float, default=0.0, help="lr at the end of the cosine decay")
     p.add_argument("--weight-decay", type=float, default=0.0, help="LARS weight decay")
-    p.add_argument("--ckpt-epoch", type=int, default=10, help="checkpoint every N epochs")
+    p.add_argument("--ckpt-epoch", type=int, default=10,
+                   help="checkpoint at epochs N, 2N, ... (not 0) and at the last epoch, as the original")
     p.add_argument("--num-classes", type=int, default=1000, help="classes of the dataset")
     p.add_argument("--num-workers", type=int, default=4, help="DataLoader workers per process")
     p.add_argument("--mixed-precision", choices=["none", "fp16", "bf16"], default="none",
                    help="autocast dtype of the feature extractor")
     p.add_argument("--eval", action="store_true", help="only evaluate the last checkpoint (or print the result)")
+    p.add_argument("--lin-probe-ckpt", default=None, help="with --eval: the probe checkpoint to evaluate")
+    p.add_argument("--dist-eval", action="store_true",
+                   help="accepted; evaluation is always split over the processes (each image counted once)")
+    p.add_argument("--no-tf32", action="store_true", help="keep TF32 off on CUDA (the original turns it on)")
     p.add_argument("--global-seed", type=int, default=0, help="seed of the data order and augmentation")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
 
@@ -256,21 +294,19 @@ def run_probe(args, feature_fn: Callable[[torch.Tensor], torch.Tensor], dim: int
     Outputs in ``<save-path>/<sub-exp-dir>/``: ``checkpoints/{epoch:04d}.pt`` ({model, optimizer, steps, epoch,
     args}), ``lin_probe_acc.txt`` (the original's line) and ``metrics.json``. A finished run is not retrained.
     """
-    import json
-    import random
-    from pathlib import Path
-
     from utils.checkpoint import load_checkpoint_file, save_atomic
-    from utils.data import ImageFolderDataset, collate_skip_bad, train_transform
     from utils.distributed import barrier, init_distributed
 
     d = init_distributed(args.device)
+    configure_tf32(d.device, not args.no_tf32)
+    if args.image_size is not None and args.image_size != image_size:
+        raise ValueError(f"--image-size {args.image_size} does not match the model's image size {image_size}")
     exp = Path(args.save_path) / args.sub_exp_dir
     ckpt_dir = exp / "checkpoints"
     train_root = Path(args.train_path or Path(args.data_path) / "ILSVRC2012_img_train")
     val_root = Path(args.val_path or Path(args.data_path) / "ILSVRC2012_img_val")
-    cfg = ProbeConfig(epochs=args.epochs, warmup_epochs=args.warmup_epochs, blr=args.blr,
-                      weight_decay=args.weight_decay)
+    cfg = ProbeConfig(epochs=args.epochs, warmup_epochs=args.warmup_epochs, blr=args.blr, min_lr=args.min_lr,
+                      weight_decay=args.weight_decay, abs_lr=args.lr)
     dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.mixed_precision]
 
     def features(x: torch.Tensor) -> torch.Tensor:
@@ -278,9 +314,7 @@ def run_probe(args, feature_fn: Callable[[torch.Tensor], torch.Tensor], dim: int
             return feature_fn(x).float()
 
     def loader(root: Path, train: bool):
-        rng = random.Random(args.global_seed + d.rank)
-        transform = (lambda img: train_transform(img, image_size, rng)) if train else None
-        ds = ImageFolderDataset(root, image_size, transform=transform)
+        ds = EpochAugmentedFolder(root, image_size, args.global_seed) if train else ImageFolderDataset(root, image_size)
         sampler = torch.utils.data.DistributedSampler(ds, d.world_size, d.rank, shuffle=train, seed=args.global_seed,
                                                       drop_last=train) if d.distributed else None
 
@@ -294,7 +328,7 @@ def run_probe(args, feature_fn: Callable[[torch.Tensor], torch.Tensor], dim: int
 
     head = LinearProbeHead(dim, args.num_classes)
     last = ckpt_dir / f"{cfg.epochs - 1:04d}.pt"
-    existing = sorted(ckpt_dir.glob("*.pt"))
+    existing = [Path(args.lin_probe_ckpt)] if args.eval and args.lin_probe_ckpt else sorted(ckpt_dir.glob("*.pt"))
     start_epoch, opt = 0, None
     if existing:
         state = load_checkpoint_file(existing[-1])
@@ -308,17 +342,22 @@ def run_probe(args, feature_fn: Callable[[torch.Tensor], torch.Tensor], dim: int
         train_loader, sampler = loader(train_root, True)
 
         def save(epoch, model, optimizer, steps):
-            if d.is_main and ((epoch + 1) % args.ckpt_epoch == 0 or epoch == cfg.epochs - 1):
+            if d.is_main and ((epoch % args.ckpt_epoch == 0 and epoch > 0) or epoch == cfg.epochs - 1):
                 save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "steps": steps,
                              "epoch": epoch, "args": vars(args)}, ckpt_dir / f"{epoch:04d}.pt")
+        def set_epoch(epoch: int) -> None:
+            train_loader.dataset.set_epoch(epoch)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
         train_linear_probe(head, train_loader, cfg, feature_fn=features, device=d.device, start_epoch=start_epoch,
-                           optimizer=opt, on_epoch_end=save,
-                           set_epoch=sampler.set_epoch if sampler is not None else None,
+                           optimizer=opt, on_epoch_end=save, set_epoch=set_epoch,
                            log=print if d.is_main else None)
         barrier()
     val_loader, _ = loader(val_root, False)
     result = evaluate_linear_probe(head, val_loader, feature_fn=features, device=d.device)
-    result.update({"feature_dim": dim, "epochs": cfg.epochs, "world_size": d.world_size, **(extra_settings or {})})
+    result.update({"feature_dim": dim, "epochs": cfg.epochs, "world_size": d.world_size, "batch_size": args.batch_size,
+                   "tf32": not args.no_tf32 and d.device.type == "cuda", "seed": args.global_seed,
+                   **(extra_settings or {})})
     if d.is_main:
         exp.mkdir(parents=True, exist_ok=True)
         with open(exp / "lin_probe_acc.txt", "a") as fh:

@@ -23,16 +23,18 @@ def build_tokenizer(config: Any, overrides: list[str] | None = None) -> torch.nn
 
 
 def load_tokenizer(config: Any, checkpoint: str | os.PathLike, device: str | torch.device = "cpu",
-                   overrides: list[str] | None = None) -> torch.nn.Module:
+                   overrides: list[str] | None = None,
+                   entries: tuple[str, ...] = ("ema", "model", "state_dict")) -> torch.nn.Module:
     """Tokenizer with weights from ``checkpoint``, in eval mode on ``device``.
 
     ``checkpoint``: a local .pt/.pth/.safetensors file, a released file name (``VQ_SS256_e100.pt``, fetched
     from the Hub repo ``YuuTennYi/GigaTok``), or ``hf://OWNER/REPO/FILE``. The ``ema`` entry is used when
-    present, else ``model``, else ``state_dict`` (as the original reconstruction script); loading is strict.
+    present, else ``model``, else ``state_dict`` (as the original reconstruction script; ``entries`` chooses
+    otherwise, e.g. ``("model",)`` as its code extraction); loading is strict.
     """
     context = f"config {config!r}" if isinstance(config, (str, os.PathLike)) else "the given config"
     model = build_tokenizer(config, overrides)
-    load_weights(model, checkpoint, context=context)
+    load_weights(model, checkpoint, context=context, entries=entries)
     return model.to(device).eval()
 
 

@@ -25,7 +25,7 @@ from utils.config import save_config
 from utils.data import ImageFolderDataset, collate_skip_bad, to_uint8
 from utils.distributed import all_gather_tensor, barrier, cleanup, init_distributed
 from utils.images import save_grid
-from utils.training import PRECISIONS
+from utils.training import PRECISIONS, configure_tf32
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,7 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-images", type=int, default=None, help="only the first N images of the folder")
     p.add_argument("--precision", choices=list(PRECISIONS), default="none", help="autocast dtype for the model")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on Ampere+ GPUs (the original does)")
+    p.add_argument("--no-tf32", action="store_true",
+                   help="keep TF32 off on CUDA (exact fp32); the original turns it on, and so does this default")
+    p.add_argument("--tf32", action="store_true", help="accepted; TF32 is on by default (see --no-tf32)")
     p.add_argument("--config-overrides", nargs="*", default=[], help="dotted overrides for the config")
     return p.parse_args(argv)
 
@@ -69,8 +71,7 @@ def run_name(args: argparse.Namespace) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     dist = init_distributed(args.device)
-    if dist.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
+    configure_tf32(dist.device, not args.no_tf32)
 
     cfg = read_tokenizer_config(args.model_config, args.config_overrides)
     if dist.is_main:  # download once, then every rank reads the cached file
@@ -131,10 +132,12 @@ def main(argv=None) -> dict:
     all_idx = gather(done, torch.long)
     all_bad = gather([torch.tensor(bad, dtype=torch.long)], torch.long)
     all_codes = gather(codes, torch.long, (model.num_tokens,))
-    lpips_value = None
+    lpips_value = lpips_batch_mean = None
     if lpips_metric is not None:
         lp = gather([torch.tensor(lpips_metric.values, dtype=torch.float64)])
+        lp_batches = gather([torch.tensor(lpips_metric.batch_means, dtype=torch.float64)])
         lpips_value = float(lp.mean()) if lp.numel() else None
+        lpips_batch_mean = float(lp_batches.mean()) if lp_batches.numel() else None
     elapsed = time.time() - start
     barrier()
 
@@ -158,25 +161,30 @@ def main(argv=None) -> dict:
             "ssim": float(all_ssim.mean()) if all_ssim.numel() else None,
             "ssim_note": "skimage SSIM with data_range=2.0 on [0,1] images, as the original reports it",
             "lpips": lpips_value,
+            "lpips_batch_mean": lpips_batch_mean,
+            "lpips_note": "lpips = mean over images; lpips_batch_mean = the original's mean of per-batch means (a "
+                          "short last batch weighs more)",
             "codebook_usage": all_codes.unique().numel() / model.codebook_size if all_codes.numel() else 0.0,
-            "rfid": None,
+            "rfid": None, "rsfid": None,
             "images_per_second": all_idx.numel() / max(elapsed, 1e-9),
             "checkpoint": str(args.vq_ckpt), "checkpoint_path": str(ckpt_path),
             "checkpoint_sha256": sha256_file(ckpt_path),
             "config": str(args.model_config), "config_overrides": args.config_overrides,
             "data_path": str(args.data_path), "image_size": args.image_size, "precision": args.precision,
             "device": str(dist.device), "world_size": dist.world_size, "npz": str(npz_path),
+            "tf32": not args.no_tf32 and dist.device.type == "cuda",
         }
         if args.ref_npz:
             # reference activations are cached next to REF_NPZ (keyed by its sha256 and the weights'), as --cache-ref
-            metrics["rfid"] = float(rfid(args.ref_npz, npz_path, device=dist.device, cache_ref=True,
-                                         fid_method=args.fid_method))
+            result = rfid(args.ref_npz, npz_path, return_all=True, compute_pr=False, device=dist.device,
+                          cache_ref=True, fid_method=args.fid_method)
+            metrics["rfid"], metrics["rsfid"] = float(result["fid"]), float(result["sfid"])
         if args.clear_cache:
             shutil.rmtree(img_dir)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         for path in metrics["skipped_images"]:
             print(f"[reconstruct] skipped unreadable image: {path}")
-        shown = {k: metrics[k] for k in ("num_images", "psnr", "ssim", "lpips", "codebook_usage", "rfid")}
+        shown = {k: metrics[k] for k in ("num_images", "psnr", "ssim", "lpips", "codebook_usage", "rfid", "rsfid")}
         print(f"[reconstruct] {json.dumps(shown)}\n[reconstruct] outputs in {out_dir}")
     barrier()
     cleanup()

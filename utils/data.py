@@ -99,10 +99,14 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             img.load()
             return to_rgb(img)
 
+    def to_tensor(self, img: Image.Image, index: int) -> torch.Tensor:
+        """The sample tensor of image ``index`` (subclasses key their augmentation on the index)."""
+        return self.transform(img)
+
     def __getitem__(self, index: int):
         path, label = self.items[index]
         try:
-            x = self.transform(self.load_rgb(index))
+            x = self.to_tensor(self.load_rgb(index), index)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
             log.warning("skipping unreadable image %s: %s: %s", path, type(exc).__name__, exc)
             return None, label, index

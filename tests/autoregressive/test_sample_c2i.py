@@ -75,3 +75,21 @@ def test_bad_class_id_and_wrong_tokenizer_are_clear_errors(ckpts, tmp_path):
     args[args.index(str(ckpts / "gpt.pt"))] = str(ckpts / "gpt_other_vocab.pt")
     with pytest.raises(CheckpointError, match="vocabulary 1024"):
         sample(args)
+
+
+def test_search_rejects_an_unsearchable_schedule_before_loading(ckpts, tmp_path):
+    from utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match="'linear'"):
+        sample(_common(ckpts, tmp_path, "--mode", "fid", "--search", "--cfg-schedule", "linear",
+                       "--gt-npz-path", str(tmp_path / "ref.npz")))
+
+
+def test_fid_folder_names_carry_the_schedule_arguments(ckpts, tmp_path):
+    from autoregressive.sample_c2i import default_schedule_kwargs, fid_folder, parse_args
+
+    args = parse_args(_common(ckpts, tmp_path, "--cfg-schedule", "step", "--step-start-ratio", "0.3"))
+    folder = fid_folder(args, 1.75, default_schedule_kwargs(args))
+    assert folder.name.endswith("-cfg-1.75-step-window_start-0.30-seed-0")
+    other = fid_folder(args, 1.75, {"window_start": 0.1, "window_end": 0.5})
+    assert other != folder and "window_end-0.50" in other.name

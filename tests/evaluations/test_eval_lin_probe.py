@@ -62,3 +62,26 @@ def test_lars_step_matches_formula():
     before = b.detach().clone()
     opt.step()  # zero gradient: the momentum buffer keeps moving the bias
     torch.testing.assert_close(b.detach(), before - 0.5 * 0.9 * 2.0)
+
+
+def test_training_crops_differ_across_images_and_epochs_yet_repeat_for_a_seed():
+    """The probe's augmentation is keyed by (seed, epoch, index): the same through any number of DataLoader
+    workers, new every epoch, and identical when rerun with the seed."""
+    from evaluations.lin_probe import EpochAugmentedFolder
+
+    from testlib import PHOTOS
+
+    def epoch_batch(seed: int, epoch: int, workers: int) -> torch.Tensor:
+        ds = EpochAugmentedFolder(PHOTOS, 32, seed)
+        ds.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=workers,
+                                             collate_fn=lambda b: torch.stack([x for x, _, _ in b]))
+        return torch.cat(list(loader))
+
+    a0 = epoch_batch(0, 0, workers=0)
+    assert torch.equal(a0, epoch_batch(0, 0, workers=2))  # workers do not change the crops
+    assert not torch.equal(a0, epoch_batch(0, 1, workers=2))  # a new epoch, new crops
+    assert not torch.equal(a0, epoch_batch(1, 0, workers=0))  # another seed
+    ds = EpochAugmentedFolder(PHOTOS, 32, 0)
+    same_file = [ds.to_tensor(ds.load_rgb(0), i) for i in (0, 1)]
+    assert not torch.equal(*same_file)  # the stream depends on the index, not only on the epoch

@@ -95,3 +95,37 @@ def test_torchrun_two_processes_match_single(tmp_path, tiny_ckpt):
     assert diff.max() <= 1 and (diff == 0).mean() > 0.99
     assert two["psnr"] == pytest.approx(single["psnr"], abs=1e-2)
     assert two["codebook_usage"] == pytest.approx(single["codebook_usage"], abs=2 / 1024)
+
+
+def test_lpips_both_averages_rsfid_and_tf32_are_recorded(tmp_path, tiny_ckpt, monkeypatch):
+    """metrics.json: lpips = per-image mean, lpips_batch_mean = the original's mean of batch means, rFID and rsFID
+    from one evaluation of the reconstructions, and whether TF32 was on."""
+    import tokenizer.reconstruct as rec
+
+    class CountingLPIPS:  # image k of the run gets the value k
+        def __init__(self, *a, **kw):
+            self.values, self.batch_means = [], []
+
+        def update(self, x, y):
+            vals = torch.arange(len(self.values), len(self.values) + len(x), dtype=torch.float64)
+            self.values += vals.tolist()
+            self.batch_means.append(float(vals.mean()))
+
+    calls = []
+
+    def fake_rfid(ref, npz, **kwargs):
+        calls.append(kwargs)
+        return {"fid": 12.5, "sfid": 34.5}
+
+    monkeypatch.setattr(rec, "LPIPSMetric", CountingLPIPS)
+    monkeypatch.setattr(rec, "rfid", fake_rfid)
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, arr_0=np.zeros((2, 32, 32, 3), np.uint8))
+    m = reconstruct(["--data-path", str(PHOTOS), "--image-size", "32", "--sample-dir", str(tmp_path), "--run-name",
+                     "r", "--vq-ckpt", str(tiny_ckpt), "--model-config", str(TINY), "--device", "cpu",
+                     "--num-workers", "0", "--per-proc-batch-size", "4", "--lpips", "--ref-npz", str(ref)])
+    assert m["num_images"] == 6
+    assert m["lpips"] == pytest.approx(2.5) and m["lpips_batch_mean"] == pytest.approx((1.5 + 4.5) / 2)
+    assert m["rfid"] == 12.5 and m["rsfid"] == 34.5
+    assert calls and calls[0]["return_all"] is True and calls[0]["compute_pr"] is False
+    assert m["tf32"] is False  # CPU: TF32 does not apply
