@@ -35,6 +35,40 @@ DISTILL_DIMS = {"dinov2-vit-l": 1024, "dinov2-vit-b": 768, "dinov2-vit-s": 384, 
                 "clip_dfn-vit-l/14": 1024}
 
 
+# Keys the original accepts but that change nothing in anything it (or this project) can build: allowed only at the
+# value that has no effect, so a setting that would silently be ignored is an error instead.
+NO_EFFECT = {
+    "loss.params.gamma": (15, "it is the R1/R2 weight of the r3gan discriminator loss, which is not implemented"),
+    "loss.params.resnet_perceptual": (False, "the original never reads it; the perceptual loss is LPIPS-VGG"),
+    "loss.params.codebook_weight": (1.0, "the original never applies it (the quantiser terms have weight 1)"),
+    "model.causal_settings.dynamic_length_train": (False, "it needs a causal tokenizer (causal_type), which is not "
+                                                          "supported"),
+    "model.causal_settings.min_level": (0, "it needs a causal tokenizer (causal_type), which is not supported"),
+    "model.causal_settings.dynamic_level_range": (None, "it needs a causal tokenizer (causal_type), which is not "
+                                                        "supported"),
+    "trainer.distill_model_path": (None, "give a local teacher weights file with --teacher-weights instead"),
+}
+
+
+def _check_no_effect(cfg: DictConfig) -> None:
+    for dotted, (inert, why) in NO_EFFECT.items():
+        section, *path = dotted.split(".")
+        node = cfg.get(section)
+        for key in path[:-1]:
+            node = node.get(key) if node is not None else None
+        if node is None or path[-1] not in node:
+            continue
+        value = node.get(path[-1])
+        if value != inert:
+            raise ConfigError(f"{dotted}={value!r} has no effect: {why}; remove it or set {inert!r}")
+    loss_size = ((cfg.get("loss") or {}).get("params") or {}).get("image_size")
+    model_size = (cfg.model.get("init_args") or {}).get("image_size")
+    if loss_size is not None and model_size is not None and int(loss_size) != int(model_size):
+        raise ConfigError(f"loss.params.image_size={loss_size} differs from model.init_args.image_size={model_size}; "
+                          "it only sizes the original's StyleGAN discriminator (not implemented), so it must equal "
+                          "the model's image size")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Reject unknown keys anywhere in the schema, naming the full dotted key."""
     check_keys(cfg, TOP_LEVEL_KEYS, "<config>")
@@ -54,6 +88,7 @@ def validate_config(cfg: DictConfig) -> None:
     loss = cfg.get("loss") or {}
     check_keys(loss, LOSS_KEYS, "loss")
     check_keys(loss.get("params") or {}, LOSS_PARAM_KEYS, "loss.params")
+    _check_no_effect(cfg)
 
 
 def read_tokenizer_config(config: Any, overrides: list[str] | None = None) -> DictConfig:

@@ -254,12 +254,16 @@ class Trainer:
                 break
             except CheckpointError as exc:
                 self.log(f"WARNING: skipping unreadable checkpoint: {exc}")
-        resumed = ckpt is not None
-        if ckpt is None and a.vq_ckpt:
-            path = resolve_checkpoint(a.vq_ckpt)
+        resumed, exact = ckpt is not None, True
+        # a new experiment starts from --vq-ckpt (its step unless --finetune), else from the config's
+        # model.init_ckpt (weights and optimisers, step 0, as the original)
+        start_from = a.vq_ckpt or self.cfg.model.get("init_ckpt")
+        if ckpt is None and start_from:
+            path = resolve_checkpoint(start_from)
             ckpt = load_checkpoint_file(path, mmap=True)
+            exact = bool(a.vq_ckpt) and not a.finetune
         if ckpt is not None:
-            self._load(ckpt, path, exact=resumed or not a.finetune)
+            self._load(ckpt, path, exact=exact)
             if resumed:
                 self.last_checkpoint = path
                 if self.dist.is_main:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -113,6 +114,24 @@ def test_unknown_config_key_is_named():
                          "decoder_size": "tiny"}}, "loss": {"params": {"disc_wieght": 1}}})
     with pytest.raises(ConfigError, match="not in the config"):
         build_tokenizer(TINY, ["model.init_args.nonexistent=1"])
+
+
+@pytest.mark.parametrize("override,key", [
+    ("+loss.params.gamma=10", "loss.params.gamma=10"),
+    ("+loss.params.resnet_perceptual=true", "loss.params.resnet_perceptual=True"),
+    ("loss.params.codebook_weight=2.0", "loss.params.codebook_weight=2.0"),
+    ("+model.causal_settings.dynamic_length_train=true", "model.causal_settings.dynamic_length_train=True"),
+    ("+trainer.distill_model_path=/x/dino.pth", "trainer.distill_model_path='/x/dino.pth'"),
+    ("+loss.params.image_size=64", "loss.params.image_size=64 differs")])
+def test_keys_without_effect_are_rejected_unless_inert(override, key):
+    """A key the original accepts but nothing uses is an error at any value that would change something."""
+    from tokenizer import read_tokenizer_config
+
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        read_tokenizer_config(TINY, [override])
+    inert = {"+loss.params.gamma=15", "+loss.params.resnet_perceptual=false", "loss.params.codebook_weight=1.0",
+             "+model.causal_settings.dynamic_length_train=false", "+loss.params.image_size=32"}
+    read_tokenizer_config(TINY, sorted(inert))  # the values that change nothing are fine
 
 
 def test_dotted_overrides_apply():

@@ -198,6 +198,18 @@ def test_generator_is_updated_from_gen_start_on(images, tmp_path):
     assert m[1]["grad_norm"] == 0.0 and m[3]["grad_norm"] > 0
 
 
+def test_config_init_ckpt_starts_a_new_experiment_from_its_weights(images, tmp_path):
+    """model.init_ckpt (the original's): a new experiment loads its weights and optimiser state, at step 0."""
+    train_main(train_args(images, tmp_path, "base", 2, "--ckpt-every", "2"))
+    base = tmp_path / "base" / "checkpoints" / "0000002.pt"
+    train_main(train_args(images, tmp_path, "init", 1, "--early-stop-iter", "0",
+                          overrides=[f"+model.init_ckpt={base}"]))
+    log = (tmp_path / "init" / "log.txt").read_text()
+    assert f"from {base}; continuing at step 0" in log
+    train_main(train_args(images, tmp_path, "init2", 1, "--ckpt-every", "1", overrides=[f"+model.init_ckpt={base}"]))
+    assert ckpt_steps(tmp_path / "init2") == [1]  # step 0 -> 1, not 2 -> 3
+
+
 def test_corrupt_image_is_skipped_and_reported(tmp_path):
     data = make_images(tmp_path / "data", n=8)
     (data / "class0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
