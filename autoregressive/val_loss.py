@@ -74,6 +74,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="images per batch on each process (32 as the original)")
     p.add_argument("--max-images", type=int, default=None, help="only the first N images (None: all)")
     p.add_argument("--global-seed", type=int, default=0, help="unused (evaluation is deterministic)")
+    p.add_argument("--early-stop-iter", type=int, default=None,
+                   help="accepted for the original's scripts; unused there too (use --max-images to shorten)")
+    p.add_argument("--save-path", default=None,
+                   help="accepted for the original's scripts; unused there too (results go beside the checkpoint)")
     p.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="DataLoader worker processes per process (8, capped at the CPU count; 0 loads in the main "
                         "process)")

@@ -69,18 +69,36 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m evaluations.make_val_npz", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-path", required=True, help="ImageNet val folder (class sub-folders, or flat)")
-    p.add_argument("--npz", default="val_imagenet.npz", help="output npz (arr_0 uint8 NHWC)")
-    p.add_argument("--png-dir", default=None, help="also write the cropped images here as PNG")
+    p.add_argument("--npz", default=None,
+                   help="output npz (arr_0 uint8 NHWC); default SAMPLE_DIR/val_<dataset>.npz with --sample-dir, "
+                        "else val_imagenet.npz")
+    p.add_argument("--png-dir", default=None,
+                   help="also write the cropped images here as PNG (default SAMPLE_DIR/val_<dataset> with "
+                        "--sample-dir)")
+    p.add_argument("--sample-dir", default=None,
+                   help="the original's layout: PNGs in SAMPLE_DIR/val_<dataset>/ and SAMPLE_DIR/val_<dataset>.npz")
+    p.add_argument("--dataset", default="imagenet", help="name used in the --sample-dir layout (val_<dataset>)")
     p.add_argument("--image-size", type=int, default=256,
                    help="side in pixels of the ADM centre crop (the npz holds N x size x size x 3)")
     p.add_argument("--max-images", type=int, default=None,
                    help="only the first N images in ImageFolder order (None: all)")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    p.add_argument("--workers", "--num-workers", dest="workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="DataLoader worker processes that read and crop the images (4, capped at the CPU count; "
                         "0 crops in the main process)")
+    p.add_argument("--per-proc-batch-size", type=int, default=64, help="images per DataLoader batch")
+    p.add_argument("--global-seed", type=int, default=0, help="accepted for the original's scripts (cropping is "
+                   "deterministic)")
     args = p.parse_args(argv)
-    arr = build(args.data_path, args.npz, args.png_dir, args.image_size, args.max_images, args.workers)
-    print(f"wrote {args.npz}: {arr.shape[0]} images of {args.image_size}x{args.image_size}", file=sys.stderr)
+    npz, png_dir = args.npz, args.png_dir
+    if args.sample_dir is not None:
+        folder = Path(args.sample_dir) / f"val_{args.dataset}"
+        npz = npz or f"{folder}.npz"
+        png_dir = png_dir or str(folder)
+    npz = npz or "val_imagenet.npz"
+    arr = build(args.data_path, npz, png_dir, args.image_size, args.max_images, args.workers,
+                batch_size=args.per_proc_batch_size)
+    print(f"wrote {npz}: {arr.shape[0]} images of {args.image_size}x{args.image_size}"
+          + (f"; PNGs in {png_dir}" if png_dir else ""), file=sys.stderr)
     return 0
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
@@ -44,8 +45,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="images in grid.png with --qualitative (evenly spaced over the dataset)")
     p.add_argument("--lpips", action="store_true", help="also compute LPIPS (needs the VGG16 weights)")
     p.add_argument("--lpips-vgg-path", default=None, help="local torchvision vgg16 state dict for LPIPS (offline)")
-    p.add_argument("--ref-npz", default=None, help="reference npz (e.g. val_imagenet.npz from scripts/val.sh): "
-                   "computes rFID against it")
+    p.add_argument("--ref-npz", "--gt-npz-path", dest="ref_npz", default=None,
+                   help="reference npz (e.g. val_imagenet.npz from scripts/val.sh): computes rFID and rsFID against "
+                        "it (--gt-npz-path is the original's name)")
+    p.add_argument("--image-size-eval", type=int, default=None,
+                   help="resize reconstructions and originals (bicubic) to this size for the metrics and the saved "
+                        "images, as the original (default: --image-size)")
+    p.add_argument("--eval-python-path", default=None,
+                   help="accepted for the original's scripts; the evaluation runs in this environment")
+    p.add_argument("--global-seed", type=int, default=0, help="accepted for the original's scripts (deterministic)")
     p.add_argument("--fid-method", choices=("sqrtm", "eigh"), default="sqrtm",
                    help="rFID: trace of the covariance-product root by scipy sqrtm (as ADM) or by symmetric "
                         "eigendecompositions (eigh: ~3x faster on CPU, same value up to round-off)")
@@ -64,7 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_name(args: argparse.Namespace) -> str:
-    return args.run_name or f"{Path(args.model_config).stem}-{Path(str(args.vq_ckpt)).stem}-size-{args.image_size}"
+    size = f"-size-{args.image_size}" + (f"-size-{args.image_size_eval}" if args.image_size_eval not in
+                                         (None, args.image_size) else "")
+    return args.run_name or f"{Path(args.model_config).stem}-{Path(str(args.vq_ckpt)).stem}{size}"
 
 
 @torch.no_grad()
@@ -97,6 +107,7 @@ def main(argv=None) -> dict:
                                          num_workers=args.num_workers, collate_fn=collate_skip_bad)
     lpips_metric = LPIPSMetric(dist.device, vgg_weights_path=args.lpips_vgg_path) if args.lpips else None
     autocast_dtype = PRECISIONS[args.precision]
+    eval_size = args.image_size_eval or args.image_size
 
     psnrs, ssims, codes, done, bad = [], [], [], [], []
     start = time.time()
@@ -108,6 +119,11 @@ def main(argv=None) -> dict:
         with torch.autocast(dist.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             quant, _, info = model.encode(x)
             samples = model.decode_code(info[2], quant.shape).float()
+        if lpips_metric is not None:  # at the model's resolution, before any --image-size-eval resize
+            lpips_metric.update(x.float(), samples)
+        if eval_size != args.image_size:
+            samples = F.interpolate(samples, size=(eval_size, eval_size), mode="bicubic")
+            x = F.interpolate(x.float(), size=(eval_size, eval_size), mode="bicubic")
         recon = to_uint8(samples).cpu()
         for img, i in zip(recon.numpy(), idx.tolist(), strict=True):
             Image.fromarray(img).save(img_dir / f"{i:06d}.png")
@@ -115,8 +131,6 @@ def main(argv=None) -> dict:
         restored = recon.float() / 255.0
         psnrs.append(torch.from_numpy(psnr(restored, gt)))
         ssims.append(torch.from_numpy(ssim(restored, gt)))
-        if lpips_metric is not None:
-            lpips_metric.update(x.float(), samples)
         codes.append(info[2].reshape(x.shape[0], -1).cpu())
         done.append(idx)
         if args.qualitative:
@@ -146,7 +160,7 @@ def main(argv=None) -> dict:
         order = torch.argsort(all_idx)
         npz_path = out_dir / f"{run_name(args)}.npz"
         arr = np.stack([np.asarray(Image.open(img_dir / f"{int(i):06d}.png")) for i in all_idx[order]]) \
-            if all_idx.numel() else np.zeros((0, args.image_size, args.image_size, 3), np.uint8)
+            if all_idx.numel() else np.zeros((0, eval_size, eval_size, 3), np.uint8)
         np.savez(npz_path, arr_0=arr, indices=all_idx[order].numpy())
         if args.qualitative and len(arr):
             # evenly spaced over the dataset order, so a class-sorted folder shows every class, not the first one
@@ -170,7 +184,8 @@ def main(argv=None) -> dict:
             "checkpoint": str(args.vq_ckpt), "checkpoint_path": str(ckpt_path),
             "checkpoint_sha256": sha256_file(ckpt_path),
             "config": str(args.model_config), "config_overrides": args.config_overrides,
-            "data_path": str(args.data_path), "image_size": args.image_size, "precision": args.precision,
+            "data_path": str(args.data_path), "image_size": args.image_size, "image_size_eval": eval_size,
+            "precision": args.precision,
             "device": str(dist.device), "world_size": dist.world_size, "npz": str(npz_path),
             "tf32": not args.no_tf32 and dist.device.type == "cuda",
         }

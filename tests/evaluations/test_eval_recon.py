@@ -126,3 +126,21 @@ def test_make_val_npz_builds_reference_and_pngs(tmp_path):
             expected = np.asarray(center_crop_arr(img.convert("RGB"), 64))
         np.testing.assert_array_equal(arr[i], expected)
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "png" / f"n0{i}" / f"img_{i}.png")), arr[i])
+
+
+def test_make_val_npz_accepts_the_original_val_sh_flags(tmp_path):
+    """The documented ``val.sh --sample-dir`` command: PNGs in SAMPLE_DIR/val_imagenet/, npz beside them."""
+    from PIL import Image
+
+    from evaluations.make_val_npz import main as make_val
+
+    src = tmp_path / "val" / "n01"
+    src.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(src / f"img_{i}.JPEG")
+    out = tmp_path / "reconstructions"
+    assert make_val(["--data-path", str(tmp_path / "val"), "--sample-dir", str(out), "--image-size", "32",
+                     "--per-proc-batch-size", "1", "--global-seed", "0", "--num-workers", "0"]) == 0
+    arr = np.load(out / "val_imagenet.npz")["arr_0"]
+    assert arr.shape == (2, 32, 32, 3)
+    assert sorted(p.name for p in (out / "val_imagenet").rglob("*.png")) == ["img_0.png", "img_1.png"]

@@ -129,3 +129,21 @@ def test_lpips_both_averages_rsfid_and_tf32_are_recorded(tmp_path, tiny_ckpt, mo
     assert m["rfid"] == 12.5 and m["rsfid"] == 34.5
     assert calls and calls[0]["return_all"] is True and calls[0]["compute_pr"] is False
     assert m["tf32"] is False  # CPU: TF32 does not apply
+
+
+def test_the_originals_reconstruction_flags(tmp_path, tiny_ckpt, monkeypatch):
+    """--gt-npz-path (= --ref-npz), --image-size-eval (metrics and images at that size), --eval-python-path and
+    --global-seed are accepted as the original's scripts pass them."""
+    import tokenizer.reconstruct as rec
+
+    seen = []
+    monkeypatch.setattr(rec, "rfid", lambda ref, npz, **kw: seen.append(np.load(npz)["arr_0"].shape) or
+                        {"fid": 1.0, "sfid": 2.0})
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, arr_0=np.zeros((2, 16, 16, 3), np.uint8))
+    m = reconstruct(["--data-path", str(PHOTOS), "--image-size", "32", "--image-size-eval", "16", "--sample-dir",
+                     str(tmp_path), "--vq-ckpt", str(tiny_ckpt), "--model-config", str(TINY), "--device", "cpu",
+                     "--num-workers", "0", "--gt-npz-path", str(ref), "--eval-python-path", "/opt/tf/bin/python",
+                     "--global-seed", "0"])
+    assert seen == [(6, 16, 16, 3)] and m["rfid"] == 1.0 and m["image_size_eval"] == 16
+    assert m["npz"].endswith("-size-32-size-16.npz") and 0 < m["psnr"] < 60
