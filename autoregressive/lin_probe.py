@@ -18,7 +18,7 @@ from tokenizer import load_tokenizer
 from utils.distributed import pick_device
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_probe_args(p)
     p.add_argument("--tok-config", "--model-config", dest="tok_config", required=True, help="tokenizer YAML")
@@ -28,7 +28,11 @@ def main(argv=None) -> dict:
     p.add_argument("--gpt-num-classes", type=int, default=1000, help="classes the GPT was trained with")
     p.add_argument("--n-layer", type=int, default=None, help="feature after this many blocks (default n_layer/2)")
     p.add_argument("--num-code", type=int, default=None, help="accepted for compatibility (all tokens are used)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
     tok = load_tokenizer(args.tok_config, args.vq_ckpt, device=device)
     gpt = load_gpt(args.gpt_model, args.gpt_ckpt, device=device, vocab_size=tok.codebook_size,

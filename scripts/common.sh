@@ -4,6 +4,7 @@
 #   NNODES, NODE_RANK, MASTER_ADDR, PORT  as for torchrun (defaults 1, 0, 127.0.0.1, 55565)
 #   TORCH_RUN_PATH  torchrun executable (default: python -m torch.distributed.run)
 #   PYTHON  interpreter (default: the project's .venv if present, else python3)
+#   GIGATOK_DRY_RUN=1  print each command as "DRY-RUN <module> <args>" (shell-quoted) instead of running it
 GIGATOK_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PYTHONPATH="$GIGATOK_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-true}
@@ -14,6 +15,10 @@ fi
 # launch MODULE ARGS... : run a python module on every process of this node.
 launch() {
   local module=$1; shift
+  if [[ "${GIGATOK_DRY_RUN:-0}" == "1" ]]; then
+    printf 'DRY-RUN %s' "$module"; printf ' %q' "$@"; printf '\n'
+    return 0
+  fi
   local nproc=${GPUS:-${NPROC_PER_NODE:-1}} nnodes=${NNODES:-1}
   if [[ "$nproc" -le 1 && "$nnodes" -le 1 ]]; then
     exec "$PYTHON" -m "$module" "$@"

@@ -14,14 +14,19 @@ from evaluations.lin_probe import add_probe_args, run_probe
 from tokenizer import load_tokenizer
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_probe_args(p)
     p.add_argument("--model-config", "--tok-config", dest="model_config", required=True, help="tokenizer YAML")
     p.add_argument("--vq-ckpt", required=True, help="tokenizer weights")
     p.add_argument("--fix-dim", action="store_true", help="features after the encoder's output conv")
     p.add_argument("--from-decoder", action="store_true", help="decoder inner features (1D tokenizers)")
-    args = p.parse_args(argv)
+    p.add_argument("--num-code", type=int, default=None, help="accepted for compatibility (all tokens are used)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     import os
 
     from utils.distributed import pick_device

@@ -19,18 +19,17 @@ PROJECT_ROOT=${PROJECT_ROOT:-.}
 IMGNET_ROOT=${IMGNET_ROOT:-}
 SAVE_PATH=${SAVE_PATH:-${PROJECT_ROOT}/results/gpt}
 
-VQ_CKPT=${VQ_CKPT:-None}
-VQ_EXP_DIR=${VQ_EXP_DIR:-}
-TOK_CONFIG=${TOK_CONFIG:?set TOK_CONFIG to the tokenizer YAML}
-TOK_EPOCH=${TOK_EPOCH:-50}
-TOK_BSZ=${TOK_BSZ:-128}
-TOK_EARLY_STOP_ITER=${TOK_EARLY_STOP_ITER:-None}
+source "$(dirname "${BASH_SOURCE[0]}")/tok_common.sh"
 
-LM_EXP_DIR=${LM_EXP_DIR:?set LM_EXP_DIR (the GPT experiment folder under SAVE_PATH)}
+LM_EXP_DIR=${LM_EXP_DIR:-}
+if [[ -z "$LM_EXP_DIR" && ( -z "${GPT_CKPT:-}" || "${GPT_CKPT:-}" == "None" ) ]]; then
+  echo "set LM_EXP_DIR (the GPT experiment folder under SAVE_PATH) or GPT_CKPT" >&2
+  exit 2
+fi
 GPT_MODEL=${GPT_MODEL:-GPT-B}
 LM_EPOCH=${LM_EPOCH:-300}
 LM_BSZ=${LM_BSZ:-256}
-FRACT_DECAY=${FRACT_DECAY:-0.2}
+FRACT_DECAY=${FRACT_DECAY:-${LM_FRACT_DECAY:-0.2}}
 WARM_ITER=${WARM_ITER:-5000}
 LR=${LR:-1e-4}
 PRECISION=${PRECISION:-fp16}
@@ -55,17 +54,6 @@ GPT_FLAGS=()
 if [[ "${GPT_2D:-False}" != "False" || "${USE_ADALN:-False}" != "False" ]]; then
   echo "GPT_2D / USE_ADALN: these GPT variants are not implemented (the released GPTs use neither)" >&2
   exit 2
-fi
-
-# tokenizer checkpoint of a tokenizer experiment, as the original
-if [[ "$VQ_CKPT" == "None" ]]; then
-  if [[ "$TOK_EARLY_STOP_ITER" != "None" ]]; then
-    TOK_ITER=$TOK_EARLY_STOP_ITER
-  else
-    TOK_ITER=$((TOK_EPOCH * 256 * 5000 / TOK_BSZ))
-  fi
-  printf -v TOK_ITER "%07d" "$((10#$TOK_ITER))"
-  VQ_CKPT=${PROJECT_ROOT}/results/tokenizers/vq/${VQ_EXP_DIR}/checkpoints/${TOK_ITER}.pt
 fi
 
 # one "epoch" = 256 * 5000 / batch iterations (ImageNet at batch 256 has 5004 steps per epoch)

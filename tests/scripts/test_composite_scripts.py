@@ -1,0 +1,68 @@
+"""Every composite script runs its chain with the drivers' real flags: under GIGATOK_DRY_RUN=1 each prints the
+commands it would launch, and each printed command must parse with its driver's own argument parser."""
+from __future__ import annotations
+
+import importlib
+import shlex
+import subprocess
+
+import pytest
+
+from testlib import REPO, child_env
+
+ENV = {"IMGNET_ROOT": "/data/imagenet", "TOK_CONFIG": "configs/vq/VQ_BL256.yaml", "VQ_EXP_DIR": "VQ_BL256",
+       "LM_EXP_DIR": "GPT_B_on_BL", "GT_NPZ_PATH": "VIRTUAL_imagenet256_labeled.npz", "TOK_LIN_EXP_DIR": "tok_probe",
+       "LM_LIN_EXP_DIR": "lm_probe", "GIGATOK_DRY_RUN": "1", "GPUS": "8"}
+# script -> the driver modules it launches, in order
+CHAINS = {
+    "train_c2i_and_eval.sh": ["autoregressive.train_c2i", "autoregressive.sample_c2i", "autoregressive.val_loss"],
+    "train_c2i_and_eval_fsdp.sh": ["autoregressive.train_c2i", "autoregressive.sample_c2i",
+                                   "autoregressive.val_loss"],
+    "train_vq_and_eval.sh": ["tokenizer.train", "tokenizer.reconstruct", "autoregressive.train_c2i",
+                             "autoregressive.sample_c2i", "autoregressive.val_loss"],
+    "train_vq_and_eval_fsdp.sh": ["tokenizer.train", "tokenizer.reconstruct", "autoregressive.train_c2i",
+                                  "autoregressive.sample_c2i", "autoregressive.val_loss"],
+    "train_tok_lin_probe_and_eval.sh": ["tokenizer.lin_probe"] * 2,
+    "train_lm_lin_probe_and_eval.sh": ["autoregressive.lin_probe"] * 2,
+    "train_all_lin_probe_and_eval.sh": ["tokenizer.lin_probe"] * 2 + ["autoregressive.lin_probe"] * 2,
+}
+
+
+def dry_run(script: str, **extra: str) -> list[tuple[str, list[str]]]:
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "composite_cmd" / script)], cwd=REPO,
+                          env=child_env(**ENV, **extra), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = []
+    for line in proc.stdout.splitlines():
+        if line.startswith("DRY-RUN "):
+            words = shlex.split(line[len("DRY-RUN "):])
+            out.append((words[0], words[1:]))
+    return out
+
+
+@pytest.mark.parametrize("script", sorted(CHAINS))
+def test_composite_script_commands_parse(script):
+    commands = dry_run(script)
+    assert [m for m, _ in commands] == CHAINS[script]
+    for module, args in commands:
+        importlib.import_module(module).parse_args(args)  # raises SystemExit on an unknown or bad flag
+
+
+def test_the_original_recipes_reach_the_drivers():
+    cmds = dict(dry_run("train_c2i_and_eval.sh"))
+    train = cmds["autoregressive.train_c2i"]
+    assert train[train.index("--lr-scheduler") + 1] == "wsd" and train[train.index("--iterations") + 1] == "1500000"
+    sample = cmds["autoregressive.sample_c2i"]
+    assert "--search" in sample and sample[sample.index("--cfg-schedule") + 1] == "step"
+    assert "--cfg-scale" not in sample  # the search starts from the original's per-model table
+    probe = dry_run("train_vq_and_eval.sh")
+    tok_train = probe[0][1]
+    assert tok_train[tok_train.index("--iterations") + 1] == str(100 * 256 * 5000 // 128)
+    rec = probe[1][1]
+    assert rec[rec.index("--vq-ckpt") + 1].endswith("VQ_BL256/checkpoints/1000000.pt")
+    lm = probe[2][1]
+    assert lm[lm.index("--early-stop-iter") + 1] == "250000" and lm[lm.index("--warmup") + 1] == "0"
+    assert probe[3][1][probe[3][1].index("--cfg-schedule") + 1] == "constant"
+    lin = dry_run("train_tok_lin_probe_and_eval.sh", VQ_CKPT="VQ_BL256_e200.pt")
+    assert lin[1][1][lin[1][1].index("--lin-probe-ckpt") + 1].endswith("tok_probe/checkpoints/0089.pt")
+    assert lin[0][1][lin[0][1].index("--vq-ckpt") + 1] == "VQ_BL256_e200.pt"
