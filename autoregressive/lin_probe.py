@@ -25,6 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vq-ckpt", required=True, help="tokenizer weights")
     p.add_argument("--gpt-model", default="GPT-B", help="GPT preset")
     p.add_argument("--gpt-ckpt", required=True, help="GPT weights")
+    p.add_argument("--gpt-2d", action="store_true", help="the GPT is the 2D-RoPE variant (GPT_models_2d)")
     p.add_argument("--gpt-num-classes", type=int, default=1000, help="classes the GPT was trained with")
     p.add_argument("--n-layer", type=int, default=None, help="feature after this many blocks (default n_layer/2)")
     p.add_argument("--num-code", type=int, default=None, help="accepted for compatibility (all tokens are used)")
@@ -36,7 +37,7 @@ def main(argv=None) -> dict:
     device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
     tok = load_tokenizer(args.tok_config, args.vq_ckpt, device=device)
     gpt = load_gpt(args.gpt_model, args.gpt_ckpt, device=device, vocab_size=tok.codebook_size,
-                   block_size=tok.num_tokens, num_classes=args.gpt_num_classes)
+                   block_size=tok.num_tokens, num_classes=args.gpt_num_classes, gpt_2d=args.gpt_2d)
     for module in (tok, gpt):
         for q in module.parameters():
             q.requires_grad_(False)

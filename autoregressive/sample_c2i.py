@@ -52,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--gpt-type", choices=["c2i"], default="c2i", help="only class-conditional models exist")
     g.add_argument("--cls-token-num", type=int, default=1, help="class-condition tokens")
     g.add_argument("--qk-norm", action="store_true", help="the GPT was trained with QK-norm (not the released ones)")
+    g.add_argument("--gpt-2d", action="store_true", help="the GPT is the 2D-RoPE variant (GPT_models_2d)")
     g.add_argument("--num-classes", type=int, default=1000, help="classes the GPT was trained with")
     g.add_argument("--vq-ckpt", required=True, help="tokenizer weights")
     g.add_argument("--tok-config", "--model-config", dest="tok_config", required=True, help="tokenizer YAML")
@@ -137,7 +138,7 @@ class Sampler:
             self.gpt = load_gpt(args.gpt_model, resolve_checkpoint(args.gpt_ckpt), device=device,
                                 dtype=storage_dtype(args.precision), vocab_size=self.tok.codebook_size,
                                 block_size=self.tok.num_tokens, num_classes=args.num_classes,
-                                cls_token_num=args.cls_token_num, use_qk_norm=args.qk_norm)
+                                cls_token_num=args.cls_token_num, use_qk_norm=args.qk_norm, gpt_2d=args.gpt_2d)
         except CheckpointError as exc:
             raise CheckpointError(f"{exc}\nThe GPT was built for the tokenizer {args.tok_config} (vocabulary "
                                   f"{self.tok.codebook_size}, {self.tok.num_tokens} tokens) and --num-classes "

@@ -70,7 +70,8 @@ def gpt_config(args: argparse.Namespace, vocab_size: int, block_size: int) -> di
     """What ``autoregressive.load_gpt`` needs to rebuild the trained model (stored in every checkpoint)."""
     return {"gpt_model": args.gpt_model, "vocab_size": vocab_size, "block_size": block_size,
             "num_classes": args.num_classes, "cls_token_num": args.cls_token_num,
-            "class_dropout_prob": args.class_dropout_prob, "use_qk_norm": bool(args.qk_norm)}
+            "class_dropout_prob": args.class_dropout_prob, "use_qk_norm": bool(args.qk_norm),
+            "gpt_2d": bool(args.gpt_2d)}
 
 
 def build_model(args: argparse.Namespace, vocab_size: int, block_size: int) -> nn.Module:

@@ -43,7 +43,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--gpt-model", choices=list(GPT_models), default="GPT-B",
                    help="GPT size preset (GPT-B is the released 111M model; GPT-tiny is a 2-layer test model not in "
                         "the original)")
-    g.add_argument("--gpt-2d", action="store_true", help="the original's 2D-RoPE GPT (not implemented here)")
+    g.add_argument("--gpt-2d", action="store_true",
+                   help="the original's 2D-RoPE GPT (GPT_models_2d: rotary embeddings over the token grid, no "
+                        "position table) for 2D tokenizers; recorded in the checkpoint's gpt_config")
     g.add_argument("--gpt-type", choices=["c2i", "t2i"], default="c2i",
                    help="c2i = class-conditional; t2i (text) is accepted as in the original but not implemented")
     g.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing per transformer block")
@@ -118,9 +120,6 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
 
 def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     args = build_parser(description).parse_args(argv)
-    if args.gpt_2d:
-        raise ConfigError("--gpt-2d: the 2D-RoPE GPT is not implemented in this reimplementation (the released GPTs "
-                          "are 1D)")
     if args.gpt_type != "c2i":
         raise ConfigError("--gpt-type t2i is not implemented")
     if args.dataset == "imagenet" and not args.data_path:

@@ -46,7 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="GPT size preset (None: from the checkpoint's gpt_config/args, else GPT-B)")
     p.add_argument("--gpt-type", choices=["c2i"], default="c2i",
                    help="model type; only c2i (class-conditional) is implemented")
-    p.add_argument("--gpt-2d", action="store_true", help="not implemented (the released GPTs are 1D)")
+    p.add_argument("--gpt-2d", action="store_true",
+                   help="the 2D-RoPE GPT (default: as the checkpoint's gpt_config records; the released GPTs are 1D)")
     p.add_argument("--ema", action="store_true", help="evaluate the checkpoint's EMA weights (its 'ema' entry)")
     p.add_argument("--from-fsdp", action="store_true", help="accepted for compatibility (bare state dicts load anyway)")
     p.add_argument("--cls-token-num", type=int, default=1,
@@ -90,8 +91,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "<run>/val_results.json)")
     p.add_argument("--no-txt", action="store_true", help="do not append to <run>/val_results.txt")
     args = p.parse_args(argv)
-    if args.gpt_2d:
-        raise SystemExit("--gpt-2d is not implemented in this reimplementation")
     if args.dataset is None:
         args.dataset = "imagenet_code" if args.code_path and not args.data_path else "imagenet"
     if args.dataset == "imagenet" and not (args.data_path and args.vq_ckpt):
@@ -115,7 +114,7 @@ def _stored_gpt_config(path: Path) -> dict:
     train_args = vars(train_args) if isinstance(train_args, argparse.Namespace) else (train_args or {})
     if isinstance(train_args, dict):
         for key, name in (("gpt_model", "gpt_model"), ("num_classes", "num_classes"),
-                          ("use_qk_norm", "qk_norm")):
+                          ("use_qk_norm", "qk_norm"), ("gpt_2d", "gpt_2d")):
             if key not in out and name in train_args:
                 out[key] = train_args[name]
     return out
@@ -156,6 +155,7 @@ def main(argv=None) -> dict:
            "num_classes": args.num_classes or stored.get("num_classes", 1000),
            "cls_token_num": args.cls_token_num, "use_qk_norm": bool(args.qk_norm or stored.get("use_qk_norm", False)),
            "class_dropout_prob": stored.get("class_dropout_prob", 0.1),
+           "gpt_2d": bool(args.gpt_2d or stored.get("gpt_2d", False)),
            "rope": args.rope, "use_adaLN": args.adaLN, "use_simple_adaLN": args.simple_adaLN,
            "token_dropout_p": 0.0, "resid_dropout_p": 0.0, "ffn_dropout_p": 0.0, "drop_path_rate": 0.0}
     for key in ("vocab_size", "block_size"):

@@ -11,6 +11,11 @@ The class table has ``num_classes + 1`` rows; the last row is the null class use
 guidance (and for label dropout in training).
 
 State-dict keys and shapes equal the original's exactly, so released checkpoints load with ``strict=True``.
+
+``GPT_models_2d`` holds the original's other GPT (``autoregressive/models/gpt.py`` there, ``--gpt-2d``), used for the
+paper's 1D-vs-2D tokenizer comparison: the same blocks, but no position table; instead 2D rotary embeddings over the
+token grid (sqrt(block_size) squared) rotate queries and keys (the class slot gets a zero table row, so its q and k
+are zero, as the original). Its keys are the 1D model's minus ``positional_embedding``.
 Unlike the original, the KV cache lives in non-persistent buffers: a model that has sampled keeps the same
 state-dict keys, and the teacher-forced forward (``input_pos=None``) keeps working while a cache exists.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Optional
@@ -26,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ModelArgs", "Transformer", "GPT_models", "find_multiple"]
+__all__ = ["ModelArgs", "Transformer", "GPT_models", "GPT_models_2d", "find_multiple", "precompute_freqs_cis_2d"]
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -59,6 +65,9 @@ class ModelArgs:
     block_size: int = 256
 
     use_qk_norm: bool = False
+    # The original's 2D GPT (GPT_models_2d): 2D RoPE over the token grid instead of the learned position table.
+    gpt_2d: bool = False
+    rope_base: float = 10000.0
     # Variants of the original that no released checkpoint uses; accepted only when off.
     rope: bool = False
     use_adaLN: bool = False
@@ -81,6 +90,12 @@ class ModelArgs:
             raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
         if self.n_head % self.n_kv_head != 0:
             raise ValueError(f"n_head {self.n_head} is not divisible by n_kv_head {self.n_kv_head}")
+        if self.gpt_2d:
+            grid = math.isqrt(self.block_size)
+            if grid * grid != self.block_size:
+                raise ValueError(f"the 2D GPT needs a square token grid; block_size {self.block_size} is not a square")
+            if self.head_dim % 4:
+                raise ValueError(f"the 2D GPT needs head_dim divisible by 4, got {self.head_dim}")
 
     @property
     def head_dim(self) -> int:
@@ -134,6 +149,33 @@ class RMSNorm(nn.Module):
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return y.type_as(x) * self.weight
+
+
+def precompute_freqs_cis_2d(grid_size: int, head_dim: int, base: float = 10000.0,
+                            cls_token_num: int = 1) -> torch.Tensor:
+    """(cos, sin) table [cls_token_num + grid^2, head_dim / 2, 2] of the original's 2D RoPE.
+
+    Half of each head's pairs rotate with the row y, half with the column x of a token (row-major index y * g + x),
+    at frequencies base^(-2k / (head_dim / 2)); the class slots get zero rows.
+    """
+    half = head_dim // 2
+    cpu = torch.device("cpu")  # explicit: also when the model is built under a meta-device context
+    freqs = 1.0 / (base ** (torch.arange(0, half, 2, device=cpu)[: half // 2].float() / half))
+    angles = torch.outer(torch.arange(grid_size, dtype=torch.float32, device=cpu), freqs)  # [g, half / 2]
+    grid = torch.cat([angles[:, None, :].expand(-1, grid_size, -1),          # row y
+                      angles[None, :, :].expand(grid_size, -1, -1)], dim=-1)  # column x
+    table = torch.stack([torch.cos(grid), torch.sin(grid)], dim=-1).flatten(0, 1)
+    return torch.cat([torch.zeros(cls_token_num, half, 2, device=cpu), table])
+
+
+def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs (x_2i, x_2i+1) of ``x`` [B, L, H, head_dim] by the table rows [L, head_dim / 2, 2]
+    (in float32, cast back), as the original."""
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    rot = freqs_cis.view(1, pairs.size(1), 1, pairs.size(3), 2)
+    out = torch.stack([pairs[..., 0] * rot[..., 0] - pairs[..., 1] * rot[..., 1],
+                       pairs[..., 1] * rot[..., 0] + pairs[..., 0] * rot[..., 1]], dim=-1)
+    return out.flatten(3).type_as(x)
 
 
 class LabelEmbedder(nn.Module):
@@ -203,7 +245,7 @@ class Attention(nn.Module):
         self.kv_cache: Optional[KVCache] = None
 
     def forward(self, x: torch.Tensor, input_pos: Optional[torch.Tensor] = None,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                mask: Optional[torch.Tensor] = None, freqs_cis: Optional[torch.Tensor] = None) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
         kv_dim = self.n_kv_head * self.head_dim
         q, k, v = self.wqkv(x).split([self.dim, kv_dim, kv_dim], dim=-1)
@@ -212,6 +254,8 @@ class Attention(nn.Module):
         v = v.view(bsz, seqlen, self.n_kv_head, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        if freqs_cis is not None:
+            q, k = apply_rotary_emb(q, freqs_cis), apply_rotary_emb(k, freqs_cis)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         if input_pos is not None:
             if self.kv_cache is None:
@@ -256,8 +300,8 @@ class TransformerBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, input_pos: Optional[torch.Tensor] = None,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        h = x + self.drop_path(self.attention(self.attention_norm(x), input_pos, mask))
+                mask: Optional[torch.Tensor] = None, freqs_cis: Optional[torch.Tensor] = None) -> torch.Tensor:
+        h = x + self.drop_path(self.attention(self.attention_norm(x), input_pos, mask, freqs_cis))
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
 
 
@@ -280,7 +324,14 @@ class Transformer(nn.Module):
         self.block_size = args.block_size
         self.cls_token_num = args.cls_token_num
         # Registration order fixes the state-dict order of the original.
-        self.positional_embedding = nn.Parameter(torch.empty(args.block_size + args.cls_token_num, args.dim))
+        if args.gpt_2d:
+            self.positional_embedding = None
+            # not a buffer: it is not in the original's state dict, and a meta-built model must not lose it
+            self._rope_table = precompute_freqs_cis_2d(math.isqrt(args.block_size), args.head_dim, args.rope_base,
+                                                       args.cls_token_num)
+        else:
+            self.positional_embedding = nn.Parameter(torch.empty(args.block_size + args.cls_token_num, args.dim))
+            self._rope_table = None
         self.cls_embedding = LabelEmbedder(args.num_classes, args.dim, args.class_dropout_prob)
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.tok_dropout = nn.Dropout(args.token_dropout_p)
@@ -306,15 +357,23 @@ class Transformer(nn.Module):
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
         nn.init.zeros_(self.output.weight)
-        with torch.no_grad():
-            self.positional_embedding.normal_().mul_(self.config.dim ** -0.5)
+        if self.positional_embedding is not None:
+            with torch.no_grad():
+                self.positional_embedding.normal_().mul_(self.config.dim ** -0.5)
+
+    @property
+    def num_positions(self) -> int:
+        return self.block_size + self.cls_token_num
+
+    def _rope(self, rows, device: torch.device) -> Optional[torch.Tensor]:
+        return None if self._rope_table is None else self._rope_table[rows].to(device)
 
     def setup_caches(self, max_batch_size: int, max_seq_length: int, dtype: Optional[torch.dtype] = None) -> None:
         """Allocate zeroed KV caches of ``max_seq_length`` rounded up to a multiple of 8 and the causal mask."""
         seq = find_multiple(max_seq_length, 8)
-        if seq > self.positional_embedding.shape[0] + 7:
+        if seq > self.num_positions + 7:
             raise ValueError(f"max_seq_length {max_seq_length} exceeds the position table "
-                             f"({self.positional_embedding.shape[0]} positions)")
+                             f"({self.num_positions} positions)")
         dtype = dtype or self.tok_embeddings.weight.dtype
         device = self.tok_embeddings.weight.device
         self.max_batch_size, self.max_seq_length = max_batch_size, seq
@@ -355,12 +414,14 @@ class Transformer(nn.Module):
             self.check_class_ids(cond_idx)
             x = self.cls_embedding(cond_idx)[:, : self.cls_token_num]
             if idx is not None:
-                if idx.shape[1] + self.cls_token_num > self.positional_embedding.shape[0]:
+                if idx.shape[1] + self.cls_token_num > self.num_positions:
                     raise ValueError(f"{idx.shape[1]} tokens exceed block_size {self.block_size}")
                 x = torch.cat([x, self.tok_embeddings(idx)], dim=1)
-            x = x + self.positional_embedding[: x.shape[1]].to(x.dtype)
+            if self.positional_embedding is not None:
+                x = x + self.positional_embedding[: x.shape[1]].to(x.dtype)
             x = self.tok_dropout(x)
             attn_mask = mask
+            freqs = self._rope(slice(0, x.shape[1]), x.device)
         else:
             if self.causal_mask is None:
                 raise RuntimeError("input_pos was given but no KV cache is set up; call setup_caches() first")
@@ -370,13 +431,15 @@ class Transformer(nn.Module):
                 self.check_class_ids(cond_idx)
                 x = self.cls_embedding(cond_idx)[:, : self.cls_token_num]
             else:
-                x = self.tok_embeddings(idx)
-            x = x + self.positional_embedding[input_pos].to(x.dtype)
+                x = self.tok_embeddings(idx)  # the previous token (the original's 2D model wrongly re-embeds the class)
+            if self.positional_embedding is not None:
+                x = x + self.positional_embedding[input_pos].to(x.dtype)
             x = self.tok_dropout(x)
             attn_mask = self.causal_mask[None, None, input_pos] if mask is None else mask
+            freqs = self._rope(input_pos, x.device)
 
         for i, layer in enumerate(self.layers):
-            x = layer(x, input_pos, attn_mask)
+            x = layer(x, input_pos, attn_mask, freqs)
             if ret_inner_feat_layer is not None and i + 1 == ret_inner_feat_layer:
                 return x.detach().clone()
 
@@ -425,3 +488,15 @@ GPT_models = {
     "GPT-1B": GPT_1B, "GPT-3B": GPT_3B, "GPT-7B": GPT_7B,
     "GPT-tiny": GPT_tiny,  # not in the original
 }
+
+
+def _builder_2d(build_1d):
+    def build(**kwargs) -> Transformer:
+        if kwargs.get("gpt_2d") is False:
+            raise ValueError("GPT_models_2d builds 2D models; use GPT_models for gpt_2d=False")
+        return build_1d(**{**kwargs, "gpt_2d": True})
+    return build
+
+
+# The original's 2D-RoPE GPTs (its autoregressive/models/gpt.py), same names as its registry.
+GPT_models_2d = {name: _builder_2d(build) for name, build in GPT_models.items()}

@@ -6,7 +6,8 @@
 #   TOK_BSZ (128), TOK_EARLY_STOP_ITER (None)
 # GPT: LM_EXP_DIR, GPT_MODEL (GPT-B), LM_EPOCH (300), LM_BSZ (256), LM_ITER (default LM_EPOCH * 256 * 5000 / LM_BSZ),
 #   LM_STOP_ITER (= LM_ITER), FRACT_DECAY (0.2), WARM_ITER (5000), LR (1e-4), PRECISION (fp16), CKPT_EVERY (5000),
-#   USE_QK_NORM (False), DATASET (imagenet | imagenet_code), DATAPATH, CODEPATH, GPT_CKPT (default: derived below)
+#   USE_QK_NORM (False), GPT_2D (False: the 2D-RoPE GPT for 2D tokenizers), DATASET (imagenet | imagenet_code),
+#   DATAPATH, CODEPATH, GPT_CKPT (default: derived below)
 # Evaluation: CFG_SCHEDULE (step), CFG_START_RATIO (0.18), EVAL_BATCH_PER_GPU, VAL_PATH
 #   (IMGNET_ROOT/ILSVRC2012_img_val), VAL_CODE_PATH (held-out codes instead of images), GT_NPZ_PATH, EVAL_PYTHON_PATH,
 #   SKIP_FID (False), SKIP_VAL_LOSS (False)
@@ -51,8 +52,9 @@ read -r -a VAL_EXTRA <<< "${VAL_EXTRA_ARGS:-}"
 
 GPT_FLAGS=()
 [[ "${USE_QK_NORM:-False}" == "True" ]] && GPT_FLAGS+=(--qk-norm)
-if [[ "${GPT_2D:-False}" != "False" || "${USE_ADALN:-False}" != "False" ]]; then
-  echo "GPT_2D / USE_ADALN: these GPT variants are not implemented (the released GPTs use neither)" >&2
+[[ "${GPT_2D:-False}" == "True" ]] && GPT_FLAGS+=(--gpt-2d)
+if [[ "${USE_ADALN:-False}" != "False" ]]; then
+  echo "USE_ADALN: the adaLN GPT variant is not implemented (no released GPT uses it)" >&2
   exit 2
 fi
 

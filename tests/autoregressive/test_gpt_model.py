@@ -25,10 +25,16 @@ def meta_model(name: str, **kwargs):
         return GPT_models[name](**kwargs)
 
 
-@pytest.mark.parametrize("name", ["GPT-B", "GPT-XXL"])
+@pytest.mark.parametrize("name", ["GPT-B", "GPT-XXL", "2d_GPT-B"])
 def test_state_dict_matches_manifest(name):
     manifest = json.loads((MANIFESTS / f"gpt_{name}.json").read_text())
-    sd = meta_model(name).state_dict()
+    if name.startswith("2d_"):
+        from autoregressive.models.gpt import GPT_models_2d
+        with torch.device("meta"):
+            sd = GPT_models_2d[name[3:]](vocab_size=16384, block_size=256, num_classes=1000).state_dict()
+        assert len(sd) == 88 and sum(v.numel() for v in sd.values()) == 110_888_448  # the numbers
+    else:
+        sd = meta_model(name).state_dict()
     assert [(k, list(v.shape)) for k, v in sd.items()] == [(k, list(v)) for k, v in manifest["state_dict"].items()]
     assert len(sd) == manifest["num_keys"]
     assert sum(v.numel() for v in sd.values()) == manifest["num_params"]

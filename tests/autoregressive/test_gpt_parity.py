@@ -1,19 +1,25 @@
-"""GPT-B on seeded weights reproduces the original's logits and greedy CFG sequences (tests/data/parity)."""
+"""GPT-B on seeded weights reproduces the original's logits and greedy CFG sequences (tests/data/parity), for the
+released 1D GPT (gpt_1d.py) and the 2D-RoPE GPT (GPT_models_2d, the original's gpt.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from autoregressive import GPT_models, generate
+from autoregressive import generate
+from autoregressive.models.gpt import GPT_models, GPT_models_2d
 
 from testlib import PARITY, seeded_state_dict
 
+FILES = {"1d": "GPT-B_seed0.pt", "2d": "GPT-B_2d_seed0.pt"}
 
-@pytest.fixture(scope="module")
-def gpt_b():
-    ref = torch.load(PARITY / "GPT-B_seed0.pt", weights_only=True)
-    assert ref["model"] == "GPT-B" and ref["seed"] == 0
-    model = GPT_models["GPT-B"](vocab_size=16384, block_size=256, num_classes=1000, cls_token_num=1).eval()
+
+@pytest.fixture(scope="module", params=sorted(FILES))
+def gpt_b(request):
+    ref = torch.load(PARITY / FILES[request.param], weights_only=True)
+    two_d = request.param == "2d"
+    assert ref["model"] == "GPT-B" and ref["seed"] == 0 and bool(ref.get("gpt_2d", False)) == two_d
+    registry = GPT_models_2d if two_d else GPT_models
+    model = registry["GPT-B"](vocab_size=16384, block_size=256, num_classes=1000, cls_token_num=1).eval()
     model.load_state_dict(seeded_state_dict(model.state_dict(), seed=ref["seed"]), strict=True)
     assert sum(p.numel() for p in model.parameters()) == ref["num_params"]
     return model, ref

@@ -342,3 +342,38 @@ def test_schedule_names_mean_one_thing():
     for name in ("cosine", "cosine_v2"):
         assert SCHEDULE_NAMES[build_parser().parse_args([*base, "--lr-scheduler", name]).lr_scheduler] == "cosine_v2"
     assert {SCHEDULE_NAMES[k] for k in SCHEDULE_NAMES} <= {"const", "cosine_v2", "wsd"}
+
+
+@pytest.mark.slow
+def test_2d_gpt_on_the_quickstart_2d_tokenizer_through_the_script(tmp_path):
+    """The paper's 1D-vs-2D comparison: a tiny 2D-RoPE GPT trained by scripts/train_c2i.sh --gpt-2d on the codes of
+    the quickstart's 2D tokenizer; the checkpoint records gpt_2d and loads, samples and scores as a 2D model."""
+    from autoregressive import generate
+    from autoregressive.val_loss import main as val_main
+
+    tok_cfg = CONFIGS / "VQ_tiny32_2d.yaml"
+    with threads(1):
+        torch.manual_seed(2)
+        tok = build_tokenizer(tok_cfg).eval()
+        tok_ckpt = save_atomic({"model": tok.state_dict()}, tmp_path / "tok2d.pt")
+        images = make_class_images(tmp_path / "images", 4, seed=0)
+        extract(["--data-path", str(images), "--code-path", str(tmp_path / "codes"), "--image-size", "32",
+                 "--model-config", str(tok_cfg), "--vq-ckpt", str(tok_ckpt), "--device", "cpu", "--num-workers", "0"])
+    proc = subprocess.run(
+        ["bash", "scripts/train_c2i.sh", "--gpt-2d", "--tok-config", str(tok_cfg), "--dataset", "imagenet_code",
+         "--code-path", str(tmp_path / "codes"), "--gpt-model", "GPT-tiny", "--num-classes", str(N_CLASSES),
+         "--save-path", str(tmp_path / "gpt"), "--sub-exp-dir", "tiny2d", "--iterations", "6", "--global-batch-size",
+         "8", "--lr", "3e-3", "--num-workers", "0", "--device", "cpu", "--log-every", "3", "--no-compile",
+         "--mixed-precision", "none"], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = tmp_path / "gpt" / "tiny2d" / "checkpoints" / "0000006.pt"
+    ckpt = load_checkpoint_file(path)
+    assert ckpt["gpt_config"]["gpt_2d"] is True and "positional_embedding" not in ckpt["model"]
+    gpt = load_gpt(ckpt["gpt_config"], path)
+    assert gpt.positional_embedding is None and gpt.block_size == tok.num_tokens
+    codes = generate(gpt, torch.tensor([0, 3]), tok.num_tokens, cfg_scale=2.0, top_k=1, sample_logits=False)
+    assert codes.shape == (2, tok.num_tokens) and int(codes.max()) < tok.codebook_size
+    res = val_main(["--gpt-ckpt", str(path), "--tok-config", str(tok_cfg), "--code-path", str(tmp_path / "codes"),
+                    "--device", "cpu", "--num-workers", "0", "--precision", "none", "--no-txt",
+                    "--out-json", str(tmp_path / "val.json")])
+    assert math.isfinite(res["val_loss"]) and res["num_images"] == 4 * N_CLASSES

@@ -77,24 +77,47 @@ def tokenizer_vector(config: str, seed: int, photos: tuple[str, ...], commit: st
             "num_params": sum(t.numel() for t in model.state_dict().values())}
 
 
-def gpt_vector(commit: str) -> dict:
+def _process_group() -> None:
     import torch.distributed as dist
-
-    from autoregressive.models.generate import generate
-    from autoregressive.models.gpt_1d import GPT_models
 
     if not dist.is_initialized():  # the original's generate asks for the rank
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29533")
         dist.init_process_group("gloo", rank=0, world_size=1)
-    model = GPT_models["GPT-B"](**GPT_ARGS).eval()
+
+
+def original_gpt_2d(name: str):
+    """The original's 2D GPT (autoregressive/models/gpt.py), with one fix for generation: its cached decode step
+    embeds the class passed as ``cond_idx`` instead of the previous token (generate always passes it), so the decode
+    steps here get ``cond_idx=None``, which the original's own code path then handles correctly."""
+    from autoregressive.models import gpt as original
+
+    class Fixed(original.Transformer):
+        def forward(self, idx, cond_idx, input_pos=None, targets=None, mask=None, ret_inner_feat_layer=None,
+                    valid=None, using_kv_cache=False):
+            if using_kv_cache and idx is not None:
+                cond_idx = None
+            return super().forward(idx, cond_idx, input_pos, targets, mask, ret_inner_feat_layer, valid,
+                                   using_kv_cache)
+
+    n_layer, n_head, dim = {"GPT-B": (12, 12, 768), "GPT-XXL": (48, 24, 1536)}[name]
+    return Fixed(original.ModelArgs(n_layer=n_layer, n_head=n_head, dim=dim, **GPT_ARGS))
+
+
+def gpt_vector(commit: str, two_d: bool = False) -> dict:
+    from autoregressive.models.generate import generate
+    from autoregressive.models.gpt_1d import GPT_models
+
+    _process_group()
+    model = (original_gpt_2d("GPT-B") if two_d else GPT_models["GPT-B"](**GPT_ARGS)).eval()
     model.load_state_dict(seeded_state_dict(model.state_dict(), seed=0), strict=True)
     labels = torch.tensor(GPT_LABELS)
     tokens = torch.randint(0, GPT_ARGS["vocab_size"], (len(GPT_LABELS), GPT_ARGS["block_size"]),
                            generator=torch.Generator().manual_seed(GPT_TOKEN_SEED))
     with torch.no_grad():
         logits = model(idx=tokens[:, :-1], cond_idx=labels)[0]
-    out = {"kind": "gpt", "model": "GPT-B", "seed": 0, "original_commit": commit, "token_seed": GPT_TOKEN_SEED,
+    out = {"kind": "gpt", "model": "GPT-B", "gpt_2d": two_d, "seed": 0, "original_commit": commit,
+           "token_seed": GPT_TOKEN_SEED,
            "labels": labels, "tokens": tokens, "logits_every16": logits[:, ::16].clone(),
            "logits_argmax": logits.argmax(-1), "num_params": sum(p.numel() for p in model.parameters())}
     for key, case in GREEDY_CASES.items():
@@ -119,12 +142,15 @@ def tokenizer_manifest(config: str) -> dict:
             "dtypes": sorted({str(t.dtype) for t in sd.values()}), "state_dict": shapes(sd)}
 
 
-def gpt_manifest(name: str) -> dict:
+def gpt_manifest(name: str, two_d: bool = False) -> dict:
     from autoregressive.models.gpt_1d import GPT_models
 
-    model = GPT_models[name](**GPT_ARGS)  # on CPU: the original's constructor calls .item(), which meta cannot
+    # on CPU: the original's constructors call .item(), which the meta device cannot
+    model = original_gpt_2d(name) if two_d else GPT_models[name](**GPT_ARGS)
     sd = model.state_dict()
-    return {"model": name, "variant": "autoregressive/models/gpt_1d.py Transformer (the released checkpoints' class)",
+    variant = ("autoregressive/models/gpt.py Transformer (GPT_models_2d, 2D RoPE)" if two_d else
+               "autoregressive/models/gpt_1d.py Transformer (the released checkpoints' class)")
+    return {"model": name, "variant": variant,
             **GPT_ARGS, "num_keys": len(sd), "num_params": sum(t.numel() for t in sd.values()),
             "state_dict": shapes(sd)}
 
@@ -136,7 +162,8 @@ def write_json(path: Path, payload: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["manifests", "vectors"], default=None, help="write only one kind")
+    parser.add_argument("--only", choices=["manifests", "vectors", "gpt2d"], default=None,
+                        help="write only one kind (gpt2d: only the 2D GPT's vector and manifest)")
     args = parser.parse_args()
     sys.path.insert(0, os.getcwd())  # the original's packages (tokenizer/, autoregressive/, utils/)
     if not Path("tokenizer/tokenizer_image/vq/vq_vit_model.py").exists():
@@ -149,13 +176,19 @@ def main() -> None:
             write_json(MANIFESTS / f"tok_{config}.json", {"original_commit": commit, **tokenizer_manifest(config)})
         for name in ("GPT-B", "GPT-XXL"):
             write_json(MANIFESTS / f"gpt_{name}.json", {"original_commit": commit, **gpt_manifest(name)})
+        write_json(MANIFESTS / "gpt_2d_GPT-B.json", {"original_commit": commit, **gpt_manifest("GPT-B", True)})
+    if args.only == "gpt2d":
+        write_json(MANIFESTS / "gpt_2d_GPT-B.json", {"original_commit": commit, **gpt_manifest("GPT-B", True)})
+        torch.save(gpt_vector(commit, True), HERE / "GPT-B_2d_seed0.pt")
+        print("wrote", (HERE / "GPT-B_2d_seed0.pt").relative_to(REPO))
     if args.only in (None, "vectors"):
         for config, seed, photos in TOKENIZER_VECTORS:
             path = HERE / f"{config}_seed{seed}.pt"
             torch.save(tokenizer_vector(config, seed, photos, commit), path)
             print("wrote", path.relative_to(REPO))
-        torch.save(gpt_vector(commit), HERE / "GPT-B_seed0.pt")
-        print("wrote", (HERE / "GPT-B_seed0.pt").relative_to(REPO))
+        for name, two_d in (("GPT-B_seed0.pt", False), ("GPT-B_2d_seed0.pt", True)):
+            torch.save(gpt_vector(commit, two_d), HERE / name)
+            print("wrote", (HERE / name).relative_to(REPO))
 
 
 if __name__ == "__main__":
