@@ -25,7 +25,7 @@ def test_no_file_refers_to_a_folder_beside_the_repo():
 def test_parity_vectors_and_manifests_are_shipped():
     assert {p.name for p in PARITY.glob("*.pt")} == {
         "VQ_SS256_seed0.pt", "VQ_SS256_2d_seed0.pt", "VQ_SB256_seed1.pt", "VQ_SB256_2d_seed1.pt",
-        "VQ_BL256_train_new_seed1.pt", "VQ_BL256_2d_seed1.pt", "GPT-B_seed0.pt"}
-    assert len(list(MANIFESTS.glob("tok_*.json"))) == 9 and len(list(MANIFESTS.glob("gpt_*.json"))) == 2
+        "VQ_BL256_train_new_seed1.pt", "VQ_BL256_2d_seed1.pt", "GPT-B_seed0.pt", "GPT-B_2d_seed0.pt"}
+    assert len(list(MANIFESTS.glob("tok_*.json"))) == 9 and len(list(MANIFESTS.glob("gpt_*.json"))) == 3
     size = sum(p.stat().st_size for p in (REPO / "tests" / "data").rglob("*") if p.is_file())
     assert size < 20 * 2**20, f"test data is {size / 2**20:.1f} MiB"
