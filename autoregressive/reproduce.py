@@ -1,0 +1,293 @@
+"""One command per published number: ``scripts/reproduce.sh ROW`` runs the original's recipe for a row of the
+README's model table with the project's own drivers and writes ``results/reproduce/<row>.json``.
+
+    bash scripts/reproduce.sh list                       # every row, its paper value and settings
+    GPUS=8 bash scripts/reproduce.sh gfid/GPT-B_VQ_XLXXL  # [--search] [--dry-run]
+    bash scripts/reproduce.sh rfid/VQ_SS256 --tiny results/quickstart   # the same chain on the quickstart's models
+
+Rows: ``rfid/<tokenizer>`` (rFID, rsFID and LPIPS of the reconstructions of ImageNet val), ``gfid/<gpt>`` (50k samples,
+step CFG schedule from 0.18, fp32, seed 0, against ADM's reference batch; ``--search`` runs the original's CFG search
+from its start table, and is the default for rows whose CFG scale the original's docs do not give), ``probe/<gpt>``
+(the GPT's linear probe: 90 epochs, then evaluation of the last checkpoint). The released weights come from the Hub.
+
+Data: ``VAL_PATH`` (256-px val images, from ``scripts/val.sh --sample-dir results/reconstructions/img_data``; default
+``results/reconstructions/img_data/val_imagenet``), ``GT_VAL_NPZ_PATH`` (its npz, the rFID reference),
+``GT_NPZ_PATH`` (``VIRTUAL_imagenet256_labeled.npz``), ``IMGNET_ROOT`` (ImageNet with ``ILSVRC2012_img_{train,val}``,
+for the probes). The result JSON holds the paper's and the measured value, their difference, every setting and
+command, the software versions, the GPU type and count, and the sha256 of the checkpoints and the reference.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from utils.cli import HelpFormatter
+from utils.released import GPTS, TOKENIZERS
+
+REPO = Path(__file__).resolve().parents[1]
+EXIT_MISSING = 2
+
+
+@dataclass
+class Row:
+    name: str
+    kind: str               # rfid | gfid | probe
+    paper: dict
+    tokenizer: str
+    gpt: str | None = None
+    settings: dict = field(default_factory=dict)
+
+
+def rows() -> dict[str, Row]:
+    out = {}
+    for t in TOKENIZERS.values():
+        out[f"rfid/{t.name}"] = Row(f"rfid/{t.name}", "rfid", {"rfid": t.rfid, "lpips": t.lpips}, t.name,
+                                    settings={"image_size": 256, "precision": "none", "per_proc_batch_size": 32})
+    for g in GPTS.values():
+        out[f"gfid/{g.name}"] = Row(f"gfid/{g.name}", "gfid", {"gfid": g.gfid}, g.tokenizer, g.name, settings={
+            "cfg_schedule": "step", "step_start_ratio": 0.18, "cfg_scale": g.cfg_scale, "precision": "none",
+            "num_fid_samples": 50_000, "global_seed": 0, "per_proc_batch_size": 16})
+    for g in GPTS.values():
+        out[f"probe/{g.name}"] = Row(f"probe/{g.name}", "probe", {"acc": g.acc}, g.tokenizer, g.name, settings={
+            "epochs": 90, "blr": 0.1, "batch_size": 128, "ckpt_epoch": 5, "mixed_precision": "fp16"})
+    return out
+
+
+# ----- the inputs a row needs ----------------------------------------------------------------------------------------
+
+@dataclass
+class Inputs:
+    tok_config: str
+    vq_ckpt: str
+    gpt_model: str | None
+    gpt_ckpt: str | None
+    val_path: str
+    val_npz: str
+    gt_npz: str
+    imagenet: str
+    tiny: bool = False
+    num_classes: int = 1000
+    image_size: int = 256
+
+
+def released_inputs(row: Row) -> Inputs:
+    tok = TOKENIZERS[row.tokenizer]
+    gpt = GPTS[row.gpt] if row.gpt else None
+    return Inputs(tok_config=tok.config, vq_ckpt=tok.file, gpt_model=gpt.preset if gpt else None,
+                  gpt_ckpt=gpt.file if gpt else None,
+                  val_path=os.environ.get("VAL_PATH", "results/reconstructions/img_data/val_imagenet"),
+                  val_npz=os.environ.get("GT_VAL_NPZ_PATH", "results/reconstructions/img_data/val_imagenet.npz"),
+                  gt_npz=os.environ.get("GT_NPZ_PATH", "VIRTUAL_imagenet256_labeled.npz"),
+                  imagenet=os.environ.get("IMGNET_ROOT", "$IMGNET_ROOT"))
+
+
+def _newest(folder: Path) -> str:
+    found = sorted(folder.glob("[0-9]" * 7 + ".pt"))
+    if not found:
+        raise FileNotFoundError(f"no checkpoint in {folder} (run bash scripts/quickstart.sh first)")
+    return str(found[-1])
+
+
+def tiny_inputs(quickstart: Path) -> Inputs:
+    """The quickstart's tokenizer, GPT and data in place of the released models and ImageNet."""
+    return Inputs(tok_config="configs/vq/VQ_tiny32_2d.yaml",
+                  vq_ckpt=_newest(quickstart / "tokenizer" / "VQ_tiny32_2d" / "checkpoints"),
+                  gpt_model="GPT-tiny", gpt_ckpt=_newest(quickstart / "gpt" / "GPT-tiny" / "checkpoints"),
+                  val_path=str(quickstart / "eval" / "val"), val_npz=str(quickstart / "eval" / "val.npz"),
+                  gt_npz=str(quickstart / "eval" / "val.npz"), imagenet=str(quickstart / "data"), tiny=True,
+                  num_classes=10, image_size=32)
+
+
+def missing_inputs(row: Row, inp: Inputs) -> list[str]:
+    """What the row needs that is not on disk, each with where to get it."""
+    need = []
+    if row.kind == "rfid":
+        if not Path(inp.val_path).is_dir():
+            need.append(f"VAL_PATH={inp.val_path}: the 256-px ImageNet val images; make them (and the npz) with "
+                        "bash scripts/val.sh --data-path $IMGNET_ROOT/ILSVRC2012_img_val --sample-dir "
+                        "results/reconstructions/img_data")
+        if not Path(inp.val_npz).is_file():
+            need.append(f"GT_VAL_NPZ_PATH={inp.val_npz}: the rFID reference batch (scripts/val.sh writes it)")
+    if row.kind == "gfid" and not Path(inp.gt_npz).is_file():
+        need.append(f"GT_NPZ_PATH={inp.gt_npz}: ADM's reference batch VIRTUAL_imagenet256_labeled.npz (download it "
+                    "from the guided-diffusion evaluation page: openaipublic ref_batches/imagenet/256/)")
+    if row.kind == "probe":
+        for split in ("train", "val") if inp.tiny else ("ILSVRC2012_img_train", "ILSVRC2012_img_val"):
+            if not (Path(inp.imagenet) / split).is_dir():
+                need.append(f"IMGNET_ROOT={inp.imagenet}: needs {split}/ (ImageNet class folders)")
+    return need
+
+
+# ----- the commands ----------------------------------------------------------------------------------------------
+
+def commands(row: Row, inp: Inputs, out: Path, search: bool) -> list[list[str]]:
+    """The entry-script command lines of the row, in order (``bash scripts/<script> ...``)."""
+    s, safe = row.settings, row.name.split("/", 1)[1]
+    if row.kind == "rfid":
+        cmd = ["reconstruction.sh", "--data-path", inp.val_path, "--image-size", str(inp.image_size), "--quant-way",
+               "vq", "--sample-dir", str(out / "rfid"), "--run-name", safe, "--vq-ckpt", inp.vq_ckpt,
+               "--model-config", inp.tok_config, "--gt-npz-path", inp.val_npz, "--precision", s["precision"],
+               "--per-proc-batch-size", str(s["per_proc_batch_size"]), "--clear-cache"]
+        if not inp.tiny:
+            cmd.append("--lpips")  # the tiny chain runs offline: no VGG weights
+        else:
+            cmd += ["--fid-method", "eigh", "--num-workers", "0"]
+        return [cmd]
+    if row.kind == "gfid":
+        cmd = ["sample_c2i_search_cfg.sh", "--quant-way", "vq", "--image-size", str(inp.image_size), "--sample-dir",
+               str(out / "gfid" / safe), "--vq-ckpt", inp.vq_ckpt, "--tok-config", inp.tok_config, "--gpt-model",
+               inp.gpt_model, "--gpt-ckpt", inp.gpt_ckpt, "--cfg-schedule", s["cfg_schedule"], "--step-start-ratio",
+               str(s["step_start_ratio"]), "--precision", s["precision"], "--global-seed", str(s["global_seed"]),
+               "--gt-npz-path", inp.gt_npz, "--clear-cache"]
+        if inp.tiny:
+            cmd += ["--num-classes", str(inp.num_classes), "--num-fid-samples", "60", "--per-proc-batch-size", "30",
+                    "--fid-method", "eigh"]
+        else:
+            cmd += ["--num-fid-samples", str(s["num_fid_samples"]), "--per-proc-batch-size",
+                    str(s["per_proc_batch_size"])]
+        if search or s["cfg_scale"] is None:
+            cmd.append("--search")
+        else:
+            cmd += ["--cfg-scale", str(s["cfg_scale"])]
+        return [cmd]
+    exp = out / "probe"
+    common = ["--save-path", str(exp), "--sub-exp-dir", safe, "--model-config", inp.tok_config, "--vq-ckpt",
+              inp.vq_ckpt, "--gpt-model", inp.gpt_model, "--gpt-ckpt", inp.gpt_ckpt, "--blr", str(s["blr"]),
+              "--ckpt-epoch", str(s["ckpt_epoch"]), "--mixed-precision", s["mixed_precision"]]
+    if inp.tiny:
+        common += ["--train-path", str(Path(inp.imagenet) / "train"), "--val-path", str(Path(inp.imagenet) / "val"),
+                   "--data-path", inp.imagenet, "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "64",
+                   "--num-classes", str(inp.num_classes), "--gpt-num-classes", str(inp.num_classes),
+                   "--mixed-precision", "none", "--num-workers", "0"]
+    else:
+        common += ["--data-path", inp.imagenet, "--epochs", str(s["epochs"]), "--batch-size", str(s["batch_size"])]
+    epochs = 2 if inp.tiny else s["epochs"]
+    return [["train_lin_probe_gpt.sh", *common],
+            ["train_lin_probe_gpt.sh", *common, "--eval", "--lin-probe-ckpt",
+             str(exp / safe / "checkpoints" / f"{epochs - 1:04d}.pt")]]
+
+
+# ----- results -------------------------------------------------------------------------------------------------------
+
+def measured(row: Row, out: Path, cmd: list[str]) -> dict:
+    safe = row.name.split("/", 1)[1]
+    if row.kind == "rfid":
+        m = json.loads((out / "rfid" / safe / "metrics.json").read_text())
+        return {"rfid": m["rfid"], "rsfid": m.get("rsfid"), "lpips": m.get("lpips"), "psnr": m["psnr"],
+                "ssim": m["ssim"], "num_images": m["num_images"]}
+    if row.kind == "gfid":
+        from autoregressive import cfg_search
+        sample_dir = Path(cmd[cmd.index("--sample-dir") + 1])
+        csv = sample_dir.parent / "search_results" / f"{sample_dir.name}.csv"
+        best = cfg_search.best_recorded(csv, row.settings["cfg_schedule"])
+        if best is None:
+            raise RuntimeError(f"no result row in {csv}")
+        scale = None if "--search" in cmd else float(cmd[cmd.index("--cfg-scale") + 1])
+        if scale is not None:
+            rows_ = [r for r in cfg_search.read_rows(csv) if r.get("cfg_schedule") == row.settings["cfg_schedule"]
+                     and round(float(r["cfg_scale"]), 4) == round(scale, 4)]
+            best = rows_[-1] if rows_ else best
+        return {"gfid": float(best["FID"]), "cfg_scale": float(best["cfg_scale"]), "sfid": float(best["sFID"]),
+                "inception_score": float(best["Inception Score"]), "precision": float(best["Precision"]),
+                "recall": float(best["Recall"]), "results_csv": str(csv)}
+    m = json.loads((out / "probe" / safe / "metrics.json").read_text())
+    return {"acc": 100.0 * m["top1"], "top5": 100.0 * m["top5"], "num_images": m["total"]}
+
+
+def environment() -> dict:
+    import torch
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
+        else []
+    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "gpu": gpus[0] if gpus else None, "gpu_count": len(gpus),
+            "processes": int(os.environ.get("GPUS", os.environ.get("NPROC_PER_NODE", "1")))}
+
+
+def checksums(inp: Inputs, row: Row) -> dict:
+    from utils.checkpoint import resolve_checkpoint, sha256_file
+    out = {"vq_ckpt": sha256_file(resolve_checkpoint(inp.vq_ckpt))}
+    if inp.gpt_ckpt:
+        out["gpt_ckpt"] = sha256_file(resolve_checkpoint(inp.gpt_ckpt))
+    ref = {"rfid": inp.val_npz, "gfid": inp.gt_npz}.get(row.kind)
+    if ref:
+        out["reference"] = sha256_file(ref)
+    return out
+
+
+def print_table(table: dict[str, Row]) -> None:
+    print(f"{'row':<30} {'paper':<28} settings")
+    for name, row in table.items():
+        paper = ", ".join(f"{k} {v}" for k, v in row.paper.items())
+        s = row.settings
+        if row.kind == "gfid":
+            cfg = f"CFG {s['cfg_scale']}" if s["cfg_scale"] is not None else "CFG search"
+            detail = f"{cfg}, step from {s['step_start_ratio']}, fp32, {s['num_fid_samples']:,} samples, seed 0"
+        elif row.kind == "rfid":
+            detail = "ImageNet val 256, fp32, rFID + rsFID + LPIPS"
+        else:
+            detail = f"{s['epochs']} epochs, blr {s['blr']}, batch {s['batch_size']}/GPU, {s['mixed_precision']}"
+        print(f"{name:<30} {paper:<28} {detail}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bash scripts/reproduce.sh", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("row", help="'list', or a row name such as gfid/GPT-B_VQ_XLXXL (see 'list')")
+    p.add_argument("--search", action="store_true", help="gfid: the original's CFG search instead of the given scale")
+    p.add_argument("--dry-run", action="store_true", help="print the commands and stop (nothing is checked or run)")
+    p.add_argument("--tiny", metavar="QUICKSTART_DIR", default=None,
+                   help="run the row's chain on the quickstart's models and data in this folder (offline, CPU)")
+    p.add_argument("--out", default="results/reproduce", help="folder of the outputs and <row>.json")
+    return p
+
+
+def main(argv=None) -> dict | None:
+    args = build_parser().parse_args(argv)
+    table = rows()
+    if args.row == "list":
+        print_table(table)
+        return None
+    if args.row not in table:
+        import difflib
+        near = difflib.get_close_matches(args.row, list(table), n=3, cutoff=0.3)
+        sys.exit(f"unknown row {args.row!r}" + (f"; did you mean {', '.join(near)}?" if near else "") +
+                 " ('bash scripts/reproduce.sh list' shows every row)")
+    row = table[args.row]
+    inp = tiny_inputs(Path(args.tiny)) if args.tiny else released_inputs(row)
+    out = Path(args.out) / ("tiny" if inp.tiny else "")
+    cmds = commands(row, inp, out, args.search)
+    if args.dry_run:
+        for cmd in cmds:
+            print("bash scripts/" + " ".join(shlex.quote(c) for c in cmd))
+        return {"row": row.name, "commands": cmds}
+    need = missing_inputs(row, inp)
+    if need:
+        sys.exit(f"{row.name} needs files that are not here:\n  " + "\n  ".join(need))
+    start = time.time()
+    for cmd in cmds:
+        print("[reproduce] bash scripts/" + " ".join(shlex.quote(c) for c in cmd), flush=True)
+        subprocess.run(["bash", str(REPO / "scripts" / cmd[0]), *cmd[1:]], check=True)
+    got = measured(row, out, cmds[-1])
+    key = next(iter(row.paper))
+    result = {"row": row.name, "kind": row.kind, "tiny": inp.tiny, "paper": row.paper, "measured": got,
+              "difference": None if got.get(key) is None else got[key] - row.paper[key],
+              "settings": row.settings, "inputs": vars(inp),
+              "commands": ["bash scripts/" + shlex.join(c) for c in cmds],
+              "environment": environment(), "sha256": checksums(inp, row), "seconds": time.time() - start,
+              "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    path = out / f"{row.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str))
+    print(f"[reproduce] {row.name}: paper {key} {row.paper[key]}, measured {got.get(key)}; details in {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
