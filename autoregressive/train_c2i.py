@@ -377,15 +377,13 @@ class Trainer:
         model_sd = strip_prefixes(select_state_dict(ckpt, str(path), entries=("model",)))
         kit.load_model_state(self.raw_model, model_sd, self.fsdp, source=str(path))
         osd = ckpt.get("optimizer")
-        if osd:
+        if kit.check_optimizer_state(ckpt, path, a.reset_optimizer, self.log):
             by_id = (osd.get("state") and all(isinstance(k, int) for k in osd["state"])) or (
                 not osd.get("state") and osd.get("param_groups")
                 and all(isinstance(p, int) for g in osd["param_groups"] for p in g["params"]))
             if by_id:  # the original's DDP checkpoints
                 osd = optimizer_ids_to_names(osd, param_group_names(self.raw_model))
             kit.load_optimizer_state(self.raw_model, self.optimizer, osd)
-        else:
-            self.log(f"WARNING: {path} has no optimizer state; AdamW restarts from zero moments")
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None:

@@ -277,7 +277,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(strip_prefixes(ckpt["ema"]) if "ema" in ckpt else model_sd)
         loaded = ["model"] + (["ema"] if self.ema is not None and "ema" in ckpt else [])
-        if "optimizer" in ckpt:
+        if kit.check_optimizer_state(ckpt, path, self.args.reset_optimizer, self.log):
             osd = ckpt["optimizer"]
             if osd.get("state") and all(isinstance(k, int) for k in osd["state"]) and not self.fsdp:
                 self.opt.load_state_dict(osd)  # original-format (parameter-index keyed) optimiser state

@@ -18,6 +18,7 @@ import os
 import random
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -189,6 +190,31 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
                              options=StateDictOptions(full_state_dict=True, strict=False))
 
 
+def original_fsdp_optimizer_shards(checkpoint: Path) -> list[Path]:
+    """The per-rank optimiser files the original's FSDP trainers write beside ``checkpoints/<step>.pt``
+    (``optim_checkpoints/<step>/optimizer.<rank>-of-<world>.pt``); empty when there are none."""
+    folder = Path(checkpoint).parent.parent / "optim_checkpoints" / Path(checkpoint).stem
+    return sorted(folder.glob("optimizer.*-of-*.pt"))
+
+
+def check_optimizer_state(ckpt: dict, path: Path, allow_reset: bool, log: Callable[[str], None]) -> bool:
+    """Whether ``ckpt`` carries optimiser state to load. Without it, training continues with fresh AdamW moments
+    only when ``allow_reset`` (--reset-optimizer) or when the file is a weights-only start; an original FSDP
+    checkpoint (moments in per-rank shards that cannot be mapped here) is refused unless ``allow_reset``."""
+    if ckpt.get("optimizer"):
+        return True
+    shards = original_fsdp_optimizer_shards(path)
+    if shards and not allow_reset:
+        raise CheckpointError(
+            f"{path} is an original FSDP checkpoint: its optimiser moments are in per-rank shards ({shards[0].parent}/"
+            f"{shards[0].name}, ...) of the original's flat parameters, which this trainer cannot map onto its "
+            "parameters. Pass --reset-optimizer to continue from these weights with fresh AdamW moments (the step "
+            "count and LR schedule continue), or resume from a checkpoint written by this trainer.")
+    log(f"WARNING: {path} has no optimizer state; AdamW restarts from zero moments"
+        + (" (--reset-optimizer)" if allow_reset else ""))
+    return False
+
+
 def rng_state(device: torch.device) -> dict:
     """This process's torch / Python / NumPy (and CUDA) generator states, in a weights-only-loadable form."""
     np_state = np.random.get_state()
@@ -221,6 +247,9 @@ def add_checkpoint_flags(group: argparse._ActionsContainer, max_milestone_num: i
     group.add_argument("--auto-resume", action=argparse.BooleanOptionalAction, default=True,
                        help="continue from the newest complete checkpoint of the experiment (as the original); "
                             "--no-auto-resume refuses to start in a folder that has checkpoints")
+    group.add_argument("--reset-optimizer", action="store_true",
+                       help="resume from a checkpoint without usable optimiser state (e.g. the original's FSDP "
+                            "checkpoints, whose moments are per-rank shards) with fresh AdamW moments")
     group.add_argument("--milestone-step", type=int, default=50_000,
                        help="checkpoint retention, as the original: the steps milestone-start + k * milestone-step "
                             "(k >= 0) are milestones, kept up to --max-milestone-num; other checkpoints older than "

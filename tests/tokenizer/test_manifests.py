@@ -28,6 +28,8 @@ def test_state_dict_matches_manifest(name):
     expected = {k: list(v["shape"]) if isinstance(v, dict) else list(v) for k, v in manifest["state_dict"].items()}
     assert sorted(shapes) == sorted(expected)
     assert shapes == expected
+    # same ORDER as well: an original checkpoint's index-keyed optimiser state is matched by parameter position
+    assert list(shapes) == list(expected)
     assert len(shapes) == manifest["num_keys"]
     assert manifest["num_parameters"] == PARAMS[name]
     assert sum(p.numel() for p in model.parameters()) == PARAMS[name]

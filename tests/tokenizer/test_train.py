@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 from tokenizer import build_tokenizer, load_tokenizer  # noqa: E402
 from tokenizer.train import EXIT_DIVERGED, TrainingDiverged, list_checkpoints  # noqa: E402
 from tokenizer.train import main as train_main
-from utils.checkpoint import load_checkpoint_file  # noqa: E402
+from utils.checkpoint import CheckpointError, load_checkpoint_file  # noqa: E402
 from utils.config import ConfigError  # noqa: E402
 from utils.data import ImageFolderDataset, random_crop_arr, train_transform  # noqa: E402
 from utils.logging import read_metrics  # noqa: E402
@@ -208,6 +208,62 @@ def test_config_init_ckpt_starts_a_new_experiment_from_its_weights(images, tmp_p
     assert f"from {base}; continuing at step 0" in log
     train_main(train_args(images, tmp_path, "init2", 1, "--ckpt-every", "1", overrides=[f"+model.init_ckpt={base}"]))
     assert ckpt_steps(tmp_path / "init2") == [1]  # step 0 -> 1, not 2 -> 3
+
+
+def _original_style_checkpoint(config: Path, path: Path, overrides=()) -> dict:
+    """What the original's DDP trainer saves: model, an index-keyed AdamW state over model.parameters() (one group,
+    in the original's parameter order) and steps, after one update."""
+    torch.manual_seed(0)
+    model = build_tokenizer(config, list(overrides)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = model(x)
+    (out[0][0] - x).pow(2).mean().backward()
+    opt.step()
+    ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), "steps": 1}
+    torch.save(ckpt, path)
+    return ckpt
+
+
+def test_original_2d_checkpoint_resumes_with_its_adamw_moments_on_the_right_tensors(images, tmp_path):
+    """The 2D ViTs register their modules in the original's order, so an index-keyed optimiser state from the
+    original's trainer lands on the tensors it belongs to (tested against the original's key order in
+    test_manifests) and the next step trains."""
+    cfg = CONFIGS / "VQ_tiny32_2d.yaml"
+    original = _original_style_checkpoint(cfg, tmp_path / "orig.pt")
+    args = train_args(images, tmp_path, "resume2d", 2, "--vq-ckpt", str(tmp_path / "orig.pt"), "--ckpt-every", "2",
+                      micro=False)
+    args[args.index("--model-config") + 1] = str(cfg)
+    train_main(args)
+    log = (tmp_path / "resume2d" / "log.txt").read_text()
+    assert "loaded model, optimizer" in log and "continuing at step 1" in log
+    ckpt = load_checkpoint_file(tmp_path / "resume2d" / "checkpoints" / "0000002.pt")
+    names = [n for n, _ in build_tokenizer(cfg).named_parameters()]
+    moments = ckpt["optimizer"]["state"]
+    had_moments = {names[i] for i in original["optimizer"]["state"]}  # index -> name in the original's order
+    assert had_moments and had_moments <= set(moments)  # the distill head (off here) never had any
+    for name in moments:  # every moment still has its own parameter's shape
+        assert moments[name]["exp_avg"].shape == ckpt["model"][name].shape, name
+
+
+def test_original_fsdp_checkpoint_needs_reset_optimizer(images, tmp_path):
+    """The original's FSDP trainer keeps AdamW moments in per-rank shards beside the checkpoint; resuming from it
+    is refused with the reason unless --reset-optimizer, which then warns and trains."""
+    exp = tmp_path / "fsdp_orig"
+    ckpt = _original_style_checkpoint(TINY, tmp_path / "full.pt", MICRO)
+    (exp / "checkpoints").mkdir(parents=True)
+    torch.save({"model": ckpt["model"], "steps": 1}, exp / "checkpoints" / "0000001.pt")
+    shard_dir = exp / "optim_checkpoints" / "0000001"
+    shard_dir.mkdir(parents=True)
+    for r in range(2):
+        torch.save({"state": {}, "param_groups": []}, shard_dir / f"optimizer.{r:05d}-of-00002.pt")
+    args = train_args(images, tmp_path, "fsdp_orig", 2, "--ckpt-every", "2")
+    with pytest.raises(CheckpointError, match=r"original FSDP checkpoint.*--reset-optimizer"):
+        train_main(args)
+    train_main(args + ["--reset-optimizer"])
+    log = (exp / "log.txt").read_text()
+    assert "no optimizer state; AdamW restarts from zero moments (--reset-optimizer)" in log
+    assert ckpt_steps(exp) == [1, 2]
 
 
 def test_corrupt_image_is_skipped_and_reported(tmp_path):

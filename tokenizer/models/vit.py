@@ -209,14 +209,19 @@ class ViTDecoder(nn.Module):
 class _ViT2D(nn.Module):
     """Shared body of the 2D encoder/decoder: embed grid tokens, run a stack, map back to a grid."""
 
-    def __init__(self, size: str, grid_size: int, token_size: int, layer_type: str, out_kernel: int):
+    def __init__(self, size: str, grid_size: int, token_size: int, layer_type: str, out_kernel: int,
+                 embed_name: str):
         super().__init__()
         if layer_type not in LAYER_TYPES:
             raise ValueError(f"transformer_layer_type must be one of {list(LAYER_TYPES)}, got {layer_type!r}")
         cfg = vit_size(size)
         d = cfg.width
         self.grid_size, self.layer_type = grid_size, layer_type
+        # Registered in the original's order (position table, input embedding, ln_pre, blocks, ln_post, conv_out):
+        # the parameter order decides which tensor an original checkpoint's index-keyed optimiser state belongs to.
         self.positional_embedding = _pos_table(grid_size ** 2, d)
+        self.add_module(embed_name, nn.Linear(token_size, d))
+        self.ln_pre = nn.LayerNorm(token_size)
         self.transformer = nn.ModuleList([LAYER_TYPES[layer_type](d, cfg.heads) for _ in range(cfg.layers)])
         self.ln_post = nn.LayerNorm(d)
         self.conv_out = nn.Conv2d(d, token_size, out_kernel, padding=out_kernel // 2)
@@ -236,10 +241,7 @@ class ViTEncoder2D(_ViT2D):
     """2D encoder: grid tokens stay a grid (no 1D bottleneck)."""
 
     def __init__(self, size: str, grid_size: int, token_size: int, layer_type: str):
-        super().__init__(size, grid_size, token_size, layer_type, out_kernel=1)
-        d = vit_size(size).width
-        self.encoder_embed = nn.Linear(token_size, d)
-        self.ln_pre = nn.LayerNorm(token_size)
+        super().__init__(size, grid_size, token_size, layer_type, out_kernel=1, embed_name="encoder_embed")
 
     def forward(self, s: torch.Tensor, return_feat: bool = False) -> torch.Tensor:
         x = self._run(self.encoder_embed(self.ln_pre(_grid_to_seq(s))))
@@ -252,13 +254,10 @@ class ViTDecoder2D(_ViT2D):
 
     def __init__(self, size: str, grid_size: int, token_size: int, layer_type: str,
                  distill_depth: int | None, out_inner_dim: int):
-        super().__init__(size, grid_size, token_size, layer_type, out_kernel=3)
-        d = vit_size(size).width
+        super().__init__(size, grid_size, token_size, layer_type, out_kernel=3, embed_name="decoder_embed")
         self.distill_depth = distill_depth
-        self.decoder_embed = nn.Linear(token_size, d)
-        self.ln_pre = nn.LayerNorm(token_size)
         if distill_depth is not None:
-            self.distill_mlp = _distill_head(d, out_inner_dim)
+            self.distill_mlp = _distill_head(vit_size(size).width, out_inner_dim)
 
     def forward(self, z: torch.Tensor, ret_inner_feat: bool = False):
         captured: list[torch.Tensor] = []
