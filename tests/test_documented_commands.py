@@ -72,7 +72,7 @@ def test_documented_command_runs_as_written(doc, line):
         return
     expanded = [re.sub(r"\$(\w+)|\$\{(\w+)\}", lambda m: FAKE_ENV.get(m.group(1) or m.group(2), ""), w)
                 for w in words]
-    proc = subprocess.run(expanded, cwd=REPO, env=child_env(**FAKE_ENV, **env), capture_output=True, text=True,
+    proc = subprocess.run(expanded, cwd=REPO, env=child_env(**{**FAKE_ENV, **env}), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, f"{doc}: {line}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
     launched = [shlex.split(out[len("DRY-RUN "):]) for out in proc.stdout.splitlines() if out.startswith("DRY-RUN ")]
