@@ -169,7 +169,7 @@ def _plain_args(args: argparse.Namespace) -> dict:
 class Trainer:
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self.logger = self.writer = None
+        self.logger = self.writer = self.lock = None
         self.log_dir: Optional[Path] = None
         self.last_checkpoint: Optional[Path] = None
         self._pending: list[str] = []
@@ -210,7 +210,8 @@ class Trainer:
         if d.is_main:
             for folder in (self.const_ckpt_dir, *((self.cd_dir / "checkpoints",) if self.cd_dir else ())):
                 folder.mkdir(parents=True, exist_ok=True)
-        barrier()
+        self.lock = kit.lock_experiment(self.experiment_dir, d.is_main, print)
+        self.watch = kit.launcher_watch()
         self._build_data()
         torch.manual_seed(a.global_seed)  # identical initialisation on every rank, independent of the world size
         self.raw_model = build_model(a, self.vocab_size, self.block_size)
@@ -462,6 +463,7 @@ class Trainer:
         window_steps, t0, done, lr = 0, time.time(), start, float("nan")
         # the loader is built to end at stop_step; zip stops at whichever runs out first (checked below)
         for step, batch in zip(range(start, self.stop_step), loader, strict=False):
+            kit.check_launcher(self.watch)
             loss, grad_norm, lr = self.train_step(step, batch[0], batch[1])
             window[0] += loss.double()
             if grad_norm is not None:
@@ -513,6 +515,9 @@ class Trainer:
             print(msg, flush=True)
         self._pending = []
         self._close_logs()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def main(argv=None) -> dict:

@@ -95,7 +95,7 @@ def list_checkpoints(exp_dir: Path) -> list[Path]:
 class Trainer:
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self.logger = self.metrics = None
+        self.logger = self.metrics = self.lock = None
         self.start_step = 0
         self.last_checkpoint: Path | None = None
         self._restore_rng: dict | None = None
@@ -118,7 +118,8 @@ class Trainer:
         self.exp_dir = s.exp_dir
         if self.dist.is_main:
             self.exp_dir.mkdir(parents=True, exist_ok=True)
-        barrier()
+        self.lock = kit.lock_experiment(self.exp_dir, self.dist.is_main, print)
+        self.watch = kit.launcher_watch()
         self.logger = create_logger(self.exp_dir, self.dist.is_main)
         kit.configure_tf32(self.device, not a.no_tf32)
         # seeds as the original: per rank, before the model is built (ranks then receive rank 0's weights)
@@ -426,6 +427,7 @@ class Trainer:
         window_start, window_steps = time.time(), 0
         epoch = step // s.steps_per_epoch
         while step < s.stop_step:
+            kit.check_launcher(self.watch)
             lr = set_lr(self.opt, self.schedule.lr_for_update(step, lag=a.original_lr_lag))
             self.opt.zero_grad(set_to_none=True)
             if is_distributed():
@@ -483,6 +485,8 @@ class Trainer:
             self.metrics.close()
         if self.logger is not None:
             close_logger(self.logger)
+        if self.lock is not None:
+            self.lock.release()
 
 
 def main(argv=None) -> dict:

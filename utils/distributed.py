@@ -46,6 +46,9 @@ def init_distributed(device: str | None = None) -> DistInfo:
     """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1); otherwise a single process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
+    if launched_by_torchrun():
+        from utils.runlock import die_with_parent
+        die_with_parent()  # a killed launcher takes its workers with it
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
@@ -53,6 +56,10 @@ def init_distributed(device: str | None = None) -> DistInfo:
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
                                 device_id=dev if dev.type == "cuda" else None)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ)
 
 
 def barrier() -> None:

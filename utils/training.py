@@ -41,6 +41,10 @@ EXIT_CONFIG = 2
 EXIT_DIVERGED = 3
 
 
+class LauncherGone(RuntimeError):
+    """The torchrun launcher of this worker died; the worker stops instead of training on unsupervised."""
+
+
 class TrainingDiverged(RuntimeError):
     """A loss, gradient or weight became NaN/inf; the message names the step, the terms and the last good checkpoint."""
 
@@ -236,6 +240,40 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+# ----- one run per folder, workers that die with their launcher ------------------------------------------------------
+
+def lock_experiment(folder: Path, is_main: bool, log: Callable[[str], None]):
+    """Rank 0 takes ``folder/.lock`` before anything is written; every rank raises the same ConfigError if it is held
+    by a live run. Returns the lock (rank 0) or None."""
+    from utils.distributed import gather_objects
+    from utils.runlock import ExperimentLock
+
+    lock, error = None, None
+    if is_main:
+        lock = ExperimentLock(folder, log)
+        try:
+            lock.acquire()
+        except ConfigError as exc:
+            lock, error = None, str(exc)
+    error = gather_objects(error)[0]
+    if error:
+        raise ConfigError(error)
+    return lock
+
+
+def launcher_watch():
+    """A :class:`utils.runlock.ParentWatch` when this process is a torchrun worker, else None."""
+    from utils.distributed import launched_by_torchrun
+    from utils.runlock import ParentWatch
+
+    return ParentWatch() if launched_by_torchrun() else None
+
+
+def check_launcher(watch) -> None:
+    if watch is not None and not watch.alive():
+        raise LauncherGone(f"the launcher (pid {watch.parent}) is gone; stopping this worker (pid {os.getpid()})")
+
+
 # ----- flags ---------------------------------------------------------------------------------------------------------
 
 def int_or_none(text: str) -> int | None:
@@ -303,7 +341,7 @@ def run_trainer(trainer: Any) -> dict:
     try:
         trainer.build()
         return trainer.train()
-    except (TrainingDiverged, ConfigError, CheckpointError) as exc:
+    except (TrainingDiverged, ConfigError, CheckpointError, LauncherGone) as exc:
         trainer.log_error(f"ERROR: {exc}")
         raise
     finally:
@@ -326,3 +364,6 @@ def cli(main: Callable[[Sequence[str] | None], Any], prog: str, argv: Sequence[s
             raise
         print(f"[{prog}] error: {exc}", file=sys.stderr, flush=True)
         sys.exit(EXIT_CONFIG)
+    except LauncherGone as exc:
+        print(f"[{prog}] stopped: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)

@@ -6,6 +6,8 @@ size (width 64, 2 layers); under torchrun this file is itself the entry script (
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import shutil
@@ -345,6 +347,57 @@ def test_ddp_two_processes_and_sigkill_resume(images, tmp_path):
     assert sorted(killed) == list(range(1, 8))
     assert_same_losses(ref, killed, range(1, 8))
     assert "Resume training from checkpoint" in (tmp_path / "killed" / "message.txt").read_text()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_one_run_per_folder_and_workers_die_with_their_launcher(images, tmp_path, capsys):
+    """A second launch into a running experiment stops at once naming the owner; killing only the torchrun launcher
+    takes its workers down within seconds; the next launch takes over the dead run's lock and resumes."""
+    args = train_args(images, tmp_path, "locked", 400, "--ckpt-every", "1")
+    proc = subprocess.Popen(testlib.torchrun_cmd(__file__, args), cwd=REPO, env=child_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    exp = tmp_path / "locked"
+    try:
+        deadline = time.time() + 180
+        while not (exp / "checkpoints" / "0000001.pt").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        owner = json.loads((exp / ".lock").read_text())
+        with pytest.raises(ConfigError, match=f"in use by pid {owner['pid']}"):
+            train_main(args)
+        workers = _children(proc.pid)
+        assert owner["pid"] in workers
+        os.kill(proc.pid, signal.SIGKILL)  # the launcher only, not its process group
+        proc.wait()
+        deadline = time.time() + 20
+        while any(_running(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(_running(w) for w in workers), "workers outlived their launcher"
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # normally all gone already
+            os.killpg(proc.pid, signal.SIGKILL)
+    done = max(ckpt_steps(exp))
+    train_main(train_args(images, tmp_path, "locked", 400, "--ckpt-every", "1", "--early-stop-iter", str(done + 1)))
+    assert "taking over the stale lock" in capsys.readouterr().out
+    assert not (exp / ".lock").exists() and max(ckpt_steps(exp)) == done + 1
 
 
 @pytest.mark.slow
