@@ -186,7 +186,11 @@ def measured(row: Row, out: Path, cmd: list[str]) -> dict:
     if row.kind == "gfid":
         from autoregressive import cfg_search
         sample_dir = Path(cmd[cmd.index("--sample-dir") + 1])
-        csv = sample_dir.parent / "search_results" / f"{sample_dir.name}.csv"
+        found = sorted((sample_dir.parent / "search_results").glob(f"{sample_dir.name}-*.csv"),
+                       key=lambda f: f.stat().st_mtime)
+        if not found:
+            raise RuntimeError(f"no results CSV for {sample_dir}")
+        csv = found[-1]  # the run just made (one CSV per checkpoint / settings key)
         best = cfg_search.best_recorded(csv, row.settings["cfg_schedule"])
         if best is None:
             raise RuntimeError(f"no result row in {csv}")

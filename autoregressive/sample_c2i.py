@@ -167,10 +167,12 @@ def default_schedule_kwargs(args: argparse.Namespace) -> dict:
 
 def settings(args: argparse.Namespace, world_size: int, cfg_scale: float, schedule_kwargs: dict | None = None) -> dict:
     out = {k: v for k, v in vars(args).items()}
-    out.update(cfg_scale=cfg_scale, world_size=world_size, tf32=not args.no_tf32,
+    out.pop("_run_inputs", None)
+    out.update(cfg_scale=cfg_scale, world_size=world_size, tf32=not args.no_tf32, run_key=run_key(args),
+               run_inputs=run_inputs(args),
                cfg_schedule_kwargs=default_schedule_kwargs(args) if schedule_kwargs is None else schedule_kwargs,
-               gpt_ckpt_sha256=sha256_file(resolve_checkpoint(args.gpt_ckpt)),
-               vq_ckpt_sha256=sha256_file(resolve_checkpoint(args.vq_ckpt)),
+               gpt_ckpt_sha256=run_inputs(args)["gpt_ckpt_sha256"],
+               vq_ckpt_sha256=run_inputs(args)["vq_ckpt_sha256"],
                created=time.strftime("%Y-%m-%d %H:%M:%S"))
     return out
 
@@ -181,7 +183,8 @@ def visualize(args, sampler: Sampler, dist) -> Path:
     # first synonym, made safe as a file name ("T-shirt/top" -> "T-shirt_top")
     short = [re.sub(r"[^\w.+-]+", "_", names[i].split(",")[0].strip()).strip("_") or f"class{i}" for i in ids]
     folder = Path(args.sample_dir) / (f"{args.gpt_model}-topk-{args.top_k}-topp-{args.top_p}-temp-{args.temperature}"
-                                      f"-cfg-{args.cfg_scale}-{args.cfg_schedule}-seed-{args.global_seed}")
+                                      f"-cfg-{args.cfg_scale}-{args.cfg_schedule}-{run_key(args)}"
+                                      f"-seed-{args.global_seed}")
     per_class = math.ceil(args.qual_num / len(ids))
     # job k = (class position c, sample n); image index k seeds its generator -> same picture for any world size
     jobs = [(c, n) for c in range(len(ids)) for n in range(per_class)]
@@ -218,14 +221,37 @@ def visualize(args, sampler: Sampler, dist) -> Path:
     return folder
 
 
+def run_inputs(args) -> dict:
+    """Everything besides the CFG scale and schedule that changes the samples or their metrics."""
+    if getattr(args, "_run_inputs", None) is None:
+        ref = args.gt_npz_path
+        args._run_inputs = {
+            "gpt_ckpt_sha256": sha256_file(resolve_checkpoint(args.gpt_ckpt)),
+            "vq_ckpt_sha256": sha256_file(resolve_checkpoint(args.vq_ckpt)),
+            "tok_config_sha256": sha256_file(args.tok_config), "gpt_model": args.gpt_model,
+            "num_classes": args.num_classes, "num_fid_samples": args.num_fid_samples, "precision": args.precision,
+            "top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature,
+            "cfg_interval": args.cfg_interval, "image_size_eval": args.image_size_eval, "seed": args.global_seed,
+            "qk_norm": args.qk_norm, "gpt_2d": args.gpt_2d,
+            "reference_sha256": sha256_file(ref) if ref and Path(ref).is_file() else None}
+    return args._run_inputs
+
+
+def run_key(args) -> str:
+    """8 hex digits identifying :func:`run_inputs`: part of every result name, so results never collide."""
+    import hashlib
+    return hashlib.sha256(json.dumps(run_inputs(args), sort_keys=True).encode()).hexdigest()[:8]
+
+
 def fid_folder(args, cfg_scale: float, schedule_kwargs: dict) -> Path:
-    """The original's folder name, plus the schedule arguments (the original leaves them out, so runs with other
-    windows would reuse each other's samples)."""
+    """The original's folder name plus the schedule arguments (the original leaves them out, so runs with other
+    windows reuse each other's samples) and :func:`run_key` (another checkpoint, sample count, reference, precision
+    ... writes beside, never over, an existing result)."""
     size = args.image_size_eval or args.image_size or "tok"
     windows = "".join(f"-{k}-{float(v):.2f}" for k, v in schedule_kwargs.items())
     return Path(args.sample_dir) / (f"{args.gpt_model}-size-{args.image_size or 'tok'}-size-{size}-topk-{args.top_k}"
                                     f"-topp-{args.top_p}-temperature-{args.temperature}-cfg-{cfg_scale}"
-                                    f"-{args.cfg_schedule}{windows}-seed-{args.global_seed}")
+                                    f"-{args.cfg_schedule}{windows}-{run_key(args)}-seed-{args.global_seed}")
 
 
 def read_metrics(txt: Path) -> dict | None:
@@ -251,6 +277,7 @@ def sample_fid(args, sampler: Sampler, dist, cfg_scale: float, schedule_kwargs: 
     done = read_metrics(txt)
     if done is not None:
         if dist.is_main:
+            print(f"[sample] reusing {txt}: every recorded input is identical (run key {run_key(args)})")
             cfg_search.record(csv_path(args), args.cfg_schedule, cfg_search.annotation(kwargs), cfg_scale, done)
         barrier()
         return done
@@ -299,8 +326,10 @@ def sample_fid(args, sampler: Sampler, dist, cfg_scale: float, schedule_kwargs: 
 
 
 def csv_path(args) -> Path:
+    """The original's results CSV (``<parent>/search_results/<name>.csv``), one per :func:`run_key`, so a search
+    never takes another checkpoint's rows for its history."""
     sample_dir = Path(args.sample_dir)
-    return sample_dir.parent / "search_results" / f"{sample_dir.name}.csv"
+    return sample_dir.parent / "search_results" / f"{sample_dir.name}-{run_key(args)}.csv"
 
 
 def search(args, sampler: Sampler, dist) -> dict:

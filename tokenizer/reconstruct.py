@@ -71,10 +71,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_name(args: argparse.Namespace) -> str:
+def run_name(args: argparse.Namespace, ckpt_sha256: str) -> str:
+    """Default: ``<config>-<checkpoint>-<sha256[:8]>-size-<size>``; the hash keeps two experiments' ``0000060.pt``
+    apart."""
     size = f"-size-{args.image_size}" + (f"-size-{args.image_size_eval}" if args.image_size_eval not in
                                          (None, args.image_size) else "")
-    return args.run_name or f"{Path(args.model_config).stem}-{Path(str(args.vq_ckpt)).stem}{size}"
+    return args.run_name or f"{Path(args.model_config).stem}-{Path(str(args.vq_ckpt)).stem}-{ckpt_sha256[:8]}{size}"
+
+
+def result_inputs(args: argparse.Namespace, ckpt_sha256: str) -> dict:
+    """What decides a reconstruction result; a folder holding another result is never overwritten."""
+    return {"checkpoint_sha256": ckpt_sha256, "config": str(args.model_config),
+            "config_overrides": list(args.config_overrides), "data_path": str(args.data_path),
+            "image_size": args.image_size, "image_size_eval": args.image_size_eval or args.image_size,
+            "max_images": args.max_images, "precision": args.precision}
+
+
+def check_result_folder(out_dir: Path, inputs: dict) -> None:
+    """Refuse to write into a folder whose metrics.json records other inputs (naming the first difference)."""
+    metrics = out_dir / "metrics.json"
+    if not metrics.is_file():
+        return
+    try:
+        old = json.loads(metrics.read_text()).get("inputs") or {}
+    except ValueError:
+        old = {}
+    diff = [k for k, v in inputs.items() if k in old and old[k] != v]
+    if diff:
+        k = diff[0]
+        raise ValueError(f"{out_dir} already holds the reconstruction of other inputs ({k}: {old[k]!r} there, "
+                         f"{inputs[k]!r} now); choose another --run-name or --sample-dir")
 
 
 @torch.no_grad()
@@ -88,12 +114,15 @@ def main(argv=None) -> dict:
         ckpt_path = resolve_checkpoint(args.vq_ckpt)
     barrier()
     ckpt_path = resolve_checkpoint(args.vq_ckpt)
+    ckpt_sha256 = sha256_file(ckpt_path)
+    inputs = result_inputs(args, ckpt_sha256)
     model = load_tokenizer(cfg, ckpt_path, device=dist.device)
     if args.image_size != model.image_size:
         raise ValueError(f"--image-size {args.image_size} does not match the tokenizer's {model.image_size}")
 
-    out_dir = Path(args.sample_dir) / run_name(args)
+    out_dir = Path(args.sample_dir) / run_name(args, ckpt_sha256)
     img_dir = out_dir / "images"
+    check_result_folder(out_dir, inputs)
     if dist.is_main:
         img_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "compare").mkdir(exist_ok=True)
@@ -158,7 +187,7 @@ def main(argv=None) -> dict:
     metrics: dict = {}
     if dist.is_main:
         order = torch.argsort(all_idx)
-        npz_path = out_dir / f"{run_name(args)}.npz"
+        npz_path = out_dir / f"{run_name(args, ckpt_sha256)}.npz"
         arr = np.stack([np.asarray(Image.open(img_dir / f"{int(i):06d}.png")) for i in all_idx[order]]) \
             if all_idx.numel() else np.zeros((0, eval_size, eval_size, 3), np.uint8)
         np.savez(npz_path, arr_0=arr, indices=all_idx[order].numpy())
@@ -182,7 +211,7 @@ def main(argv=None) -> dict:
             "rfid": None, "rsfid": None,
             "images_per_second": all_idx.numel() / max(elapsed, 1e-9),
             "checkpoint": str(args.vq_ckpt), "checkpoint_path": str(ckpt_path),
-            "checkpoint_sha256": sha256_file(ckpt_path),
+            "checkpoint_sha256": ckpt_sha256, "inputs": inputs,
             "config": str(args.model_config), "config_overrides": args.config_overrides,
             "data_path": str(args.data_path), "image_size": args.image_size, "image_size_eval": eval_size,
             "precision": args.precision,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -90,6 +91,25 @@ def test_fid_folder_names_carry_the_schedule_arguments(ckpts, tmp_path):
 
     args = parse_args(_common(ckpts, tmp_path, "--cfg-schedule", "step", "--step-start-ratio", "0.3"))
     folder = fid_folder(args, 1.75, default_schedule_kwargs(args))
-    assert folder.name.endswith("-cfg-1.75-step-window_start-0.30-seed-0")
+    assert re.search(r"-cfg-1\.75-step-window_start-0\.30-[0-9a-f]{8}-seed-0$", folder.name), folder.name
     other = fid_folder(args, 1.75, {"window_start": 0.1, "window_end": 0.5})
     assert other != folder and "window_end-0.50" in other.name
+
+
+def test_results_of_other_checkpoints_never_collide(ckpts, tmp_path):
+    """Another --gpt-ckpt (or sample count) into the same --sample-dir writes beside the first result."""
+    torch.manual_seed(12)
+    other = GPT_models["GPT-tiny"](vocab_size=1024, block_size=64, num_classes=10)
+    save_atomic({"model": other.state_dict()}, tmp_path / "gpt_other.pt")
+    sample(_common(ckpts, tmp_path / "out", "--mode", "fid", "--num-fid-samples", "4", "--per-proc-batch-size", "4"))
+    args = _common(ckpts, tmp_path / "out", "--mode", "fid", "--num-fid-samples", "4", "--per-proc-batch-size", "4")
+    args[args.index(str(ckpts / "gpt.pt"))] = str(tmp_path / "gpt_other.pt")
+    sample(args)
+    sample(_common(ckpts, tmp_path / "out", "--mode", "fid", "--num-fid-samples", "6", "--per-proc-batch-size", "6"))
+    npzs = sorted((tmp_path / "out").glob("*.npz"))
+    assert len(npzs) == 3 and len({p.name for p in npzs}) == 3
+    first, second = (np.load(p)["codes"] for p in npzs[:2])
+    settings = [json.loads((p.with_suffix("") / "sample_settings.json").read_text()) for p in npzs]
+    assert len({s["run_key"] for s in settings}) == 3
+    assert {s["run_inputs"]["num_fid_samples"] for s in settings} == {4, 6}
+    assert not (first.shape == second.shape and np.array_equal(first, second))

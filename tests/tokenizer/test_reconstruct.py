@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,25 @@ def test_the_originals_reconstruction_flags(tmp_path, tiny_ckpt, monkeypatch):
                      "--global-seed", "0"])
     assert seen == [(6, 16, 16, 3)] and m["rfid"] == 1.0 and m["image_size_eval"] == 16
     assert m["npz"].endswith("-size-32-size-16.npz") and 0 < m["psnr"] < 60
+
+
+def test_two_experiments_checkpoints_of_one_name_never_collide(tmp_path, tiny_ckpt):
+    """expA/.../0000060.pt and expB/.../0000060.pt get their own folders; an explicit --run-name that holds another
+    checkpoint's result is refused, not overwritten."""
+    a, b = tmp_path / "expA" / "0000060.pt", tmp_path / "expB" / "0000060.pt"
+    a.parent.mkdir()
+    b.parent.mkdir()
+    shutil.copy(tiny_ckpt, a)
+    torch.manual_seed(9)
+    save_atomic({"model": build_tokenizer(TINY).state_dict()}, b)
+    common = ["--data-path", str(PHOTOS), "--image-size", "32", "--sample-dir", str(tmp_path / "out"),
+              "--model-config", str(TINY), "--device", "cpu", "--num-workers", "0"]
+    ma = reconstruct([*common, "--vq-ckpt", str(a)])
+    mb = reconstruct([*common, "--vq-ckpt", str(b)])
+    assert Path(ma["npz"]).parent != Path(mb["npz"]).parent and Path(ma["npz"]).is_file()
+    assert ma["checkpoint_sha256"] != mb["checkpoint_sha256"]
+    reconstruct([*common, "--vq-ckpt", str(a), "--run-name", "mine"])
+    with pytest.raises(ValueError, match="already holds the reconstruction of other inputs .checkpoint_sha256"):
+        reconstruct([*common, "--vq-ckpt", str(b), "--run-name", "mine"])
+    saved = json.loads((tmp_path / "out" / "mine" / "metrics.json").read_text())
+    assert saved["checkpoint_sha256"] == ma["checkpoint_sha256"]  # the first result is still there
