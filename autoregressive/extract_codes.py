@@ -86,7 +86,18 @@ def main(argv=None) -> dict:
         resolve_checkpoint(args.vq_ckpt)
     barrier()
     ckpt = resolve_checkpoint(args.vq_ckpt)
+    ckpt_sha256 = sha256_file(ckpt)
     entry = "ema" if args.use_ema else "model"
+    identity = {"vq_ckpt_sha256": ckpt_sha256, "tokenizer_config": str(args.model_config), "weights_entry": entry,
+                "image_size": args.image_size, "ten_crop": args.ten_crop,
+                "crop_range": args.crop_range if args.ten_crop else None}
+    settings_file = Path(args.code_path) / "extract_settings.json"
+    if args.resume and settings_file.is_file():  # finished codes are kept only if they were made the same way
+        old = json.loads(settings_file.read_text())
+        for key, value in identity.items():
+            if key in old and old[key] != value:
+                raise ValueError(f"--resume into {args.code_path}: its codes were extracted with {key}={old[key]!r}, "
+                                 f"this run has {value!r}; use another --code-path (or the same tokenizer and crops)")
     model = load_tokenizer(cfg, ckpt, device=dist.device, entries=(entry,))
     if model.image_size != args.image_size:
         raise ValueError(f"--image-size {args.image_size} does not match the tokenizer's {model.image_size}")
@@ -121,12 +132,10 @@ def main(argv=None) -> dict:
     barrier()
     summary = {"images": len(dataset), "written_by_rank0": written, "views": 10 if args.ten_crop else 2,
                "tokens": model.num_tokens, "classes": dataset.classes, "tokenizer_config": str(args.model_config),
-               "vq_ckpt": str(args.vq_ckpt), "vq_ckpt_sha256": sha256_file(ckpt) if dist.is_main else None,
-               "codebook_size": model.codebook_size, "image_size": args.image_size, "weights_entry": entry,
-               "tf32": not args.no_tf32, "ten_crop": args.ten_crop,
-               "crop_range": args.crop_range if args.ten_crop else None}
+               "vq_ckpt": str(args.vq_ckpt), "codebook_size": model.codebook_size, "tf32": not args.no_tf32,
+               **identity}
     if dist.is_main:
-        (Path(args.code_path) / "extract_settings.json").write_text(json.dumps(summary, indent=2))
+        settings_file.write_text(json.dumps(summary, indent=2))
         print(f"[extract_codes] codes in {codes_dir}, labels in {labels_dir}")
     cleanup()
     return summary

@@ -162,6 +162,14 @@ def prune_checkpoints(folder: Path, args: argparse.Namespace) -> list[Path]:
                                   args.max_none_milestone_num)
 
 
+# arguments a resume may change: they set only where, how long and how often, not what is trained
+SCHEDULE_ONLY_ARGS = ("iterations", "early_stop_iter", "ckpt_every", "log_every", "num_workers", "milestone_step",
+                      "milestone_start", "max_milestone_num", "max_none_milestone_num", "auto_resume", "wandb",
+                      "wandb_project", "wandb_default_project", "tensorboard", "no_progress", "compile", "device",
+                      "no_tf32", "data_parallel", "grad_precision", "save_path", "sub_exp_dir", "allow_config_change",
+                      "reset_optimizer", "data_path", "code_path", "vq_ckpt")
+
+
 def _plain_args(args: argparse.Namespace) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
@@ -297,8 +305,12 @@ class Trainer:
         self.writer = MetricWriter(folder, is_main=main, tensorboard=a.tensorboard, wandb_project=kit.wandb_project(a),
                                    run_name=run_name, config=_plain_args(a), logger=self.logger)
         self.log_dir = folder
-        if main:
-            (folder / "args.json").write_text(json.dumps(_plain_args(a), indent=2))
+        if main:  # the first segment's args.json stays; a resumed segment with other args writes its own beside it
+            record, first = json.dumps(_plain_args(a), indent=2), folder / "args.json"
+            if not first.exists():
+                first.write_text(record)
+            elif json.loads(first.read_text()) != json.loads(record):
+                (folder / f"args.resume-{completed_steps:07d}.json").write_text(record)
             shutil.copyfile(a.tok_config, folder / Path(a.tok_config).name)
             if a.vq_ckpt:
                 (folder / "vq_ckpt.txt").write_text(str(a.vq_ckpt))
@@ -375,6 +387,12 @@ class Trainer:
             raise ConfigError(f"{self.experiment_dir} already has checkpoints ({path}); remove --no-auto-resume to "
                               "continue it, or choose another --sub-exp-dir")
         ckpt = load_checkpoint_file(path, mmap=True)
+        stored = ckpt.get("args")
+        stored = vars(stored) if isinstance(stored, argparse.Namespace) else (stored or {})
+        current = _plain_args(a)
+        changes = kit.changed_settings({k: v for k, v in stored.items() if k in current}, current,
+                                       SCHEDULE_ONLY_ARGS)
+        kit.check_resume(changes, a.allow_config_change, path, self.log)
         model_sd = strip_prefixes(select_state_dict(ckpt, str(path), entries=("model",)))
         kit.load_model_state(self.raw_model, model_sd, self.fsdp, source=str(path))
         osd = ckpt.get("optimizer")

@@ -58,6 +58,10 @@ from utils.ema import EMA
 from utils.logging import MetricWriter, WindowMeter, close_logger, create_logger
 from utils.lr import LRSchedule, set_lr
 
+# config keys a resume may change: they set only how long and how often, not what is trained
+SCHEDULE_ONLY = ("trainer.max_steps", "trainer.epochs", "trainer.ckpt_every", "trainer.log_every",
+                 "trainer.num_workers")
+
 # re-exported for callers of the original module layout
 EXIT_DIVERGED, TrainingDiverged = kit.EXIT_DIVERGED, kit.TrainingDiverged
 
@@ -224,7 +228,7 @@ class Trainer:
                 "discriminator": {k: v.detach().cpu() for k, v in self.loss.discriminator.state_dict().items()},
                 "optimizer_disc": self.opt_disc.state_dict(), "steps": step, "args": a, "config": to_plain(self.cfg),
                 "scaler": self.scaler.state_dict(), "scaler_disc": self.scaler_disc.state_dict(),
-                "rank_states": rank_states,
+                "rank_states": rank_states, "run_settings": self.run_settings(),
                 "trainer_state": {"epoch": epoch, "steps_per_epoch": s.steps_per_epoch,
                                   "world_size": self.dist.world_size, "global_batch_size": s.global_batch,
                                   "accum": s.accum, "seed": s.seed, "data_parallel": a.data_parallel,
@@ -263,6 +267,12 @@ class Trainer:
             path = resolve_checkpoint(start_from)
             ckpt = load_checkpoint_file(path, mmap=True)
             exact = bool(a.vq_ckpt) and not a.finetune
+        if resumed:
+            changes = [] if not ckpt.get("config") else \
+                kit.changed_settings(ckpt["config"], to_plain(self.cfg), SCHEDULE_ONLY)
+            if "run_settings" in ckpt:
+                changes += kit.changed_settings(ckpt["run_settings"], self.run_settings())
+            kit.check_resume(changes, a.allow_config_change, path, self.log)
         if ckpt is not None:
             self._load(ckpt, path, exact=exact)
             if resumed:
@@ -270,7 +280,24 @@ class Trainer:
                 if self.dist.is_main:
                     (self.exp_dir / "message.txt").write_text(f"Resume training from checkpoint: {path}\n")
         if self.dist.is_main:
-            save_config(self.cfg, self.exp_dir / "config.yaml")
+            self._record_config()
+
+    def run_settings(self) -> dict:
+        """The flag-resolved settings that change what is trained (compared on resume)."""
+        s, a = self.s, self.args
+        return {"precision": s.precision, "ema": s.ema, "ema_decay": s.ema_decay, "seed": s.seed,
+                "warmup": a.warmup, "fract_decay": a.fract_decay, "original_lr_lag": a.original_lr_lag,
+                "image_size": s.image_size}
+
+    def _record_config(self) -> None:
+        """config.yaml of the first segment stays; a resumed segment with another config writes its own beside it."""
+        first = self.exp_dir / "config.yaml"
+        if not first.exists():
+            save_config(self.cfg, first)
+            return
+        from utils.config import load_config
+        if to_plain(load_config(first)) != to_plain(self.cfg):
+            save_config(self.cfg, self.exp_dir / f"config.resume-{self.start_step:07d}.yaml")
 
     def _load(self, ckpt: dict, path: Path, exact: bool) -> None:
         model_sd = strip_prefixes(select_state_dict(ckpt, str(path), ("model", "ema", "state_dict")))

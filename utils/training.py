@@ -274,6 +274,44 @@ def check_launcher(watch) -> None:
         raise LauncherGone(f"the launcher (pid {watch.parent}) is gone; stopping this worker (pid {os.getpid()})")
 
 
+# ----- resume: the same run, or say what changed ---------------------------------------------------------------------
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def changed_settings(stored: dict, current: dict, allowed: Iterable[str] = ()) -> list[str]:
+    """Dotted keys whose value differs between a checkpoint's recorded settings and this launch's, as
+    ``key: old -> new`` (keys in ``allowed``, or under an allowed prefix ending in '.', are left out)."""
+    allowed = tuple(allowed)
+    old, new = _flatten(stored), _flatten(current)
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key in allowed or key.startswith(tuple(a for a in allowed if a.endswith("."))):
+            continue
+        if old.get(key, "<unset>") != new.get(key, "<unset>"):
+            out.append(f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
+    return out
+
+
+def check_resume(changes: list[str], allow: bool, path: Path, log: Callable[[str], None]) -> None:
+    """A resume that would change the model, the loss or the optimisation is an error naming the keys, unless the
+    user accepts it (--allow-config-change); accepted changes are logged."""
+    if not changes:
+        return
+    listing = "\n  ".join(changes)
+    if not allow:
+        raise ConfigError(f"resuming {path} with settings that change the run:\n  {listing}\nrun with the "
+                          "checkpoint's settings, start a new experiment, or pass --allow-config-change to continue "
+                          "deliberately (recorded in the log)")
+    log(f"WARNING: --allow-config-change: resuming {path} with changed settings:\n  {listing}")
+
+
 # ----- flags ---------------------------------------------------------------------------------------------------------
 
 def int_or_none(text: str) -> int | None:
@@ -285,6 +323,9 @@ def add_checkpoint_flags(group: argparse._ActionsContainer, max_milestone_num: i
     group.add_argument("--auto-resume", action=argparse.BooleanOptionalAction, default=True,
                        help="continue from the newest complete checkpoint of the experiment (as the original); "
                             "--no-auto-resume refuses to start in a folder that has checkpoints")
+    group.add_argument("--allow-config-change", action="store_true",
+                       help="resume although settings that change the model, loss or optimisation differ from the "
+                            "checkpoint's (each change is logged); schedule-only changes never need it")
     group.add_argument("--reset-optimizer", action="store_true",
                        help="resume from a checkpoint without usable optimiser state (e.g. the original's FSDP "
                             "checkpoints, whose moments are per-rank shards) with fresh AdamW moments")

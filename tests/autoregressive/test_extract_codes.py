@@ -76,3 +76,23 @@ def test_check_codes_writes_grid(tmp_path, tiny):
     grid = check_codes(["--code-path", str(tmp_path / "codes"), "--image-size", "32", "--model-config", str(TINY),
                         "--vq-ckpt", str(ckpt), "--out", str(tmp_path / "check.png")])
     assert grid.shape == (4, 32, 32, 3) and (tmp_path / "check.png").is_file()
+
+
+def test_resume_with_another_tokenizer_is_refused(tmp_path):
+    from autoregressive.extract_codes import main as extract_main
+
+    from testlib import make_class_images
+
+    images = make_class_images(tmp_path / "img", 1, seed=0)
+    torch.manual_seed(1)
+    a = save_atomic({"model": build_tokenizer(TINY).state_dict()}, tmp_path / "a.pt")
+    torch.manual_seed(2)
+    b = save_atomic({"model": build_tokenizer(TINY).state_dict()}, tmp_path / "b.pt")
+    common = ["--data-path", str(images), "--code-path", str(tmp_path / "codes"), "--image-size", "32",
+              "--model-config", str(TINY), "--device", "cpu", "--num-workers", "0"]
+    extract_main([*common, "--vq-ckpt", str(a)])
+    with pytest.raises(ValueError, match="extracted with vq_ckpt_sha256="):
+        extract_main([*common, "--vq-ckpt", str(b), "--resume"])
+    with pytest.raises(ValueError, match="ten_crop=False"):
+        extract_main([*common, "--vq-ckpt", str(a), "--resume", "--ten-crop"])
+    assert extract_main([*common, "--vq-ckpt", str(a), "--resume"])["written_by_rank0"] == 0  # same: all kept

@@ -35,6 +35,7 @@ from autoregressive.train_c2i import (
 from autoregressive.train_c2i import main as train_main
 from tokenizer import build_tokenizer
 from utils.checkpoint import load_checkpoint_file, save_atomic
+from utils.config import ConfigError
 from utils.logging import read_metrics
 from utils.lr import LRSchedule
 
@@ -377,3 +378,14 @@ def test_2d_gpt_on_the_quickstart_2d_tokenizer_through_the_script(tmp_path):
                     "--device", "cpu", "--num-workers", "0", "--precision", "none", "--no-txt",
                     "--out-json", str(tmp_path / "val.json")])
     assert math.isfinite(res["val_loss"]) and res["num_images"] == 4 * N_CLASSES
+
+
+def test_resume_with_changed_training_arguments_is_refused(ar_data, tmp_path, single_thread):
+    train_main(train_args(ar_data, tmp_path, "args", 4, "--ckpt-every", "2", "--early-stop-iter", "2"))
+    with pytest.raises(ConfigError, match=r"lr: 0\.003 -> 1000000\.0"):
+        train_main(train_args(ar_data, tmp_path, "args", 4, "--lr", "1e6"))
+    train_main(train_args(ar_data, tmp_path, "args", 6, "--ckpt-every", "3"))  # a longer schedule: allowed
+    run = tmp_path / "args"
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.pt"))[-1] == "0000006.pt"
+    assert json.loads((run / "args.json").read_text())["iterations"] == 4  # the first segment's record stays
+    assert json.loads((run / "args.resume-0000002.json").read_text())["iterations"] == 6

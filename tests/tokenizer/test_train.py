@@ -268,6 +268,28 @@ def test_original_fsdp_checkpoint_needs_reset_optimizer(images, tmp_path):
     assert ckpt_steps(exp) == [1, 2]
 
 
+def test_resume_with_a_changed_config_is_refused_by_key(images, tmp_path):
+    """Settings that change the model, loss or optimisation cannot slip into a resume; schedule-only ones can, and
+    the first segment's config.yaml stays."""
+    train_main(train_args(images, tmp_path, "cfg", 4, "--ckpt-every", "2", "--early-stop-iter", "2"))
+    exp = tmp_path / "cfg"
+    first = (exp / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"model\.init_args\.entropy_loss_ratio: 0\.005 -> 0\.5"):
+        train_main(train_args(images, tmp_path, "cfg", 4, "--ckpt-every", "2",
+                              overrides=["model.init_args.entropy_loss_ratio=0.5"]))
+    with pytest.raises(ConfigError, match=r"ema: False -> True"):
+        train_main(train_args(images, tmp_path, "cfg", 4, "--ckpt-every", "2", "--ema"))
+    assert ckpt_steps(exp) == [2]  # nothing was trained by the refused launches
+    # schedule-only: more iterations and another cadence continue as the same run
+    train_main(train_args(images, tmp_path, "cfg", 5, "--ckpt-every", "3", "--early-stop-iter", "3",
+                          overrides=["+trainer.log_every=2"]))
+    assert (exp / "config.yaml").read_text() == first and ckpt_steps(exp)[-1] == 3
+    assert (exp / "config.resume-0000002.yaml").is_file()  # the second segment's record, beside the first
+    # deliberately accepted, and logged
+    train_main(train_args(images, tmp_path, "cfg", 5, "--allow-config-change", overrides=["trainer.lr=2e-3"]))
+    assert "--allow-config-change: resuming" in (exp / "log.txt").read_text()
+
+
 def test_corrupt_image_is_skipped_and_reported(tmp_path):
     data = make_images(tmp_path / "data", n=8)
     (data / "class0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
@@ -291,12 +313,12 @@ def test_nan_stops_with_message_and_keeps_last_good_checkpoint(images, tmp_path)
     # continue with an infinite LR: the first update makes the weights non-finite -> the checkpoint is refused
     with pytest.raises(TrainingDiverged, match=r"non-finite weights at step 5: checkpoint not written; last good "
                                                r"checkpoint: .*0000004\.pt"):
-        train_main(train_args(images, tmp_path, "nan", 8, "--ckpt-every", "1",
+        train_main(train_args(images, tmp_path, "nan", 8, "--ckpt-every", "1", "--allow-config-change",
                               overrides=["trainer.lr=.inf", "trainer.warmup=0"]))
     assert ckpt_steps(exp) == [2, 4]
     # continue with an absurd finite LR: the weights blow up and the next loss is non-finite
     with pytest.raises(TrainingDiverged) as info:
-        train_main(train_args(images, tmp_path, "nan", 8, "--ckpt-every", "1",
+        train_main(train_args(images, tmp_path, "nan", 8, "--ckpt-every", "1", "--allow-config-change",
                               overrides=["trainer.lr=1e30", "trainer.warmup=0"]))
     msg = str(info.value)
     steps = ckpt_steps(exp)
