@@ -93,7 +93,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fid --search: start scale instead of the original's table (e.g. GPT-B step 2.5)")
     g.add_argument("--clear-cache", action="store_true", help="fid: delete PNGs and npz after evaluation")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    from autoregressive.models.generate import check_sampling_args
+    try:
+        check_sampling_args(args.cfg_scale, args.temperature, args.top_k, args.top_p)
+    except ValueError as exc:
+        p.error(str(exc).replace("cfg_scale", "--cfg-scale").replace("temperature", "--temperature", 1)
+                .replace("top_k", "--top-k", 1).replace("top_p", "--top-p", 1))
+    return args
 
 
 def class_names(args: argparse.Namespace) -> list[str]:

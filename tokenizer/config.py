@@ -5,11 +5,12 @@ Unknown keys are rejected by their dotted name.
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from omegaconf import DictConfig
 
-from utils.config import ConfigError, check_keys, load_config, to_plain
+from utils.config import ConfigError, check_keys, check_types, load_config, to_plain
 
 from .models.vq_model import MODEL_CLASSES, arg_names
 
@@ -30,6 +31,12 @@ LOSS_PARAM_KEYS = {
     "gen_start", "proj_weight", "lecam", "lecam_loss_weight", "lecam_ema_decay", "gamma", "resnet_perceptual",
     "disc_adaptive_weight", "teacher_image_size", "lpips_train_dropout",
 }
+TRAINER_TYPES = {"global_batch_size": "int", "lr": "float", "end_lr": "float", "warmup": "int", "global_seed": "int",
+                 "weight_decay": "float", "beta1": "float", "beta2": "float", "max_grad_norm": "float",
+                 "distill_loss": "bool", "fract_decay": "float", "ema": "bool", "ema_decay": "float",
+                 "max_steps": "int | None", "epochs": "int | None", "log_every": "int", "ckpt_every": "int",
+                 "gradient_accumulation_steps": "int", "num_workers": "int", "lr_scheduler": "str",
+                 "optimizer": "str", "distill_model": "str", "mixed_precision": "str"}
 # Width of the semantic teacher's features, which sets the distill head's output size.
 DISTILL_DIMS = {"dinov2-vit-l": 1024, "dinov2-vit-b": 768, "dinov2-vit-s": 384, "siglip-sovit-400m": 1152,
                 "clip_dfn-vit-l/14": 1024}
@@ -85,6 +92,7 @@ def validate_config(cfg: DictConfig) -> None:
     if causal is not None:
         raise ConfigError(f"model.causal_settings.causal_type={causal!r} is not supported (only null)")
     check_keys(cfg.get("trainer") or {}, TRAINER_KEYS, "trainer")
+    check_types(to_plain(cfg.get("trainer") or {}), TRAINER_TYPES, "trainer")
     loss = cfg.get("loss") or {}
     check_keys(loss, LOSS_KEYS, "loss")
     check_keys(loss.get("params") or {}, LOSS_PARAM_KEYS, "loss.params")
@@ -108,4 +116,6 @@ def model_args(cfg: DictConfig):
         if teacher not in DISTILL_DIMS:
             raise ConfigError(f"trainer.distill_model must be one of {list(DISTILL_DIMS)}, got {teacher!r}")
         init_args["out_inner_dim"] = DISTILL_DIMS[teacher]
-    return MODEL_CLASSES[cls_name][1](**init_args)
+    args_cls = MODEL_CLASSES[cls_name][1]
+    check_types(init_args, {f.name: f.type for f in fields(args_cls)}, "model.init_args")
+    return args_cls(**init_args)

@@ -147,6 +147,11 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, torc
             lines.append(f"  shape mismatches ({len(mismatched)}): {_fmt(mismatched)}")
         lines.append("  Is the config/model name the one this checkpoint was trained with?")
         raise CheckpointError("\n".join(lines))
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"checkpoint {source!r} holds non-finite (NaN/inf) weights in {len(bad)} tensor(s): "
+                              f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}; it would give black images "
+                              "and meaningless metrics (use an earlier checkpoint)")
     model.load_state_dict(dict(state_dict), strict=True)
 
 
@@ -159,6 +164,18 @@ def load_weights(model: torch.nn.Module, checkpoint: str | os.PathLike, context:
     state_dict = strip_prefixes(select_state_dict(ckpt, str(path), entries))
     load_state_dict_strict(model, state_dict, source=str(path), context=context)
     return path
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of interrupted :func:`save_atomic` writes in ``folder`` (``.<name>.*.tmp``)."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp") if Path(folder).is_dir() else []:
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:

@@ -88,3 +88,33 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(to_plain(cfg))
     path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return path
+
+
+_TYPE_NAMES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "list": (list, tuple),
+               "tuple": (list, tuple), "dict": (dict,), "None": (type(None),)}
+
+
+def _allowed(spec) -> tuple | None:
+    """Python types a value of a field annotated ``spec`` (a type, or its string form such as "int | None") may
+    have; None when the annotation says nothing checkable."""
+    if isinstance(spec, type):
+        spec = spec.__name__
+    names = [part.strip() for part in str(spec).replace("Optional[", "").replace("]", "").split("|")]
+    if not all(n in _TYPE_NAMES for n in names):
+        return None
+    return tuple(t for n in names for t in _TYPE_NAMES[n])
+
+
+def check_types(values: Mapping, expected: Mapping, section: str) -> None:
+    """Reject values of the wrong type by dotted key: a YAML string for a bool ("no" would be truthy) or a number
+    ("abc"), a bool for a number, ... ``expected`` maps key -> type or annotation string."""
+    for key, value in values.items():
+        if key not in expected:
+            continue
+        allowed = _allowed(expected[key])
+        if allowed is None:
+            continue
+        wrong_bool = isinstance(value, bool) and bool not in allowed
+        if wrong_bool or not isinstance(value, allowed):
+            names = " or ".join(sorted({t.__name__ if t is not type(None) else "null" for t in allowed}))
+            raise ConfigError(f"{section}.{key} must be {names}, got {value!r} ({type(value).__name__})")

@@ -36,6 +36,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB; transparent pixels are composited on white (not left as black garbage)."""
     if img.mode == "RGB":
         return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / 32-bit greyscale: scale the full range to 8 bits (PIL's convert would clip at 255, i.e. white)
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        if img.mode == "I" and arr.max() <= 255:
+            top = 255.0
+        grey = np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

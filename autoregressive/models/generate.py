@@ -195,6 +195,19 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.inference_mode()
+def check_sampling_args(cfg_scale: float, temperature: float, top_k: int, top_p: float) -> None:
+    """Reject sampling settings that would silently give wrong samples (NaN scales, negative temperatures, ...)."""
+    import math
+    if not math.isfinite(float(cfg_scale)):
+        raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
+    if not math.isfinite(float(temperature)) or float(temperature) < 0:
+        raise ValueError(f"temperature must be > 0 (or 0 for greedy decoding), got {temperature}")
+    if int(top_k) < 0:
+        raise ValueError(f"top_k must be >= 0 (0: no top-k filter), got {top_k}")
+    if not (0.0 < float(top_p) <= 1.0):
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+
+
 def generate(model: torch.nn.Module, cond: torch.Tensor, max_new_tokens: int, cfg_scale: float = 1.0,
              cfg_schedule: str = "constant", cfg_schedule_kwargs: Optional[dict] = None,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, sample_logits: bool = True,
@@ -208,6 +221,9 @@ def generate(model: torch.nn.Module, cond: torch.Tensor, max_new_tokens: int, cf
     core = _unwrap(model)
     kwargs = dict(cfg_schedule_kwargs or {})
     cfg_scale = float(cfg_scale)
+    check_sampling_args(cfg_scale, temperature, top_k, top_p)
+    if float(temperature) == 0.0:  # temperature 0 means greedy decoding
+        sample_logits, top_k = False, 1
     if cond.ndim != 1 or cond.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise ValueError(f"cond must be a 1-D integer tensor of class ids, got {cond.dtype} {tuple(cond.shape)}")
     if cond.numel() == 0:

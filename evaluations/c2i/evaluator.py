@@ -177,7 +177,9 @@ def evaluate_npz(ref, sample, device: str | torch.device | None = None, batch_si
     for p in (ref, sample):
         if not p.is_file():
             raise FileNotFoundError(f"npz file {str(p)!r} does not exist")
+    _check_images(ref, sample)
     _check_counts(ref, sample, compute_pr)
+    _check_writable(out_json, out_txt)
     if fid_method == "gram" and any(read_precomputed_stats(p) is not None for p in (ref, sample)):
         raise MetricInputError("FID method 'gram' needs the activations of both sets, but an npz has precomputed "
                                "statistics ('mu', ...); use --fid-method sqrtm or eigh")
@@ -246,11 +248,39 @@ def evaluate_npz(ref, sample, device: str | torch.device | None = None, batch_si
     return result
 
 
-def _npz_count(path: Path) -> int:
+def _npz_header(path: Path) -> tuple[tuple, np.dtype]:
     with open_npz_array(path, "arr_0") as reader:
         if len(reader.shape) != 4 or reader.shape[-1] != 3:
             raise MetricInputError(f"{path}: arr_0 must be NHWC RGB images, got shape {reader.shape}")
-        return len(reader)
+        return tuple(reader.shape), reader.dtype
+
+
+def _npz_count(path: Path) -> int:
+    return _npz_header(path)[0][0]
+
+
+def _check_images(ref: Path, sample: Path) -> None:
+    """uint8 images of one size in both sets: a float [0, 1] array would be scored as near-black images, and sets of
+    different resolutions would be compared after the Inception resize hides the difference."""
+    (ref_shape, ref_dtype), (smp_shape, smp_dtype) = _npz_header(ref), _npz_header(sample)
+    for path, dtype in ((ref, ref_dtype), (sample, smp_dtype)):
+        if dtype != np.uint8:
+            raise MetricInputError(f"{path}: arr_0 has dtype {dtype}; the evaluator needs uint8 images in [0, 255] "
+                                   "(for floats in [0, 1]: (x * 255).round().clip(0, 255).astype(np.uint8))")
+    if ref_shape[1:3] != smp_shape[1:3] and read_precomputed_stats(ref) is None:
+        raise MetricInputError(f"the reference images are {ref_shape[1]}x{ref_shape[2]} but the samples are "
+                               f"{smp_shape[1]}x{smp_shape[2]} ({ref} vs {sample}); evaluate at one resolution")
+
+
+def _check_writable(*paths) -> None:
+    """Fail before any Inception pass, not after, when a result file cannot be written."""
+    for path in paths:
+        if path is None:
+            continue
+        folder = Path(path).parent
+        probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("."))
+        if not os.access(probe, os.W_OK):
+            raise MetricInputError(f"cannot write the results to {path}: {probe} is not writable")
 
 
 def _check_counts(ref: Path, sample: Path, compute_pr: bool) -> None:

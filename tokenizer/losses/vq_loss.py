@@ -45,6 +45,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.config import check_types
+
 from .adversarial import LeCamEMA, adaptive_weight, get_d_loss, get_g_loss, lecam_reg
 from .diffaug import DiffAug
 from .discriminators import build_discriminator
@@ -90,6 +92,8 @@ class VQLoss(nn.Module):
         if unknown:
             raise ValueError(f"loss.params has unknown keys {unknown}")
         p = {**DEFAULTS, **params}
+        check_types(params, {k: type(v).__name__ for k, v in DEFAULTS.items() if v is not None}
+                    | {"disc_start": "int"}, "loss.params")
         if distill_loss and teacher is None:
             raise ValueError("distill_loss=True needs a teacher (SemanticTeacher)")
         self.params = p
