@@ -50,4 +50,5 @@ def main(argv=None) -> np.ndarray:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import run_cli
+    run_cli(main, "check_codes")

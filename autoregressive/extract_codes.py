@@ -142,4 +142,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import run_cli
+    run_cli(main, "extract_codes")

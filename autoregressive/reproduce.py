@@ -294,4 +294,5 @@ def main(argv=None) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import run_cli
+    run_cli(main, "reproduce")

@@ -389,4 +389,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import run_cli
+    run_cli(main, "sample_c2i")

@@ -220,6 +220,9 @@ class Trainer:
                 folder.mkdir(parents=True, exist_ok=True)
         self.lock = kit.lock_experiment(self.experiment_dir, d.is_main, print)
         self.watch = kit.launcher_watch()
+        if d.is_main:
+            kit.clean_stale_temp_files([self.const_ckpt_dir, *((self.cd_dir / "checkpoints",) if self.cd_dir else ())],
+                                       print)
         self._build_data()
         torch.manual_seed(a.global_seed)  # identical initialisation on every rank, independent of the world size
         self.raw_model = build_model(a, self.vocab_size, self.block_size)
@@ -543,4 +546,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    kit.cli(main, "train_c2i")
+    from utils.cli import run_cli
+    run_cli(main, "train_c2i")

@@ -103,4 +103,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.cli import run_cli
+    run_cli(main, "make_val_npz")

@@ -25,6 +25,20 @@ launch() {
   fi
   local runner=("$PYTHON" -m torch.distributed.run)
   [[ -n "${TORCH_RUN_PATH:-}" ]] && runner=("$TORCH_RUN_PATH")
-  exec "${runner[@]}" --nnodes="$nnodes" --nproc_per_node="$nproc" --node_rank="${NODE_RANK:-0}" \
-    --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${PORT:-55565}" -m "$module" "$@"
+  # The first failing rank writes its one-line error here (utils.cli.run_cli); torchrun's own report follows it,
+  # so the line is repeated last and its documented exit code (2 bad input, 3 diverged, 4 I/O) is returned.
+  local errfile rc=0
+  errfile=$(mktemp -u "${TMPDIR:-/tmp}/gigatok-error.XXXXXX")
+  GIGATOK_ERROR_FILE=$errfile "${runner[@]}" --nnodes="$nnodes" --nproc_per_node="$nproc" \
+    --node_rank="${NODE_RANK:-0}" --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${PORT:-55565}" \
+    -m "$module" "$@" || rc=$?
+  if [[ $rc -ne 0 && -s "$errfile" ]]; then
+    local code line
+    IFS=$'\t' read -r code line < "$errfile"
+    rm -f "$errfile"
+    echo "$line" >&2
+    exit "$code"
+  fi
+  rm -f "$errfile"
+  exit "$rc"
 }

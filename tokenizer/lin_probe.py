@@ -51,4 +51,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import run_cli
+    run_cli(main, "tokenizer.lin_probe")

@@ -124,6 +124,9 @@ class Trainer:
             self.exp_dir.mkdir(parents=True, exist_ok=True)
         self.lock = kit.lock_experiment(self.exp_dir, self.dist.is_main, print)
         self.watch = kit.launcher_watch()
+        if self.dist.is_main:
+            kit.clean_stale_temp_files([self.exp_dir / "checkpoints",
+                                        *(self.exp_dir / "cd_records").glob("*/checkpoints")], print)
         self.logger = create_logger(self.exp_dir, self.dist.is_main)
         kit.configure_tf32(self.device, not a.no_tf32)
         # seeds as the original: per rank, before the model is built (ranks then receive rank 0's weights)
@@ -521,4 +524,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    kit.cli(main, "tokenizer.train")
+    from utils.cli import run_cli
+    run_cli(main, "tokenizer.train")

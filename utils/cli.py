@@ -6,3 +6,76 @@ import argparse
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Keeps the module docstring's layout and appends each flag's default to its help."""
+
+
+# ----- one-line errors and documented exit codes ---------------------------------------------------------------------
+# 2: bad input (config, checkpoint, data, metric input); 3: training diverged; 4: I/O (disk full, permission).
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO = 2, 3, 4
+_IO_ERRNOS = {28, 13, 30, 122}  # ENOSPC, EACCES, EROFS, EDQUOT
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def classify(exc: BaseException) -> tuple[int, str] | None:
+    """(exit code, one-line message) for the errors a user can act on; None for anything else (a bug: traceback)."""
+    import sys
+
+    from utils.training import LauncherGone, TrainingDiverged  # lazily: the kit imports this module's helpers
+
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in _IO_ERRNOS or "No space left on device" in str(e):
+            what = "no space left on device" if (getattr(e, "errno", None) == 28 or "No space left" in str(e)) \
+                else (e.strerror or "permission denied").lower()
+            where = getattr(e, "filename", None) or (getattr(exc, "filename", None))
+            return EXIT_IO, f"error: {what}" + (f": {where}" if where else "") + f" ({type(exc).__name__})"
+    if isinstance(exc, TrainingDiverged):
+        return EXIT_DIVERGED, f"training stopped: {exc}"
+    if isinstance(exc, LauncherGone):
+        return 1, f"stopped: {exc}"
+    from utils.checkpoint import CheckpointError
+    from utils.config import ConfigError
+    if isinstance(exc, (ConfigError, CheckpointError, ValueError, FileNotFoundError, NotImplementedError)):
+        return EXIT_BAD_INPUT, f"error: {exc}"
+    del sys
+    return None
+
+
+def run_cli(main, prog: str, argv=None) -> None:
+    """Run a driver's ``main`` as a command. A project error becomes one ``[prog] error: ...`` line on stderr and a
+    documented exit code (see :data:`EXIT_BAD_INPUT` ...); ``--debug`` anywhere on the command line or
+    ``GIGATOK_DEBUG=1`` shows the traceback instead. Under torchrun the first failing rank also records its line in
+    ``$GIGATOK_ERROR_FILE``, so the launcher script can print it last and exit with its code."""
+    import os
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("GIGATOK_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        result = main(argv)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - classified below, re-raised when not a user error
+        found = None if debug else classify(exc)
+        if found is None:
+            raise
+        code, message = found
+        line = f"[{prog}] {message}"
+        print(line, file=sys.stderr, flush=True)
+        record = os.environ.get("GIGATOK_ERROR_FILE")
+        if record:
+            try:
+                fd = os.open(record, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(f"{code}\t{line}\n")
+            except OSError:
+                pass  # another rank was first
+        sys.exit(code)
+    if isinstance(result, int) and not isinstance(result, bool):
+        sys.exit(result)

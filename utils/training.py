@@ -16,8 +16,7 @@ import argparse
 import contextlib
 import os
 import random
-import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,8 @@ DATA_PARALLEL_HELP = ("ddp; or FSDP2 fully_shard per transformer block (under to
                       "(FULL_SHARD), sdp = keep parameters gathered until backward (SHARD_GRAD_OP), hsdp = shard "
                       "within a node, replicate across nodes")
 
-EXIT_CONFIG = 2
-EXIT_DIVERGED = 3
+EXIT_CONFIG = 2  # = utils.cli.EXIT_BAD_INPUT
+EXIT_DIVERGED = 3  # = utils.cli.EXIT_DIVERGED
 
 
 class LauncherGone(RuntimeError):
@@ -261,6 +260,15 @@ def lock_experiment(folder: Path, is_main: bool, log: Callable[[str], None]):
     return lock
 
 
+def clean_stale_temp_files(folders: Iterable[Path], log: Callable[[str], None]) -> None:
+    """Remove the temporary files interrupted checkpoint writes left behind (a whole checkpoint each)."""
+    from utils.checkpoint import remove_stale_temp_files
+
+    for folder in folders:
+        for path in remove_stale_temp_files(folder):
+            log(f"removed the temporary file of an interrupted checkpoint write: {path}")
+
+
 def launcher_watch():
     """A :class:`utils.runlock.ParentWatch` when this process is a torchrun worker, else None."""
     from utils.distributed import launched_by_torchrun
@@ -388,23 +396,3 @@ def run_trainer(trainer: Any) -> dict:
     finally:
         trainer.close()
         cleanup()
-
-
-def cli(main: Callable[[Sequence[str] | None], Any], prog: str, argv: Sequence[str] | None = None) -> None:
-    """Run ``main`` as a command: a configuration error or a diverged run prints one line and exits 2 / 3
-    (``GIGATOK_DEBUG=1`` re-raises for the traceback)."""
-    try:
-        main(argv)
-    except TrainingDiverged as exc:
-        if os.environ.get("GIGATOK_DEBUG"):
-            raise
-        print(f"[{prog}] training stopped: {exc}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_DIVERGED)
-    except (ConfigError, CheckpointError) as exc:
-        if os.environ.get("GIGATOK_DEBUG"):
-            raise
-        print(f"[{prog}] error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_CONFIG)
-    except LauncherGone as exc:
-        print(f"[{prog}] stopped: {exc}", file=sys.stderr, flush=True)
-        sys.exit(1)

@@ -373,4 +373,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.cli import run_cli
+    run_cli(main, "evaluator")

@@ -423,6 +423,32 @@ def test_one_run_per_folder_and_workers_die_with_their_launcher(images, tmp_path
 
 
 @pytest.mark.slow
+def test_one_line_error_and_exit_code_under_torchrun(images, tmp_path):
+    """Through scripts/train_vq.sh with two torchrun workers, a diverged run ends with its one-line message as the
+    last line the user sees and the documented exit code 3, and a bad input with 2; no worker traceback. Stale
+    temporary files of interrupted checkpoint writes are removed at start."""
+    exp = tmp_path / "div"
+    (exp / "checkpoints").mkdir(parents=True)
+    stale = exp / "checkpoints" / ".0000004.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    env = child_env(GPUS="2", PORT=str(testlib.free_port()))
+    args = train_args(images, tmp_path, "div", 2, overrides=["trainer.lr=.inf"])
+    proc = subprocess.run(["bash", "scripts/train_vq.sh", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == EXIT_DIVERGED, proc.stderr[-3000:]
+    assert last.startswith("[tokenizer.train] training stopped: non-finite"), last
+    assert 'tokenizer/train.py", line' not in proc.stderr  # no worker traceback (torchrun still prints its report)
+    assert not stale.exists()
+    bad = train_args(images, tmp_path, "bad", 2, overrides=["model.init_args.codebook_size=abc"])
+    proc = subprocess.run(["bash", "scripts/train_vq.sh", *bad], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and 'tokenizer/config.py", line' not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == ("[tokenizer.train] error: model.init_args.codebook_size must be "
+                                                    "int, got 'abc' (str)")
+
+
+@pytest.mark.slow
 def test_fsdp_two_processes_checkpoint_loads_and_resumes(images, tmp_path):
     extra = ("--ckpt-every", "2", "--data-parallel", "fsdp", "--ema")
     over = ["loss.params.disc_start=2"]

@@ -101,19 +101,53 @@ def _raiser(exc):
 
 
 @pytest.mark.parametrize("exc,code,text", [
-    (ConfigError("trainer.lr: bad value"), kit.EXIT_CONFIG, "[prog] error: trainer.lr: bad value"),
-    (CheckpointError("x.pt is not a checkpoint"), kit.EXIT_CONFIG, "[prog] error: x.pt is not a checkpoint"),
-    (kit.TrainingDiverged("non-finite loss at step 3"), kit.EXIT_DIVERGED,
-     "[prog] training stopped: non-finite loss at step 3")])
+    (ConfigError("trainer.lr: bad value"), 2, "[prog] error: trainer.lr: bad value"),
+    (CheckpointError("x.pt is not a checkpoint"), 2, "[prog] error: x.pt is not a checkpoint"),
+    (ValueError("class ids [12] are outside [0, 10)"), 2, "[prog] error: class ids [12] are outside [0, 10)"),
+    (kit.TrainingDiverged("non-finite loss at step 3"), 3, "[prog] training stopped: non-finite loss at step 3"),
+    (OSError(13, "Permission denied", "/ro/out.txt"), 4, "[prog] error: permission denied: /ro/out.txt (PermissionError)")])
 def test_cli_turns_project_errors_into_one_line_and_an_exit_code(exc, code, text, capsys, monkeypatch):
+    from utils.cli import run_cli
+
     monkeypatch.delenv("GIGATOK_DEBUG", raising=False)
     with pytest.raises(SystemExit) as info:
-        kit.cli(_raiser(exc), "prog", [])
+        run_cli(_raiser(exc), "prog", [])
     assert info.value.code == code
     assert capsys.readouterr().err.strip() == text
+    with pytest.raises(type(exc)):  # --debug (or GIGATOK_DEBUG=1): the traceback
+        run_cli(_raiser(exc), "prog", ["--debug"])
     monkeypatch.setenv("GIGATOK_DEBUG", "1")
     with pytest.raises(type(exc)):
-        kit.cli(_raiser(exc), "prog", [])
+        run_cli(_raiser(exc), "prog", [])
+
+
+def test_disk_full_inside_torch_save_is_an_io_error(tmp_path, capsys, monkeypatch):
+    """torch.save reports a full disk as a RuntimeError whose cause holds the errno: exit 4, one line."""
+    from utils.checkpoint import save_atomic
+    from utils.cli import run_cli
+
+    def full(*args, **kwargs):
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as cause:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0") from cause
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.delenv("GIGATOK_DEBUG", raising=False)
+
+    def main(argv):
+        save_atomic({"w": torch.zeros(2)}, tmp_path / "ckpt.pt")
+    with pytest.raises(SystemExit) as info:
+        run_cli(main, "prog", [])
+    assert info.value.code == 4
+    assert capsys.readouterr().err.strip() == "[prog] error: no space left on device (RuntimeError)"
+    assert list(tmp_path.iterdir()) == []  # nothing half written
+
+
+def test_an_unexpected_exception_keeps_its_traceback():
+    from utils.cli import run_cli
+
+    with pytest.raises(KeyError):
+        run_cli(_raiser(KeyError("bug")), "prog", [])
 
 
 def test_run_trainer_closes_and_logs_the_error():
