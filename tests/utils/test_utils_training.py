@@ -105,7 +105,8 @@ def _raiser(exc):
     (CheckpointError("x.pt is not a checkpoint"), 2, "[prog] error: x.pt is not a checkpoint"),
     (ValueError("class ids [12] are outside [0, 10)"), 2, "[prog] error: class ids [12] are outside [0, 10)"),
     (kit.TrainingDiverged("non-finite loss at step 3"), 3, "[prog] training stopped: non-finite loss at step 3"),
-    (OSError(13, "Permission denied", "/ro/out.txt"), 4, "[prog] error: permission denied: /ro/out.txt (PermissionError)")])
+    (OSError(13, "Permission denied", "/ro/out.txt"), 4,
+     "[prog] error: permission denied: /ro/out.txt (PermissionError)")])
 def test_cli_turns_project_errors_into_one_line_and_an_exit_code(exc, code, text, capsys, monkeypatch):
     from utils.cli import run_cli
 
