@@ -6,6 +6,7 @@
 # (--ckpt-every, 5000), PRECISION (fp16), LM_PRECISION (fp16), LM_EXP_DIR, DATASET, VAL_PATH
 # (results/reconstructions/img_data), GT_VAL_NPZ_PATH (results/reconstructions/val_imagenet.npz), and lm_common.sh's.
 TOK_EPOCH=${TOK_EPOCH:-100}
+VQ_TRAIN_SCRIPT=${VQ_TRAIN_SCRIPT:-train_vq.sh}  # train_vq_and_eval_fsdp.sh sets train_vq_fsdp.sh
 VQ_CKPT=None  # the checkpoint of the run trained here
 source "$(dirname "${BASH_SOURCE[0]}")/tok_common.sh"
 CKPT_EVERY=${CKPT_EVERY:-5000}
@@ -16,10 +17,12 @@ FRACT_DECAY=${FRACT_DECAY:-0.2}
 TOTAL_ITER=$((TOK_EPOCH * 256 * 5000 / TOK_BSZ))
 STOP=()
 [[ "$TOK_EARLY_STOP_ITER" != "None" ]] && STOP=(--early-stop-iter "$TOK_EARLY_STOP_ITER")
+EXTRA=()
+[[ "$VQ_TRAIN_SCRIPT" == "train_vq_fsdp.sh" ]] && EXTRA=(--grad-precision "$PRECISION" --fract-decay "$FRACT_DECAY")
 
-bash "$SCRIPTS/train_vq.sh" --save-path "${PROJECT_ROOT}/results/tokenizers/vq/" \
+bash "$SCRIPTS/$VQ_TRAIN_SCRIPT" --save-path "${PROJECT_ROOT}/results/tokenizers/vq/" \
   --data-path "${IMGNET_ROOT}/ILSVRC2012_img_train/" --image-size 256 --model-config "$TOK_CONFIG" \
-  --mixed-precision "$PRECISION" --iterations "$TOTAL_ITER" --global-batch-size "$TOK_BSZ" \
+  --mixed-precision "$PRECISION" "${EXTRA[@]}" --iterations "$TOTAL_ITER" --global-batch-size "$TOK_BSZ" \
   --ckpt-every "$CKPT_EVERY" --sub-exp-dir "$VQ_EXP_DIR" --dataset "$DATASET" "${STOP[@]}"
 
 VAL_PATH=${VAL_PATH:-${PROJECT_ROOT}/results/reconstructions/img_data}

@@ -1,34 +1,4 @@
 #!/usr/bin/env bash
-# Train a tokenizer with FSDP2 (scripts/train_vq_fsdp.sh), evaluate its reconstructions (rFID, rsFID, PSNR, SSIM, LPIPS), then the AR probe: GPT-B trained
-# on its codes (constant LR after no warm-up, stopped at 250k of 1.5M iterations) with gFID at the constant CFG
-# schedule and the validation loss, as the original's script.
-# Variables: tok_common.sh (VQ_EXP_DIR, TOK_CONFIG, TOK_EPOCH (50), TOK_BSZ, TOK_EARLY_STOP_ITER), CKPT_EPOCH
-# (--ckpt-every, 5000), PRECISION (fp16), LM_PRECISION (fp16), LM_EXP_DIR, DATASET, VAL_PATH
-# (results/reconstructions/img_data), GT_VAL_NPZ_PATH (results/reconstructions/val_imagenet.npz), and lm_common.sh's.
-TOK_EPOCH=${TOK_EPOCH:-50}
-VQ_CKPT=None  # the checkpoint of the run trained here
-source "$(dirname "${BASH_SOURCE[0]}")/tok_common.sh"
-CKPT_EVERY=${CKPT_EVERY:-5000}
-PRECISION=${PRECISION:-fp16}
-LM_PRECISION=${LM_PRECISION:-fp16}
-DATASET=${DATASET:-imagenet}
-FRACT_DECAY=${FRACT_DECAY:-0.2}
-TOTAL_ITER=$((TOK_EPOCH * 256 * 5000 / TOK_BSZ))
-STOP=()
-[[ "$TOK_EARLY_STOP_ITER" != "None" ]] && STOP=(--early-stop-iter "$TOK_EARLY_STOP_ITER")
-
-bash "$SCRIPTS/train_vq_fsdp.sh" --save-path "${PROJECT_ROOT}/results/tokenizers/vq/" \
-  --data-path "${IMGNET_ROOT}/ILSVRC2012_img_train/" --image-size 256 --model-config "$TOK_CONFIG" \
-  --mixed-precision "$PRECISION" --grad-precision "$PRECISION" --fract-decay "$FRACT_DECAY" --iterations "$TOTAL_ITER" --global-batch-size "$TOK_BSZ" \
-  --ckpt-every "$CKPT_EVERY" --sub-exp-dir "$VQ_EXP_DIR" --dataset "$DATASET" "${STOP[@]}"
-
-VAL_PATH=${VAL_PATH:-${PROJECT_ROOT}/results/reconstructions/img_data}
-GT_VAL_NPZ_PATH=${GT_VAL_NPZ_PATH:-${PROJECT_ROOT}/results/reconstructions/val_imagenet.npz}
-bash "$SCRIPTS/reconstruction.sh" --data-path "$VAL_PATH" --image-size 256 --quant-way vq \
-  --sample-dir "${PROJECT_ROOT}/results/reconstructions/vq/${VQ_EXP_DIR}/${TOK_ITER}" --vq-ckpt "$VQ_CKPT" \
-  --model-config "$TOK_CONFIG" --clear-cache --lpips --gt-npz-path "$GT_VAL_NPZ_PATH"
-
-# the AR probe (the original's recipe for comparing tokenizers)
-VQ_CKPT=$VQ_CKPT LM_EPOCH=300 LM_BSZ=256 GPT_MODEL=GPT-B WARM_ITER=0 LR=1e-4 PRECISION=$LM_PRECISION \
-  CFG_SCHEDULE=constant LM_STOP_ITER=${LM_STOP_ITER:-250000} \
-  bash "$(dirname "${BASH_SOURCE[0]}")/train_c2i_and_eval.sh"
+# As train_vq_and_eval.sh, with the tokenizer trained by FSDP2 (scripts/train_vq_fsdp.sh, gradients reduced in
+# PRECISION, WSD FRACT_DECAY) and 50 tokenizer "epochs" by default, as the original's script.
+TOK_EPOCH=${TOK_EPOCH:-50} VQ_TRAIN_SCRIPT=train_vq_fsdp.sh exec bash "$(dirname "${BASH_SOURCE[0]}")/train_vq_and_eval.sh"
