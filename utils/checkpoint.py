@@ -86,12 +86,24 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(
-            f"could not read checkpoint {str(path)!r} ({path.stat().st_size} bytes): {type(exc).__name__}: "
-            f"{exc}. The file may be truncated or not a PyTorch/safetensors checkpoint.") from exc
+        raise CheckpointError(f"could not read checkpoint {str(path)!r} ({path.stat().st_size} bytes): "
+                              f"{_unreadable_reason(exc)}") from exc
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, not a dict")
     return dict(obj)
+
+
+def _unreadable_reason(exc: Exception) -> str:
+    """Why torch/safetensors refused a file, in one sentence (never the advice to unpickle untrusted data)."""
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"it pickles the Python type {found.group(1)}, which the safe loader does not execute; only "
+                "tensors, containers and argparse.Namespace are read")
+    if "WeightsUnpickler" in text or "invalid load key" in text or "zip" in text.lower() or "header" in text.lower():
+        return "it is not a readable PyTorch or safetensors checkpoint (truncated, corrupt or another format)"
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}; the file may be truncated, corrupt or not a checkpoint"
 
 
 def _is_state_dict(obj: Mapping) -> bool:

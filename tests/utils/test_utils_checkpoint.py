@@ -184,3 +184,21 @@ def test_prune_step_checkpoints_is_the_original_retention_rule(tmp_path):
     assert sorted(int(p.stem) for p in removed) == sorted(set(range(10, 200, 10)) - set(kept))
     assert prune_step_checkpoints(tmp_path, 50, 50, 0, -1) == [] and len(list_step_checkpoints(tmp_path)) == 5
     assert list_step_checkpoints(tmp_path / "missing") == []
+
+
+class PickledThing:  # module level: pickle must find it
+    pass
+
+
+def test_unreadable_files_say_why_without_unsafe_advice(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(CheckpointError, match="junk.pt.*not a readable PyTorch or safetensors checkpoint") as info:
+        load_checkpoint_file(junk)
+    assert "weights_only" not in str(info.value)
+
+    pickled = tmp_path / "custom.pt"
+    torch.save({"thing": PickledThing()}, pickled)
+    with pytest.raises(CheckpointError, match=r"pickles the Python type .*PickledThing") as info:
+        load_checkpoint_file(pickled)
+    assert "weights_only" not in str(info.value)
