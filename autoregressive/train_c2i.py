@@ -393,7 +393,8 @@ class Trainer:
         stored = ckpt.get("args")
         stored = vars(stored) if isinstance(stored, argparse.Namespace) else (stored or {})
         current = _plain_args(a)
-        changes = kit.changed_settings({k: v for k, v in stored.items() if k in current}, current,
+        common = set(stored) & set(current)  # arguments both launches know (older checkpoints lack newer flags)
+        changes = kit.changed_settings({k: stored[k] for k in common}, {k: current[k] for k in common},
                                        SCHEDULE_ONLY_ARGS)
         kit.check_resume(changes, a.allow_config_change, path, self.log)
         model_sd = strip_prefixes(select_state_dict(ckpt, str(path), entries=("model",)))
