@@ -117,5 +117,9 @@ def model_args(cfg: DictConfig):
             raise ConfigError(f"trainer.distill_model must be one of {list(DISTILL_DIMS)}, got {teacher!r}")
         init_args["out_inner_dim"] = DISTILL_DIMS[teacher]
     args_cls = MODEL_CLASSES[cls_name][1]
-    check_types(init_args, {f.name: f.type for f in fields(args_cls)}, "model.init_args")
+    types = {f.name: f.type for f in fields(args_cls)}
+    check_types(init_args, types, "model.init_args")
+    for key, value in init_args.items():  # numeric strings (YAML's 5e-3) of float fields become floats
+        if isinstance(value, str) and str(types.get(key)).startswith("float"):
+            init_args[key] = float(value)
     return args_cls(**init_args)

@@ -105,6 +105,14 @@ def _allowed(spec) -> tuple | None:
     return tuple(t for n in names for t in _TYPE_NAMES[n])
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def check_types(values: Mapping, expected: Mapping, section: str) -> None:
     """Reject values of the wrong type by dotted key: a YAML string for a bool ("no" would be truthy) or a number
     ("abc"), a bool for a number, ... ``expected`` maps key -> type or annotation string."""
@@ -115,6 +123,8 @@ def check_types(values: Mapping, expected: Mapping, section: str) -> None:
         if allowed is None:
             continue
         wrong_bool = isinstance(value, bool) and bool not in allowed
+        if float in allowed and isinstance(value, str) and _is_number(value):
+            continue  # YAML reads 1e-4 (no dot) as a string; as_float converts it where the value is used
         if wrong_bool or not isinstance(value, allowed):
             names = " or ".join(sorted({t.__name__ if t is not type(None) else "null" for t in allowed}))
             raise ConfigError(f"{section}.{key} must be {names}, got {value!r} ({type(value).__name__})")
