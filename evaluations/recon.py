@@ -134,9 +134,16 @@ class LPIPSMetric:
         from utils.distributed import pick_device
         self.device = pick_device(None if device is None else str(device))
         random_trunk = (not pretrained_backbone) or vgg_weights_path is not None
-        with warnings.catch_warnings(), _features_only_vgg(random_trunk):
-            warnings.simplefilter("ignore")  # torchvision's "pretrained is deprecated" notice
-            self.model = lpips.LPIPS(net="vgg", version="0.1", pnet_rand=random_trunk, verbose=False)
+        if vgg_weights_path is not None and not Path(vgg_weights_path).is_file():
+            raise MissingWeightsError(f"--lpips-vgg-path {vgg_weights_path}: no such file")
+        try:
+            with warnings.catch_warnings(), _features_only_vgg(random_trunk):
+                warnings.simplefilter("ignore")  # torchvision's "pretrained is deprecated" notice
+                self.model = lpips.LPIPS(net="vgg", version="0.1", pnet_rand=random_trunk, verbose=False)
+        except (OSError, RuntimeError) as exc:  # urllib's URLError is an OSError
+            if random_trunk:
+                raise
+            raise MissingWeightsError(_vgg16_missing_message()) from exc
         if vgg_weights_path is not None:
             self._load_vgg(vgg_weights_path)
         self.model = self.model.to(self.device).eval()
@@ -184,6 +191,19 @@ class LPIPSMetric:
         if not self.values:
             raise ValueError("LPIPSMetric.compute() before any update()")
         return float(np.mean(self.batch_means) if faithful else np.mean(self.values))
+
+
+class MissingWeightsError(FileNotFoundError):
+    """Pretrained weights a metric needs are neither cached nor downloadable (offline machine)."""
+
+
+def _vgg16_missing_message() -> str:
+    from torchvision.models import VGG16_Weights
+
+    name = Path(VGG16_Weights.IMAGENET1K_V1.url).name
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    return (f"LPIPS needs torchvision's VGG16 weights ({name}), which are not in {cache} and could not be downloaded.\n"
+            f"Copy the file there, or give it with --lpips-vgg-path FILE, or leave out --lpips.")
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -123,6 +123,8 @@ def main(argv=None) -> dict:
     out_dir = Path(args.sample_dir) / run_name(args, ckpt_sha256)
     img_dir = out_dir / "images"
     check_result_folder(out_dir, inputs)
+    # before anything is written: offline without the VGG weights this stops with a message, leaving no folder
+    lpips_metric = LPIPSMetric(dist.device, vgg_weights_path=args.lpips_vgg_path) if args.lpips else None
     if dist.is_main:
         img_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "compare").mkdir(exist_ok=True)
@@ -134,7 +136,6 @@ def main(argv=None) -> dict:
     subset = torch.utils.data.Subset(dataset, indices[dist.rank:: dist.world_size])
     loader = torch.utils.data.DataLoader(subset, batch_size=args.per_proc_batch_size, shuffle=False,
                                          num_workers=args.num_workers, collate_fn=collate_skip_bad)
-    lpips_metric = LPIPSMetric(dist.device, vgg_weights_path=args.lpips_vgg_path) if args.lpips else None
     autocast_dtype = PRECISIONS[args.precision]
     eval_size = args.image_size_eval or args.image_size
 

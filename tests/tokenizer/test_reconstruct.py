@@ -170,3 +170,32 @@ def test_two_experiments_checkpoints_of_one_name_never_collide(tmp_path, tiny_ck
         reconstruct([*common, "--vq-ckpt", str(b), "--run-name", "mine"])
     saved = json.loads((tmp_path / "out" / "mine" / "metrics.json").read_text())
     assert saved["checkpoint_sha256"] == ma["checkpoint_sha256"]  # the first result is still there
+
+
+def test_lpips_without_vgg_weights_offline_stops_before_writing(tmp_path, tiny_ckpt, monkeypatch, capsys):
+    """The README's reconstruction command with --lpips on an offline machine without the VGG16 weights: one clear
+    two-line message naming the file and the flag, exit code 2, and no output folder."""
+    import urllib.error
+
+    import torchvision.models._api as tv_api
+
+    from utils.cli import run_cli
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv("GIGATOK_DEBUG", raising=False)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        run_cli(reconstruct, "reconstruct", ["--data-path", str(PHOTOS), "--image-size", "32", "--sample-dir",
+                                             str(out), "--vq-ckpt", str(tiny_ckpt), "--model-config", str(TINY),
+                                             "--device", "cpu", "--num-workers", "0", "--lpips"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "vgg16-397923af.pth" in err[0] and "--lpips-vgg-path" in err[1]
+    assert not out.exists()
+    with pytest.raises(FileNotFoundError, match="--lpips-vgg-path .*absent.pth: no such file"):
+        reconstruct(["--data-path", str(PHOTOS), "--image-size", "32", "--sample-dir", str(out), "--vq-ckpt",
+                     str(tiny_ckpt), "--model-config", str(TINY), "--device", "cpu", "--lpips", "--lpips-vgg-path",
+                     str(tmp_path / "absent.pth")])
