@@ -24,9 +24,17 @@ def _parse(name_or_config: Any, model_kwargs: dict) -> tuple[str, dict, Optional
     """Return (preset name, constructor kwargs, checkpoint named in the config or None)."""
     if isinstance(name_or_config, str) and name_or_config in GPT_models:
         return name_or_config, dict(model_kwargs), None
+    if isinstance(name_or_config, str) and not Path(name_or_config).exists():
+        from utils.released import find_gpt
+        released = find_gpt(name_or_config)
+        if released is not None:  # a released GPT: its preset, the released vocabulary / length / classes, its file
+            kwargs = {"vocab_size": 16384, "block_size": 256, "num_classes": 1000, **model_kwargs}
+            return released.preset, kwargs, released.file
     if isinstance(name_or_config, (str, os.PathLike)) and not Path(name_or_config).is_file():
-        raise ValueError(f"unknown GPT model {str(name_or_config)!r}: not a preset ({sorted(GPT_models)}) "
-                         "and not a config file")
+        from utils.released import GPTS, _near
+        raise ValueError(f"unknown GPT model {str(name_or_config)!r}: not a preset ({sorted(GPT_models)}), not a "
+                         f"released GPT ({sorted(GPTS)}) and not a config file"
+                         f"{_near(str(name_or_config), [*GPT_models, *GPTS])}")
     if not isinstance(name_or_config, (str, os.PathLike, Mapping)) and not hasattr(name_or_config, "keys"):
         raise TypeError(f"name_or_config must be a preset name, a YAML path or a dict, not "
                         f"{type(name_or_config).__name__}")

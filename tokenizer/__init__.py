@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,16 +23,40 @@ def build_tokenizer(config: Any, overrides: list[str] | None = None) -> torch.nn
     return MODEL_CLASSES[cfg.model.model_cls][0](args)
 
 
-def load_tokenizer(config: Any, checkpoint: str | os.PathLike, device: str | torch.device = "cpu",
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "vq"
+
+
+def resolve_released(config: Any, checkpoint: str | os.PathLike | None) -> tuple[Any, Any]:
+    """``(config, checkpoint)`` with a released model's name (``VQ_XLXXL256``) or Hub file (``VQ_XLXXL256_e300.pt``)
+    given as ``config`` expanded to its YAML and its Hub file."""
+    from utils.released import find_tokenizer, unknown_model_message
+
+    if not isinstance(config, (str, os.PathLike)) or Path(config).exists():
+        return config, checkpoint
+    released = find_tokenizer(str(config))
+    if released is None:
+        if str(config).endswith((".yaml", ".yml")):
+            return config, checkpoint  # read_tokenizer_config names the missing file
+        raise ValueError(unknown_model_message(str(config)))
+    return CONFIG_DIR / f"{released.name}.yaml", checkpoint if checkpoint is not None else released.file
+
+
+def load_tokenizer(config: Any, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                    overrides: list[str] | None = None,
                    entries: tuple[str, ...] = ("ema", "model", "state_dict")) -> torch.nn.Module:
     """Tokenizer with weights from ``checkpoint``, in eval mode on ``device``.
+
+    ``config`` may also be a released model's name or Hub file (``load_tokenizer("VQ_XLXXL256")``): its YAML and,
+    when ``checkpoint`` is not given, its weights from the Hub.
 
     ``checkpoint``: a local .pt/.pth/.safetensors file, a released file name (``VQ_SS256_e100.pt``, fetched
     from the Hub repo ``YuuTennYi/GigaTok``), or ``hf://OWNER/REPO/FILE``. The ``ema`` entry is used when
     present, else ``model``, else ``state_dict`` (as the original reconstruction script; ``entries`` chooses
     otherwise, e.g. ``("model",)`` as its code extraction); loading is strict.
     """
+    config, checkpoint = resolve_released(config, checkpoint)
+    if checkpoint is None:
+        raise ValueError("load_tokenizer needs a checkpoint (or a released model name as the config)")
     context = f"config {config!r}" if isinstance(config, (str, os.PathLike)) else "the given config"
     model = build_tokenizer(config, overrides)
     load_weights(model, checkpoint, context=context, entries=entries)

@@ -55,3 +55,26 @@ GPTS = {g.name: g for g in (
     ReleasedGPT("GPT-XXL_VQ_BL", "GPT-XXL", "VQ_BL256", "GPT_XXL256_e300_VQ_BL.pt", 2.03, 69.4),
     ReleasedGPT("GPT-XXL_VQ_XLXXL", "GPT-XXL", "VQ_XLXXL256", "GPT_XXL256_e300_VQ_XLXXL.pt", 1.98, 74.0),
 )}
+
+
+def _near(name: str, known) -> str:
+    import difflib
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.4)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def find_tokenizer(name: str) -> ReleasedTokenizer | None:
+    """The released tokenizer called ``name`` (config stem, e.g. VQ_XLXXL256) or stored as ``name`` (its Hub file,
+    e.g. VQ_XLXXL256_e300.pt); None if ``name`` is neither."""
+    return TOKENIZERS.get(name) or next((t for t in TOKENIZERS.values() if t.file == name), None)
+
+
+def find_gpt(name: str) -> ReleasedGPT | None:
+    """The released GPT called ``name`` (GPT-B_VQ_XLXXL) or stored as ``name`` / ``name + '.pt'``
+    (GPT_B256_e300_VQ_XLXXL.pt); None if ``name`` is neither."""
+    return GPTS.get(name) or next((g for g in GPTS.values() if name in (g.file, g.file[:-3])), None)
+
+
+def unknown_model_message(name: str) -> str:
+    every = [*TOKENIZERS, *(t.file for t in TOKENIZERS.values()), *GPTS, *(g.file[:-3] for g in GPTS.values())]
+    return f"{name!r} is neither a file nor a released GigaTok model{_near(name, every)}"

@@ -121,3 +121,27 @@ def test_load_from_offline_hub_cache(tmp_path, monkeypatch, trained):
     assert same_weights(load_gpt("GPT-tiny", f"hf://YuuTennYi/GigaTok/{name}", **TINY_GPT), model)
     with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):
         load_gpt("GPT-tiny", "GPT_B256_e300_VQ_XLXXL.pt", **TINY_GPT)
+
+
+def test_released_gpts_by_name(tmp_path, monkeypatch, trained):
+    """load_gpt("GPT-B_VQ_XLXXL") (or its file stem) means preset GPT-B with the released sizes and the Hub file
+    GPT_B256_e300_VQ_XLXXL.pt; a misspelt name lists the nearest known ones."""
+    import huggingface_hub.constants as hf_constants
+
+    _, path = trained
+    repo_dir = tmp_path / "hub" / "models--YuuTennYi--GigaTok"
+    commit = hashlib.sha1(b"gigatok-test").hexdigest()
+    snap = repo_dir / "snapshots" / commit / "GPT_B256_e300_VQ_XLXXL.pt"
+    snap.parent.mkdir(parents=True)
+    snap.write_bytes(path.read_bytes())  # a stand-in file: tiny weights under the released name
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for name in ("GPT-B_VQ_XLXXL", "GPT_B256_e300_VQ_XLXXL", "GPT_B256_e300_VQ_XLXXL.pt"):
+        # resolved to GPT-B and the released file (whose stand-in then does not fit GPT-B)
+        with pytest.raises(CheckpointError, match=r"GPT_B256_e300_VQ_XLXXL\.pt.*GPT preset GPT-B with .*16384"):
+            load_gpt(name)
+    with pytest.raises(ValueError, match="did you mean GPT-B_VQ_XLXXL"):
+        load_gpt("GPT-B_VQ_XLXL")

@@ -179,3 +179,27 @@ def test_released_name_from_offline_hub_cache(tmp_path, tiny_model, tiny_ckpt):
     assert out.returncode == 0, out.stderr
     assert f"SUM {float(tiny_model.quant_conv.weight.detach().sum())}" in out.stdout
     assert "OFFLINE-ERROR-OK" in out.stdout
+
+
+def test_released_tokenizer_by_name(tmp_path, monkeypatch, tiny_ckpt):
+    """load_tokenizer("VQ_SS256") means configs/vq/VQ_SS256.yaml with the Hub file VQ_SS256_e100.pt (here a
+    stand-in, which then does not fit); a misspelt name lists the nearest released ones."""
+    import hashlib
+
+    import huggingface_hub.constants as hf_constants
+
+    repo_dir = tmp_path / "hub" / "models--YuuTennYi--GigaTok"
+    commit = hashlib.sha1(b"gigatok-test").hexdigest()
+    snap = repo_dir / "snapshots" / commit / "VQ_SS256_e100.pt"
+    snap.parent.mkdir(parents=True)
+    snap.write_bytes(tiny_ckpt.read_bytes())
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for name in ("VQ_SS256", "VQ_SS256_e100.pt"):
+        with pytest.raises(CheckpointError, match=r"VQ_SS256_e100\.pt.*configs/vq/VQ_SS256\.yaml"):
+            load_tokenizer(name)
+    with pytest.raises(ValueError, match="did you mean VQ_SS256"):
+        load_tokenizer("VQ_SS265")
