@@ -23,7 +23,7 @@ from tqdm import tqdm
 from tokenizer import load_tokenizer, read_tokenizer_config
 from utils.checkpoint import resolve_checkpoint, sha256_file
 from utils.data import ImageFolderDataset, center_crop_arr, collate_skip_bad, to_model_range
-from utils.distributed import barrier, cleanup, init_distributed
+from utils.distributed import barrier, finish, init_distributed
 from utils.training import configure_tf32
 
 
@@ -137,7 +137,7 @@ def main(argv=None) -> dict:
     if dist.is_main:
         settings_file.write_text(json.dumps(summary, indent=2))
         print(f"[extract_codes] codes in {codes_dir}, labels in {labels_dir}")
-    cleanup()
+    finish()
     return summary
 
 

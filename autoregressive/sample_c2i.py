@@ -36,7 +36,7 @@ from autoregressive.models.generate import sample_generators
 from tokenizer import load_tokenizer
 from utils.checkpoint import CheckpointError, resolve_checkpoint, sha256_file
 from utils.data import to_uint8
-from utils.distributed import barrier, cleanup, init_distributed
+from utils.distributed import barrier, finish, init_distributed
 from utils.images import save_grid
 from utils.training import PRECISIONS, configure_tf32, storage_dtype
 
@@ -384,7 +384,7 @@ def main(argv=None):
         result = search(args, sampler, dist)
     else:
         result = sample_fid(args, sampler, dist, args.cfg_scale)
-    cleanup()
+    finish()
     return result
 
 

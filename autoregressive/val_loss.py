@@ -35,7 +35,7 @@ from tokenizer import tokenizer_info
 from utils.checkpoint import CheckpointError, load_checkpoint_file, resolve_checkpoint, sha256_file
 from utils.cli import HelpFormatter
 from utils.data import CodeDataset, ImageFolderDataset, collate_skip_bad
-from utils.distributed import barrier, cleanup, init_distributed
+from utils.distributed import barrier, finish, init_distributed
 from utils.training import PRECISIONS
 
 
@@ -262,7 +262,7 @@ def main(argv=None) -> dict:
                 fh.write(f"val_loss: {val_loss:.6f} \n")
         print(f"val_loss: {val_loss:.6f} (token-weighted; mean of batch means {result['val_loss_batch_mean']:.6f}) "
               f"over {int(images)} images; written to {out_json}", flush=True)
-    cleanup()
+    finish()
     return result
 
 

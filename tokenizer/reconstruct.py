@@ -24,7 +24,7 @@ from tokenizer import load_tokenizer, read_tokenizer_config
 from utils.checkpoint import resolve_checkpoint, sha256_file
 from utils.config import save_config
 from utils.data import ImageFolderDataset, collate_skip_bad, to_uint8
-from utils.distributed import all_gather_tensor, barrier, cleanup, init_distributed
+from utils.distributed import all_gather_tensor, barrier, finish, init_distributed
 from utils.images import save_grid
 from utils.training import PRECISIONS, configure_tf32
 
@@ -231,8 +231,7 @@ def main(argv=None) -> dict:
             print(f"[reconstruct] skipped unreadable image: {path}")
         shown = {k: metrics[k] for k in ("num_images", "psnr", "ssim", "lpips", "codebook_usage", "rfid", "rsfid")}
         print(f"[reconstruct] {json.dumps(shown)}\n[reconstruct] outputs in {out_dir}")
-    barrier()
-    cleanup()
+    finish()
     return metrics
 
 

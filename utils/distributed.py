@@ -67,6 +67,13 @@ def barrier() -> None:
         dist.barrier()
 
 
+def finish() -> None:
+    """End of a successful distributed job: every rank leaves together, then the group is destroyed (a gloo rank
+    that tears down while a peer still works can abort with 'terminate called without an active exception')."""
+    barrier()
+    cleanup()
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
