@@ -79,3 +79,42 @@ def run_cli(main, prog: str, argv=None) -> None:
         sys.exit(code)
     if isinstance(result, int) and not isinstance(result, bool):
         sys.exit(result)
+
+
+# ----- the `gigatok` command -----------------------------------------------------------------------------------------
+JOBS = {
+    "train-tokenizer": ("tokenizer.train", "train a VQ tokenizer (DDP / FSDP2 under torchrun)"),
+    "reconstruct": ("tokenizer.reconstruct", "reconstruct an image folder: PSNR, SSIM, LPIPS, rFID"),
+    "lin-probe-tokenizer": ("tokenizer.lin_probe", "linear probe on tokenizer features"),
+    "extract-codes": ("autoregressive.extract_codes", "tokenise an image folder for GPT training"),
+    "train-gpt": ("autoregressive.train_c2i", "train a class-conditional GPT"),
+    "sample": ("autoregressive.sample_c2i", "class grids or gFID samples (CFG search)"),
+    "val-loss": ("autoregressive.val_loss", "validation cross-entropy of a GPT"),
+    "lin-probe-gpt": ("autoregressive.lin_probe", "linear probe on GPT features"),
+    "reproduce": ("autoregressive.reproduce", "one command per published number"),
+    "evaluate": ("evaluations.c2i.evaluator", "ADM metrics (FID, sFID, IS, precision, recall) of an npz"),
+    "make-val-npz": ("evaluations.make_val_npz", "the rFID reference batch from ImageNet val"),
+}
+
+
+def gigatok_main(argv=None) -> None:
+    """``gigatok JOB [flags]``: the same as ``python -m MODULE [flags]`` (``gigatok JOB --help`` for its flags)."""
+    import runpy
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        width = max(map(len, JOBS))
+        print("usage: gigatok JOB [flags]   (gigatok JOB --help lists the job's flags)\n\njobs:")
+        for name, (module, what) in JOBS.items():
+            print(f"  {name:<{width}}  {what}  (python -m {module})")
+        raise SystemExit(0 if argv else 2)
+    job, rest = argv[0], argv[1:]
+    if job not in JOBS:
+        import difflib
+        near = difflib.get_close_matches(job, list(JOBS), n=3)
+        raise SystemExit(f"gigatok: unknown job {job!r}" + (f"; did you mean {', '.join(near)}?" if near else "")
+                         + " (gigatok --help lists them)")
+    module = JOBS[job][0]
+    sys.argv = [f"gigatok {job}", *rest]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)

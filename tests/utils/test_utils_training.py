@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import random
 
 import numpy as np
@@ -170,3 +171,19 @@ def test_run_trainer_closes_and_logs_the_error():
     with pytest.raises(ConfigError):
         kit.run_trainer(Fake())
     assert events == ["build", "ERROR: bad key", "close"]
+
+
+def test_gigatok_command_lists_and_runs_the_jobs(capsys):
+    from utils.cli import JOBS, gigatok_main
+
+    with pytest.raises(SystemExit) as info:
+        gigatok_main(["--help"])
+    assert info.value.code == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing and module in listing for name, (module, _) in JOBS.items())
+    with pytest.raises(SystemExit, match="unknown job 'sampel'; did you mean sample"):
+        gigatok_main(["sampel"])
+    gigatok_main(["reproduce", "list"])  # = python -m autoregressive.reproduce list
+    assert "gfid/GPT-B_VQ_XLXXL" in capsys.readouterr().out
+    for module, _ in JOBS.values():  # every job names a real driver with a command-line entry
+        assert importlib.util.find_spec(module) is not None, module
