@@ -259,10 +259,9 @@ def main(argv=None) -> dict | None:
         print_table(table)
         return None
     if args.row not in table:
-        import difflib
-        near = difflib.get_close_matches(args.row, list(table), n=3, cutoff=0.3)
-        sys.exit(f"unknown row {args.row!r}" + (f"; did you mean {', '.join(near)}?" if near else "") +
-                 " ('bash scripts/reproduce.sh list' shows every row)")
+        from utils.cli import did_you_mean
+        sys.exit(f"unknown row {args.row!r}{did_you_mean(args.row, table, cutoff=0.3)} "
+                 "('bash scripts/reproduce.sh list' shows every row)")
     row = table[args.row]
     inp = tiny_inputs(Path(args.tiny)) if args.tiny else released_inputs(row)
     out = Path(args.out) / ("tiny" if inp.tiny else "")

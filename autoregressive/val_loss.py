@@ -36,7 +36,7 @@ from utils.checkpoint import CheckpointError, load_checkpoint_file, resolve_chec
 from utils.cli import HelpFormatter
 from utils.data import CodeDataset, ImageFolderDataset, collate_skip_bad
 from utils.distributed import barrier, finish, init_distributed
-from utils.training import PRECISIONS
+from utils.training import PRECISIONS, configure_tf32
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -137,9 +137,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     d = init_distributed(args.device)
     device = d.device
-    if device.type == "cuda" and not args.no_tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    configure_tf32(device, not args.no_tf32)
     tok_info = tokenizer_info(args.tok_config)
     image_size = args.image_size or tok_info["image_size"]
     if image_size != tok_info["image_size"]:

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.data import ImageFolderDataset, collate_skip_bad, train_transform
-from utils.training import configure_tf32
+from utils.training import autocast_dtype, configure_tf32
 
 
 class LinearProbeHead(nn.Module):
@@ -307,7 +307,7 @@ def run_probe(args, feature_fn: Callable[[torch.Tensor], torch.Tensor], dim: int
     val_root = Path(args.val_path or Path(args.data_path) / "ILSVRC2012_img_val")
     cfg = ProbeConfig(epochs=args.epochs, warmup_epochs=args.warmup_epochs, blr=args.blr, min_lr=args.min_lr,
                       weight_decay=args.weight_decay, abs_lr=args.lr)
-    dtype = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.mixed_precision]
+    dtype = autocast_dtype(args.mixed_precision)
 
     def features(x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(d.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):

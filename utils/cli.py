@@ -4,6 +4,13 @@ from __future__ import annotations
 import argparse
 
 
+def did_you_mean(name: str, known, cutoff: float = 0.6) -> str:
+    """``"; did you mean a, b?"`` with the known names closest to a misspelt ``name`` (empty when none is close)."""
+    import difflib
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=cutoff)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Keeps the module docstring's layout and appends each flag's default to its help."""
 
@@ -111,10 +118,7 @@ def gigatok_main(argv=None) -> None:
         raise SystemExit(0 if argv else 2)
     job, rest = argv[0], argv[1:]
     if job not in JOBS:
-        import difflib
-        near = difflib.get_close_matches(job, list(JOBS), n=3)
-        raise SystemExit(f"gigatok: unknown job {job!r}" + (f"; did you mean {', '.join(near)}?" if near else "")
-                         + " (gigatok --help lists them)")
+        raise SystemExit(f"gigatok: unknown job {job!r}{did_you_mean(job, JOBS)} (gigatok --help lists them)")
     module = JOBS[job][0]
     sys.argv = [f"gigatok {job}", *rest]
     runpy.run_module(module, run_name="__main__", alter_sys=True)

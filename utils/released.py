@@ -58,9 +58,8 @@ GPTS = {g.name: g for g in (
 
 
 def _near(name: str, known) -> str:
-    import difflib
-    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.4)
-    return f"; did you mean {', '.join(close)}?" if close else ""
+    from utils.cli import did_you_mean
+    return did_you_mean(name, known, cutoff=0.4)
 
 
 def find_tokenizer(name: str) -> ReleasedTokenizer | None:
