@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_tokenizer import count_flops, measure_gemm_flops  # noqa: E402
 
-from evaluations.inception import TFInceptionV3, load_inception, strict_fp32  # noqa: E402
+from evaluations.inception import TFInceptionV3, load_inception, random_weights_, strict_fp32  # noqa: E402
 from evaluations.metrics import FIDStatistics, precision_recall  # noqa: E402
 from utils.cli import HelpFormatter  # noqa: E402
 from utils.distributed import pick_device  # noqa: E402
@@ -31,7 +31,7 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--inception-path", default=None,
@@ -46,11 +46,14 @@ def main() -> None:
     p.add_argument("--fid-dim", type=int, default=2048,
                    help="dimension of the synthetic mean/covariance for the FID timing (2048 = the Inception pool "
                         "features)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     device = pick_device(args.device)
     if args.batch_size is None:
         args.batch_size = 16 if device.type == "cpu" else 64
-    model = load_inception(args.inception_path, device) if args.inception_path else TFInceptionV3().to(device)
+    if args.inception_path:
+        model = load_inception(args.inception_path, device)
+    else:  # seeded random weights: never time an all-zero network
+        model = random_weights_(TFInceptionV3()).to(device)
     out = {"device": str(device)}
 
     x = torch.randint(0, 256, (args.batch_size, 3, 256, 256), dtype=torch.uint8, device=device)
@@ -86,6 +89,7 @@ def main() -> None:
     _sync(device)
     out["precision_recall_s"] = time.perf_counter() - t0
     print(json.dumps(out, indent=2))
+    return out
 
 
 if __name__ == "__main__":

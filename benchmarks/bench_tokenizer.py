@@ -92,7 +92,8 @@ def main(argv=None) -> dict:
     device = pick_device(args.device)
     dtype = DTYPES[args.dtype]
     torch.set_grad_enabled(False)
-    model = build_tokenizer(args.config).to(device).eval()
+    with torch.device(device):  # random init on the device: no CPU copy of a multi-GB model
+        model = build_tokenizer(args.config).eval()
     size = model.image_size
     x = torch.rand(args.batch, 3, size, size, device=device) * 2 - 1
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)

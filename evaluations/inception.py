@@ -305,6 +305,21 @@ class TFInceptionV3(nn.Module):
 # Weights: conversion from the TorchScript port, safetensors cache, download
 # --------------------------------------------------------------------------------------------------------------------
 
+def random_weights_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Fill an Inception's weight buffers with He-scaled seeded noise and its shifts with 0.05 (running mean/var
+    stay 0/1), in place: non-zero features for timing and device tests (the unloaded module is all zeros, which
+    gives zero features and can time faster than real weights)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith(".weight") and buf.ndim > 1:
+                noise = torch.randn(buf.shape, generator=gen) * (2.0 / buf[0].numel()) ** 0.5
+                buf.copy_(noise.to(buf.device, buf.dtype))
+            elif name.endswith(".beta"):
+                buf.fill_(0.05)
+    return model
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

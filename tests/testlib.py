@@ -67,7 +67,8 @@ def free_port() -> int:
 
 def child_env(**extra: str) -> dict:
     """Environment for a child process: the repo importable, one thread per process, no GPU."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", **extra}
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # keeps a site dir given there
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "CUDA_VISIBLE_DEVICES": "", **extra}
 
 
 def torchrun_cmd(entry: str | Path, args: Sequence[str], nproc: int = 2) -> list[str]:

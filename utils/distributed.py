@@ -25,7 +25,8 @@ class DistInfo:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """A process group runs: several ranks, or one forced by GIGATOK_FORCE_DIST=1."""
+        return self.world_size > 1 or (dist.is_available() and dist.is_initialized())
 
 
 def pick_device(requested: str | None = None, local_rank: int = 0) -> torch.device:
@@ -51,7 +52,10 @@ def init_distributed(device: str | None = None) -> DistInfo:
         die_with_parent()  # a killed launcher takes its workers with it
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    # GIGATOK_FORCE_DIST=1: a process group (and so DDP / FSDP2 wrapping) also for one torchrun process, to exercise
+    # the NCCL/DDP/FSDP code paths on a single GPU (benchmarks/device_check.sh)
+    force = os.environ.get("GIGATOK_FORCE_DIST") == "1" and launched_by_torchrun()
+    if (world_size > 1 or force) and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
                                 device_id=dev if dev.type == "cuda" else None)

@@ -108,8 +108,8 @@ def wrap_fsdp(model: nn.Module, blocks: Iterable[nn.Module], mode: str, precisio
 
 
 def wrap_ddp(model: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
-    """DDP when more than one rank runs, the module itself otherwise."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    """DDP when a process group exists (several ranks, or one with GIGATOK_FORCE_DIST=1), the module otherwise."""
+    if not (dist.is_available() and dist.is_initialized()):
         return model
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)

@@ -57,9 +57,10 @@ from typing import Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = ["generate", "cfg_scale_at", "CFG_SCHEDULES", "top_k_top_p_filtering", "sample",
-           "sample_generators"]
+           "sample_generators", "SamplingPlan", "guide_and_pick"]
 
 _OFF = 1.0 + 1e-4
 _SCHEDULE_KWARGS = {
@@ -194,10 +195,8 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-@torch.inference_mode()
 def check_sampling_args(cfg_scale: float, temperature: float, top_k: int, top_p: float) -> None:
     """Reject sampling settings that would silently give wrong samples (NaN scales, negative temperatures, ...)."""
-    import math
     if not math.isfinite(float(cfg_scale)):
         raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
     if not math.isfinite(float(temperature)) or float(temperature) < 0:
@@ -208,6 +207,73 @@ def check_sampling_args(cfg_scale: float, temperature: float, top_k: int, top_p:
         raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
 
 
+
+class SamplingPlan:
+    """Everything a decode loop needs besides the model, checked and precomputed once per ``generate`` call.
+
+    Shared by the eager :func:`generate` and :class:`~autoregressive.models.static_decode.StaticDecoder`, so both
+    guide and pick tokens with the same arithmetic: ``scales[j]`` is the guidance scale of token ``j`` (token 0 = the
+    prefill) as a float32 tensor, ``uniforms`` [batch, max_new_tokens] the per-row random numbers (None: greedy).
+    """
+
+    def __init__(self, core: torch.nn.Module, cond: torch.Tensor, max_new_tokens: int, cfg_scale: float = 1.0,
+                 cfg_schedule: str = "constant", cfg_schedule_kwargs: Optional[dict] = None,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, sample_logits: bool = True,
+                 generator: GeneratorArg = None, cfg_interval: float = -1):
+        kwargs = dict(cfg_schedule_kwargs or {})
+        cfg_scale = float(cfg_scale)
+        check_sampling_args(cfg_scale, temperature, top_k, top_p)
+        if float(temperature) == 0.0:  # temperature 0 means greedy decoding
+            sample_logits, top_k = False, 1
+        if cond.ndim != 1 or cond.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise ValueError(f"cond must be a 1-D integer tensor of class ids, got {cond.dtype} {tuple(cond.shape)}")
+        if cond.numel() == 0:
+            raise ValueError("cond is empty")
+        device = core.tok_embeddings.weight.device
+        cond = cond.to(device=device, dtype=torch.long)
+        core.check_class_ids(cond, allow_null=False)
+        if not 1 <= max_new_tokens <= core.block_size:
+            raise ValueError(f"max_new_tokens must be in [1, block_size={core.block_size}], got {max_new_tokens}")
+        cfg_scale_at(cfg_schedule, cfg_scale, 1.0, **kwargs)  # validates the schedule name and kwargs early
+
+        self.batch = cond.shape[0]
+        self.max_new_tokens = int(max_new_tokens)
+        self.guided = cfg_scale > 1.0
+        self.cond = cond
+        self.cond_all = torch.cat([cond, torch.full_like(cond, core.num_classes)]) if self.guided else cond
+        self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
+        self.sample_logits = bool(sample_logits)
+        self.uniforms = (_draw_uniforms(generator, self.batch, max_new_tokens, device) if sample_logits else None)
+        steps = max_new_tokens - 1
+        values = [cfg_scale]
+        for i in range(steps):
+            scale = cfg_scale_at(cfg_schedule, cfg_scale, (i + 1) / steps, **kwargs)
+            if cfg_interval > -1 and i > cfg_interval:
+                scale = 1.0
+            values.append(scale)
+        self.scales = torch.tensor(values, dtype=torch.float32, device=device)
+
+    def step_uniforms(self, token_index: int) -> Optional[torch.Tensor]:
+        return None if self.uniforms is None else self.uniforms[:, token_index]
+
+
+def guide_and_pick(logits: torch.Tensor, batch: int, guided: bool, scale: torch.Tensor,
+                   uniforms: Optional[torch.Tensor], temperature: float, top_k: int, top_p: float,
+                   sample_logits: bool) -> torch.Tensor:
+    """Next token of each image from the last-position logits [rows, V]: CFG combination, then :func:`sample`.
+
+    With guidance the rows are [conditional; unconditional]; ``scale`` (a 0-d tensor, so a compiled step never
+    depends on its value) <= 1 uses the conditional logits alone. Fixed shapes and no host synchronisation: the
+    same function runs eagerly and inside a captured CUDA graph.
+    """
+    if guided:
+        cond_logits, uncond_logits = logits[:batch], logits[batch:]
+        mixed = uncond_logits + scale * (cond_logits - uncond_logits)
+        logits = torch.where(scale > 1.0, mixed, cond_logits)
+    return sample(logits, temperature, top_k, top_p, sample_logits, uniforms)
+
+
+@torch.no_grad()
 def generate(model: torch.nn.Module, cond: torch.Tensor, max_new_tokens: int, cfg_scale: float = 1.0,
              cfg_schedule: str = "constant", cfg_schedule_kwargs: Optional[dict] = None,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, sample_logits: bool = True,
@@ -216,62 +282,35 @@ def generate(model: torch.nn.Module, cond: torch.Tensor, max_new_tokens: int, cf
 
     ``model`` is a :class:`~autoregressive.models.gpt.Transformer` (or a ``torch.compile`` wrapper of one) in
     eval mode. Class ids must be in [0, num_classes). See the module docstring for guidance, schedules and
-    the random-number scheme. No process group is needed.
+    the random-number scheme. No process group is needed. This eager loop is the reference; for many batches
+    :class:`~autoregressive.models.static_decode.StaticDecoder` gives the same tokens with a reusable cache and a
+    compilable (CUDA-graph) step.
     """
     core = _unwrap(model)
-    kwargs = dict(cfg_schedule_kwargs or {})
-    cfg_scale = float(cfg_scale)
-    check_sampling_args(cfg_scale, temperature, top_k, top_p)
-    if float(temperature) == 0.0:  # temperature 0 means greedy decoding
-        sample_logits, top_k = False, 1
-    if cond.ndim != 1 or cond.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise ValueError(f"cond must be a 1-D integer tensor of class ids, got {cond.dtype} {tuple(cond.shape)}")
-    if cond.numel() == 0:
-        raise ValueError("cond is empty")
-    device = core.tok_embeddings.weight.device
-    cond = cond.to(device=device, dtype=torch.long)
-    core.check_class_ids(cond, allow_null=False)
-    if not 1 <= max_new_tokens <= core.block_size:
-        raise ValueError(f"max_new_tokens must be in [1, block_size={core.block_size}], got {max_new_tokens}")
-    cfg_scale_at(cfg_schedule, cfg_scale, 1.0, **kwargs)  # validates the schedule name and kwargs early
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    plan = SamplingPlan(core, cond, max_new_tokens, cfg_scale, cfg_schedule, cfg_schedule_kwargs, temperature,
+                        top_k, top_p, sample_logits, generator, cfg_interval)
+    device = plan.cond.device
 
-    batch = cond.shape[0]
-    guided = cfg_scale > 1.0
-    cond_all = torch.cat([cond, torch.full_like(cond, core.num_classes)]) if guided else cond
-    uniforms = _draw_uniforms(generator, batch, max_new_tokens, device) if sample_logits else None
+    def pick(logits: torch.Tensor, token_index: int) -> torch.Tensor:
+        return guide_and_pick(logits, plan.batch, plan.guided, plan.scales[token_index],
+                              plan.step_uniforms(token_index), plan.temperature, plan.top_k, plan.top_p,
+                              plan.sample_logits)
 
-    def pick(logits: torch.Tensor, scale: float, step: int) -> torch.Tensor:
-        if guided:
-            cond_logits, uncond_logits = logits[:batch], logits[batch:]
-            logits = cond_logits if scale <= 1.0 else uncond_logits + scale * (cond_logits - uncond_logits)
-        u = uniforms[:, step] if uniforms is not None else None
-        return sample(logits, temperature, top_k, top_p, sample_logits, u)
-
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    out = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
+    out = torch.empty(plan.batch, max_new_tokens, dtype=torch.long, device=device)
     input_pos = torch.zeros(1, dtype=torch.long, device=device)  # one tensor, advanced in place (compile-friendly)
-    core.setup_caches(cond_all.shape[0], 1 + max_new_tokens, core.tok_embeddings.weight.dtype)
+    core.setup_caches(plan.cond_all.shape[0], 1 + max_new_tokens, core.tok_embeddings.weight.dtype)
     try:
-        logits, _ = model(None, cond_all, input_pos=input_pos)
-        token = pick(logits[:, -1], cfg_scale, 0)
+        logits, _ = model(None, plan.cond_all, input_pos=input_pos)
+        token = pick(logits[:, -1], 0)
         out[:, 0] = token
-        steps = max_new_tokens - 1
         with sdpa_kernel([SDPBackend.MATH]):
-            for i in range(steps):
-                x = token.view(batch, 1)
-                if guided:
+            for i in range(max_new_tokens - 1):
+                x = token.view(plan.batch, 1)
+                if plan.guided:
                     x = torch.cat([x, x])
                 input_pos.add_(1)
-                logits, _ = model(x, cond_all, input_pos=input_pos)
-                scale = cfg_scale_at(cfg_schedule, cfg_scale, (i + 1) / steps, **kwargs)
-                if cfg_interval > -1 and i > cfg_interval:
-                    scale = 1.0
-                token = pick(logits[:, -1], scale, i + 1)
+                logits, _ = model(x, plan.cond_all, input_pos=input_pos)
+                token = pick(logits[:, -1], i + 1)
                 out[:, i + 1] = token
     finally:
         core.clear_caches()

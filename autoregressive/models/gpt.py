@@ -366,7 +366,11 @@ class Transformer(nn.Module):
         return self.block_size + self.cls_token_num
 
     def _rope(self, rows, device: torch.device) -> Optional[torch.Tensor]:
-        return None if self._rope_table is None else self._rope_table[rows].to(device)
+        if self._rope_table is None:
+            return None
+        if self._rope_table.device != device:  # once: CUDA decoding indexes it with a device tensor, no host sync
+            self._rope_table = self._rope_table.to(device)
+        return self._rope_table[rows]
 
     def setup_caches(self, max_batch_size: int, max_seq_length: int, dtype: Optional[torch.dtype] = None) -> None:
         """Allocate zeroed KV caches of ``max_seq_length`` rounded up to a multiple of 8 and the causal mask."""

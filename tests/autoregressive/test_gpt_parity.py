@@ -6,27 +6,13 @@ import pytest
 import torch
 
 from autoregressive import generate
-from autoregressive.models.gpt import GPT_models, GPT_models_2d
 
-from testlib import PARITY, seeded_state_dict
-
-FILES = {"1d": "GPT-B_seed0.pt", "2d": "GPT-B_2d_seed0.pt"}
+from parity_checks import GPT_FILES, rel_err, seeded_gpt_b
 
 
-@pytest.fixture(scope="module", params=sorted(FILES))
+@pytest.fixture(scope="module", params=sorted(GPT_FILES))
 def gpt_b(request):
-    ref = torch.load(PARITY / FILES[request.param], weights_only=True)
-    two_d = request.param == "2d"
-    assert ref["model"] == "GPT-B" and ref["seed"] == 0 and bool(ref.get("gpt_2d", False)) == two_d
-    registry = GPT_models_2d if two_d else GPT_models
-    model = registry["GPT-B"](vocab_size=16384, block_size=256, num_classes=1000, cls_token_num=1).eval()
-    model.load_state_dict(seeded_state_dict(model.state_dict(), seed=ref["seed"]), strict=True)
-    assert sum(p.numel() for p in model.parameters()) == ref["num_params"]
-    return model, ref
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+    return seeded_gpt_b(request.param)
 
 
 @pytest.mark.slow
