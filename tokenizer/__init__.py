@@ -27,20 +27,16 @@ def build_tokenizer(config: Any, overrides: list[str] | None = None) -> torch.nn
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "vq"  # in a checkout
-PACKAGED_CONFIGS = "tokenizer.vq_configs"  # the same YAMLs inside an installed wheel (setup.py maps configs/vq)
+# the same YAMLs inside an installed wheel: pyproject.toml maps the package tokenizer.vq_configs to configs/vq
+PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "vq_configs"
 
 
 def config_path(name: str) -> Path:
     """``configs/vq/<name>.yaml``: from the checkout when there is one, else from the installed package data."""
-    local = CONFIG_DIR / f"{name}.yaml"
-    if local.is_file():
-        return local
-    from importlib import resources
-    try:
-        packaged = resources.files(PACKAGED_CONFIGS) / f"{name}.yaml"
-    except ModuleNotFoundError:
-        return local  # neither: read_tokenizer_config names the missing file
-    return Path(str(packaged)) if packaged.is_file() else local
+    for folder in (CONFIG_DIR, PACKAGED_CONFIG_DIR):
+        if (folder / f"{name}.yaml").is_file():
+            return folder / f"{name}.yaml"
+    return CONFIG_DIR / f"{name}.yaml"  # neither: read_tokenizer_config names the missing file
 
 
 def resolve_released(config: Any, checkpoint: str | os.PathLike | None) -> tuple[Any, Any]:
