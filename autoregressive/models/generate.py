@@ -194,7 +194,6 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-@torch.inference_mode()
 def check_sampling_args(cfg_scale: float, temperature: float, top_k: int, top_p: float) -> None:
     """Reject sampling settings that would silently give wrong samples (NaN scales, negative temperatures, ...)."""
     import math
@@ -216,8 +215,18 @@ def generate(model: torch.nn.Module, cond: torch.Tensor, max_new_tokens: int, cf
 
     ``model`` is a :class:`~autoregressive.models.gpt.Transformer` (or a ``torch.compile`` wrapper of one) in
     eval mode. Class ids must be in [0, num_classes). See the module docstring for guidance, schedules and
-    the random-number scheme. No process group is needed.
+    the random-number scheme. No process group is needed. Sampling runs in inference mode; the result is an
+    ordinary tensor (cloned outside it), so ``decode_code`` and autograd-enabled code accept it.
     """
+    with torch.inference_mode():
+        out = _generate(model, cond, max_new_tokens, cfg_scale, cfg_schedule, cfg_schedule_kwargs, temperature,
+                        top_k, top_p, sample_logits, generator, cfg_interval)
+    return out.clone()
+
+
+def _generate(model: torch.nn.Module, cond: torch.Tensor, max_new_tokens: int, cfg_scale: float,
+              cfg_schedule: str, cfg_schedule_kwargs: Optional[dict], temperature: float, top_k: int, top_p: float,
+              sample_logits: bool, generator: GeneratorArg, cfg_interval: float) -> torch.Tensor:
     core = _unwrap(model)
     kwargs = dict(cfg_schedule_kwargs or {})
     cfg_scale = float(cfg_scale)

@@ -3,9 +3,7 @@ Hub upload against a local stand-in (no network), and the one way to read a pick
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +18,7 @@ from utils.checkpoint import CheckpointError
 from utils.config import ConfigError
 from utils.convert_checkpoint import main as convert
 
-from testlib import CONFIGS, REPO, TINY_GPT, child_env, tiny_gpt
+from testlib import CONFIGS, REPO, TINY_GPT, child_env, stand_in_hub, tiny_gpt
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 TINY = CONFIGS / "VQ_tiny32.yaml"
@@ -73,39 +71,8 @@ def test_wrong_folder_kind_is_named(tmp_path, tok):
         load_tokenizer(TINY, tmp_path / "empty")
 
 
-def fake_hub(monkeypatch, cache: Path) -> list:
-    """huggingface_hub.HfApi replaced by a stand-in whose upload_folder files the folder into an offline Hub cache
-    (as a download would have), so hf://OWNER/REPO then loads from it with HF_HUB_OFFLINE=1."""
-    import huggingface_hub
-    import huggingface_hub.constants as hf_constants
-
-    calls = []
-
-    class StandInApi:
-        def __init__(self, token=None):
-            calls.append(("init", token))
-
-        def create_repo(self, repo_id, private=False, exist_ok=False, repo_type=None):
-            calls.append(("create_repo", repo_id, private, exist_ok))
-
-        def upload_folder(self, repo_id, folder_path, repo_type=None, commit_message=None):
-            commit = hashlib.sha1(repo_id.encode()).hexdigest()
-            repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
-            shutil.copytree(folder_path, repo_dir / "snapshots" / commit)
-            (repo_dir / "refs").mkdir(parents=True)
-            (repo_dir / "refs" / "main").write_text(commit)
-            calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
-            return f"https://huggingface.co/{repo_id}/commit/{commit}"
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", StandInApi)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
-    return calls
-
-
 def test_push_to_hub_and_load_back(tmp_path, monkeypatch, tok):
-    calls = fake_hub(monkeypatch, tmp_path / "hub")
+    calls = stand_in_hub(monkeypatch, tmp_path / "hub")
     url = tok.push_to_hub("someone/tiny-tok", private=True, token="hf_x", metrics={"psnr": 20.0})
     assert url.startswith("https://huggingface.co/someone/tiny-tok/commit/")
     assert ("create_repo", "someone/tiny-tok", True, True) in calls and ("init", "hf_x") in calls
