@@ -70,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--use-ema", action="store_true",
                    help="encode with the checkpoint's 'ema' weights (default: 'model', as the original)")
     p.add_argument("--no-tf32", action="store_true", help="keep TF32 off on CUDA (the original turns it on)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--global-seed", type=int, default=0, help="unused (extraction is deterministic); kept for "
                    "compatibility with the original's flags")
     return p.parse_args(argv)
@@ -80,6 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     dist = init_distributed(args.device)
+    args.device = str(dist.device)
     configure_tf32(dist.device, not args.no_tf32)
     cfg = read_tokenizer_config(args.model_config)
     if dist.is_main:
@@ -133,7 +134,7 @@ def main(argv=None) -> dict:
     summary = {"images": len(dataset), "written_by_rank0": written, "views": 10 if args.ten_crop else 2,
                "tokens": model.num_tokens, "classes": dataset.classes, "tokenizer_config": str(args.model_config),
                "vq_ckpt": str(args.vq_ckpt), "codebook_size": model.codebook_size, "tf32": not args.no_tf32,
-               **identity}
+               "device": args.device, **identity}
     if dist.is_main:
         settings_file.write_text(json.dumps(summary, indent=2))
         print(f"[extract_codes] codes in {codes_dir}, labels in {labels_dir}")

@@ -186,6 +186,7 @@ class Trainer:
     def build(self) -> None:
         a = self.args
         self.dist = d = init_distributed(a.device)
+        a.device = str(d.device)  # args.json and checkpoints record the device used, not "auto"
         self.device = d.device
         self.amp_dtype = kit.autocast_dtype(a.mixed_precision)
         kit.configure_tf32(self.device, not a.no_tf32)

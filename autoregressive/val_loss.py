@@ -86,7 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the GPT for the loss pass")
     p.add_argument("--no-tf32", action="store_true", help="keep TF32 off on CUDA (the original turns it on)")
     p.add_argument("--device", default="auto",
-                   help="auto (CUDA if available), cpu, cuda, cuda:N; under torchrun cuda means cuda:LOCAL_RANK")
+                   help="auto (CUDA, else Apple MPS, else CPU), cpu, mps, cuda, cuda:N; under torchrun cuda means "
+                        "cuda:LOCAL_RANK")
     p.add_argument("--out-json", default=None, help="JSON list the result is appended to (None: "
                    "<run>/val_results.json)")
     p.add_argument("--no-txt", action="store_true", help="do not append to <run>/val_results.txt")
@@ -136,6 +137,7 @@ class _Codes(torch.utils.data.Dataset):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     d = init_distributed(args.device)
+    args.device = str(d.device)  # results record the device used, not "auto"
     device = d.device
     configure_tf32(device, not args.no_tf32)
     tok_info = tokenizer_info(args.tok_config)

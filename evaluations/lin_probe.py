@@ -284,7 +284,7 @@ def add_probe_args(p) -> None:
                    help="accepted; evaluation is always split over the processes (each image counted once)")
     p.add_argument("--no-tf32", action="store_true", help="keep TF32 off on CUDA (the original turns it on)")
     p.add_argument("--global-seed", type=int, default=0, help="seed of the data order and augmentation")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N")
 
 
 def run_probe(args, feature_fn: Callable[[torch.Tensor], torch.Tensor], dim: int, image_size: int, tag: str,
@@ -298,6 +298,7 @@ def run_probe(args, feature_fn: Callable[[torch.Tensor], torch.Tensor], dim: int
     from utils.distributed import barrier, init_distributed
 
     d = init_distributed(args.device)
+    args.device = str(d.device)  # metrics.json records the device used, not "auto"
     configure_tf32(d.device, not args.no_tf32)
     if args.image_size is not None and args.image_size != image_size:
         raise ValueError(f"--image-size {args.image_size} does not match the model's image size {image_size}")

@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluations.c2i.evaluator", description=__doc__.split("\n\n")[0])
     p.add_argument("ref_batch", help="path to reference batch npz file (arr_0 images; optional mu/sigma/mu_s/sigma_s)")
     p.add_argument("sample_batch", help="path to sample batch npz file (arr_0: uint8 NHWC images)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per Inception forward (default: ADM's 64 on GPU, 16 on CPU; values do not change)")
     p.add_argument("--inception-path", default=None,
