@@ -60,7 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-classes", type=int, default=None,
                    help="number of class labels (None: from the checkpoint, else 1000)")
     p.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family of the tokenizer; only vq")
-    p.add_argument("--tok-config", required=True, help="tokenizer YAML (vocabulary and length)")
+    p.add_argument("--tok-config", "--model-config", dest="tok_config", required=True,
+                   help="tokenizer YAML (vocabulary and length)")
     p.add_argument("--vq-ckpt", default=None, help="tokenizer weights (needed for image folders)")
     p.add_argument("--data-path", default=None, help="held-out ImageFolder (e.g. ILSVRC2012_img_val)")
     p.add_argument("--code-path", default=None, help="held-out codes from autoregressive.extract_codes")

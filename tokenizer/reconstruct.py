@@ -39,7 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run-name", default=None, help="output sub-folder name (default: <config>-<checkpoint>)")
     p.add_argument("--vq-ckpt", required=True,
                    help="tokenizer weights: local file, released name (VQ_SS256_e100.pt) or hf://OWNER/REPO/FILE")
-    p.add_argument("--model-config", required=True, help="tokenizer YAML (e.g. configs/vq/VQ_SS256.yaml)")
+    p.add_argument("--model-config", "--tok-config", dest="model_config", required=True,
+                   help="tokenizer YAML (e.g. configs/vq/VQ_SS256.yaml)")
     p.add_argument("--qualitative", action="store_true", help="also write side-by-side PNGs and grid.png")
     p.add_argument("--qual-num", type=int, default=16,
                    help="images in grid.png with --qualitative (evenly spaced over the dataset)")
