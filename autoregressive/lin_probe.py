@@ -35,6 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
+    args.device = str(device)  # results record the device used, not "auto"
     tok = load_tokenizer(args.tok_config, args.vq_ckpt, device=device)
     gpt = load_gpt(args.gpt_model, args.gpt_ckpt, device=device, vocab_size=tok.codebook_size,
                    block_size=tok.num_tokens, num_classes=args.gpt_num_classes, gpt_2d=args.gpt_2d)

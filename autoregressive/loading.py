@@ -1,6 +1,7 @@
 """Build a GPT from a preset name or a small config and load its weights strictly."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import fields
 from pathlib import Path
@@ -9,10 +10,11 @@ from typing import Any, Mapping, Optional
 import torch
 
 from autoregressive.models.gpt import GPT_models, ModelArgs, Transformer
-from utils.checkpoint import load_weights
+from utils.checkpoint import PRETRAINED_WEIGHTS, load_weights
 from utils.config import ConfigError, check_keys, load_config, to_plain
+from utils.pretrained import GPT_CONFIG, pretrained_folder
 
-__all__ = ["load_gpt", "build_gpt", "add_variant_flags", "GPT_CHECKPOINT_ENTRIES"]
+__all__ = ["load_gpt", "build_gpt", "gpt_config_of", "add_variant_flags", "GPT_CHECKPOINT_ENTRIES"]
 
 # The original samplers read checkpoint["model"], else ["module"] (DeepSpeed), else ["state_dict"];
 # an "ema" entry, if a file had one, is ignored by them, so it is ignored here too.
@@ -24,6 +26,14 @@ def _parse(name_or_config: Any, model_kwargs: dict) -> tuple[str, dict, Optional
     """Return (preset name, constructor kwargs, checkpoint named in the config or None)."""
     if isinstance(name_or_config, str) and name_or_config in GPT_models:
         return name_or_config, dict(model_kwargs), None
+    folder = pretrained_folder(name_or_config, "gpt")
+    if folder is not None:  # a save_pretrained folder or hf://OWNER/REPO: its config.json and model.safetensors
+        try:
+            stored = json.loads((folder / GPT_CONFIG).read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{str(folder / GPT_CONFIG)!r} is not valid JSON: {exc}") from exc
+        name, kwargs, _ = _parse(stored, model_kwargs)
+        return name, kwargs, str(folder / PRETRAINED_WEIGHTS)
     if isinstance(name_or_config, str) and not Path(name_or_config).exists():
         from utils.released import find_gpt
         released = find_gpt(name_or_config)
@@ -51,6 +61,13 @@ def _parse(name_or_config: Any, model_kwargs: dict) -> tuple[str, dict, Optional
     return name, cfg, ckpt
 
 
+def gpt_config_of(name_or_config: Any, **model_kwargs) -> dict:
+    """``{"gpt_model": preset, **model arguments}`` for anything :func:`load_gpt` accepts as a model (a config
+    dict in the form ``load_gpt`` reads back)."""
+    name, kwargs, _ = _parse(name_or_config, model_kwargs)
+    return {"gpt_model": name, **kwargs}
+
+
 def build_gpt(name_or_config: Any, **model_kwargs) -> Transformer:
     """Build a randomly initialised GPT from a preset name, a dict or a YAML file (``gpt_model`` + ModelArgs)."""
     name, kwargs, _ = _parse(name_or_config, model_kwargs)
@@ -64,6 +81,8 @@ def load_gpt(name_or_config: Any, checkpoint: Optional[str | os.PathLike] = None
     ``name_or_config`` is a preset name (``"GPT-B"``), or a dict / YAML path with ``gpt_model`` and any
     :class:`~autoregressive.models.gpt.ModelArgs` fields (optionally under a ``gpt:`` section, and optionally a
     ``gpt_ckpt``). ``model_kwargs`` override the config (e.g. ``vocab_size=16384, block_size=256``).
+    ``name_or_config`` may also be a released GPT's name (``"GPT-B_VQ_XLXXL"``) or a ``save_pretrained`` folder /
+    ``hf://OWNER/REPO`` (its ``config.json`` and ``model.safetensors``).
     ``checkpoint`` is a local file, a released file name on the Hub (``GPT_B256_e300_VQ_XLXXL.pt``) or
     ``hf://OWNER/REPO/FILE``; the weights come from its ``model`` entry (else ``module``, else ``state_dict``,
     else the file is a bare state dict), with ``module.`` / ``_orig_mod.`` prefixes stripped. Any missing,

@@ -92,7 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--cfg-scale-start", type=float, default=None,
                    help="fid --search: start scale instead of the original's table (e.g. GPT-B step 2.5)")
     g.add_argument("--clear-cache", action="store_true", help="fid: delete PNGs and npz after evaluation")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N")
     args = p.parse_args(argv)
     from autoregressive.models.generate import check_sampling_args
     try:
@@ -371,6 +371,7 @@ def main(argv=None):
     if args.search and args.mode == "fid":
         cfg_search.empirical_cfg_start(args.gpt_model, args.cfg_schedule)  # an unsearchable schedule fails here
     dist = init_distributed(args.device)
+    args.device = str(dist.device)  # sample_settings.json records the device used, not "auto"
     configure_tf32(dist.device, not args.no_tf32)
     if dist.is_main:  # download once; other ranks then read the Hub cache
         resolve_checkpoint(args.vq_ckpt), resolve_checkpoint(args.gpt_ckpt)

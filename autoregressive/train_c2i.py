@@ -32,6 +32,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from autoregressive import train_options
 from autoregressive.data import StepBatchSampler, TrainCodeDataset, TrainImageDataset, mix_seed
@@ -186,6 +187,7 @@ class Trainer:
     def build(self) -> None:
         a = self.args
         self.dist = d = init_distributed(a.device)
+        a.device = str(d.device)  # args.json and checkpoints record the device used, not "auto"
         self.device = d.device
         self.amp_dtype = kit.autocast_dtype(a.mixed_precision)
         kit.configure_tf32(self.device, not a.no_tf32)
@@ -483,6 +485,8 @@ class Trainer:
                                              persistent_workers=False)
         window = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss, grad norm
         window_steps, t0, done, lr = 0, time.time(), start, float("nan")
+        bar = tqdm(total=self.stop_step, initial=start, disable=not self.dist.is_main or a.no_progress, desc="train",
+                   dynamic_ncols=True)
         # the loader is built to end at stop_step; zip stops at whichever runs out first (checked below)
         for step, batch in zip(range(start, self.stop_step), loader, strict=False):
             kit.check_launcher(self.watch)
@@ -492,12 +496,14 @@ class Trainer:
                 window[1] += kit.full_tensor(grad_norm).double()
             window_steps += 1
             done = step + 1
+            bar.update(1)
             if done % a.log_every == 0 or done == self.stop_step:
                 self._log_window(done, step, window, window_steps, time.time() - t0, lr)
                 window.zero_()
                 window_steps, t0 = 0, time.time()
             if done % a.ckpt_every == 0 or done == self.total_steps or done == self.stop_step:
                 self.save_checkpoint(done)
+        bar.close()
         if done < self.stop_step:
             raise RuntimeError(f"the data loader stopped early at step {done} (expected {self.stop_step})")
         self.log("Done!")

@@ -60,7 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-classes", type=int, default=None,
                    help="number of class labels (None: from the checkpoint, else 1000)")
     p.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family of the tokenizer; only vq")
-    p.add_argument("--tok-config", required=True, help="tokenizer YAML (vocabulary and length)")
+    p.add_argument("--tok-config", "--model-config", dest="tok_config", required=True,
+                   help="tokenizer YAML (vocabulary and length)")
     p.add_argument("--vq-ckpt", default=None, help="tokenizer weights (needed for image folders)")
     p.add_argument("--data-path", default=None, help="held-out ImageFolder (e.g. ILSVRC2012_img_val)")
     p.add_argument("--code-path", default=None, help="held-out codes from autoregressive.extract_codes")
@@ -86,7 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the GPT for the loss pass")
     p.add_argument("--no-tf32", action="store_true", help="keep TF32 off on CUDA (the original turns it on)")
     p.add_argument("--device", default="auto",
-                   help="auto (CUDA if available), cpu, cuda, cuda:N; under torchrun cuda means cuda:LOCAL_RANK")
+                   help="auto (CUDA, else Apple MPS, else CPU), cpu, mps, cuda, cuda:N; under torchrun cuda means "
+                        "cuda:LOCAL_RANK")
     p.add_argument("--out-json", default=None, help="JSON list the result is appended to (None: "
                    "<run>/val_results.json)")
     p.add_argument("--no-txt", action="store_true", help="do not append to <run>/val_results.txt")
@@ -136,6 +138,7 @@ class _Codes(torch.utils.data.Dataset):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     d = init_distributed(args.device)
+    args.device = str(d.device)  # results record the device used, not "auto"
     device = d.device
     configure_tf32(device, not args.no_tf32)
     tok_info = tokenizer_info(args.tok_config)

@@ -27,9 +27,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from utils.data import ImageFolderDataset, collate_skip_bad, train_transform
-from utils.training import autocast_dtype, configure_tf32
+from utils.training import PRECISIONS, autocast_dtype, configure_tf32
 
 
 class LinearProbeHead(nn.Module):
@@ -111,13 +112,14 @@ def train_linear_probe(head: nn.Module, loader: Iterable, cfg: ProbeConfig | Non
                        device: str | torch.device = "cpu", batch_per_gpu: int | None = None,
                        start_epoch: int = 0, optimizer: torch.optim.Optimizer | None = None,
                        on_epoch_end: Callable[[int, nn.Module, torch.optim.Optimizer, int], None] | None = None,
-                       log: Callable[[str], None] | None = None, set_epoch: Callable[[int], None] | None = None
-                       ) -> list[dict]:
+                       log: Callable[[str], None] | None = None, set_epoch: Callable[[int], None] | None = None,
+                       progress: bool = False) -> list[dict]:
     """Train ``head`` for ``cfg.epochs`` epochs; returns per-epoch {epoch, loss, lr}.
 
     ``batch_per_gpu`` (default: the loader's ``batch_size``) and the world size give the absolute lr. Under an
     initialised process group of size > 1 the head is wrapped in DDP. ``on_epoch_end(epoch, head, optimizer, steps)``
     is the place to checkpoint; ``set_epoch`` is called with the epoch number first (DistributedSampler.set_epoch).
+    ``progress`` shows a tqdm bar over all iterations (the drivers: on rank 0).
     """
     cfg = cfg or ProbeConfig()
     device = torch.device(device)
@@ -134,6 +136,7 @@ def train_linear_probe(head: nn.Module, loader: Iterable, cfg: ProbeConfig | Non
                             trust_coefficient=cfg.trust_coefficient)
     n_iter = len(loader)  # type: ignore[arg-type]
     history, steps = [], start_epoch * n_iter
+    bar = tqdm(total=cfg.epochs * n_iter, initial=steps, disable=not progress, desc="linear probe", dynamic_ncols=True)
     for epoch in range(start_epoch, cfg.epochs):
         if set_epoch is not None:
             set_epoch(epoch)
@@ -155,12 +158,14 @@ def train_linear_probe(head: nn.Module, loader: Iterable, cfg: ProbeConfig | Non
             total_loss += float(loss.detach()) * len(y)
             count += len(y)
             steps += 1
+            bar.update(1)
         rec = {"epoch": epoch, "loss": total_loss / max(count, 1), "lr": lr, "steps": steps}
         history.append(rec)
         if log is not None:
             log(f"epoch {epoch}: loss {rec['loss']:.4f} lr {lr:.6f}")
         if on_epoch_end is not None:
             on_epoch_end(epoch, head, opt, steps)
+    bar.close()
     return history
 
 
@@ -276,7 +281,7 @@ def add_probe_args(p) -> None:
                    help="checkpoint at epochs N, 2N, ... (not 0) and at the last epoch, as the original")
     p.add_argument("--num-classes", type=int, default=1000, help="classes of the dataset")
     p.add_argument("--num-workers", type=int, default=4, help="DataLoader workers per process")
-    p.add_argument("--mixed-precision", choices=["none", "fp16", "bf16"], default="none",
+    p.add_argument("--mixed-precision", "--precision", dest="mixed_precision", choices=list(PRECISIONS), default="none",
                    help="autocast dtype of the feature extractor")
     p.add_argument("--eval", action="store_true", help="only evaluate the last checkpoint (or print the result)")
     p.add_argument("--lin-probe-ckpt", default=None, help="with --eval: the probe checkpoint to evaluate")
@@ -284,7 +289,7 @@ def add_probe_args(p) -> None:
                    help="accepted; evaluation is always split over the processes (each image counted once)")
     p.add_argument("--no-tf32", action="store_true", help="keep TF32 off on CUDA (the original turns it on)")
     p.add_argument("--global-seed", type=int, default=0, help="seed of the data order and augmentation")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N")
 
 
 def run_probe(args, feature_fn: Callable[[torch.Tensor], torch.Tensor], dim: int, image_size: int, tag: str,
@@ -298,6 +303,7 @@ def run_probe(args, feature_fn: Callable[[torch.Tensor], torch.Tensor], dim: int
     from utils.distributed import barrier, init_distributed
 
     d = init_distributed(args.device)
+    args.device = str(d.device)  # metrics.json records the device used, not "auto"
     configure_tf32(d.device, not args.no_tf32)
     if args.image_size is not None and args.image_size != image_size:
         raise ValueError(f"--image-size {args.image_size} does not match the model's image size {image_size}")
@@ -351,7 +357,7 @@ def run_probe(args, feature_fn: Callable[[torch.Tensor], torch.Tensor], dim: int
                 sampler.set_epoch(epoch)
         train_linear_probe(head, train_loader, cfg, feature_fn=features, device=d.device, start_epoch=start_epoch,
                            optimizer=opt, on_epoch_end=save, set_epoch=set_epoch,
-                           log=print if d.is_main else None)
+                           log=print if d.is_main else None, progress=d.is_main)
         barrier()
     val_loader, _ = loader(val_root, False)
     result = evaluate_linear_probe(head, val_loader, feature_fn=features, device=d.device)

@@ -33,8 +33,8 @@ for _path in (REPO, REPO / "tests"):
 from seeded_weights import seeded_state_dict  # noqa: E402  (re-exported: the parity vectors' weights)
 
 __all__ = ["CONFIGS", "DATA", "MANIFESTS", "PARITY", "PHOTOS", "REPO", "TINY_GPT", "child_env", "free_port",
-           "make_class_images", "make_images", "seeded_state_dict", "single_thread", "threads", "tiny_gpt",
-           "torchrun", "torchrun_cmd"]
+           "make_class_images", "make_images", "seeded_state_dict", "single_thread", "stand_in_hub", "threads",
+           "tiny_gpt", "torchrun", "torchrun_cmd"]
 
 
 # ----- threads -------------------------------------------------------------------------------------------------------
@@ -144,3 +144,39 @@ def tiny_gpt(seed: int = 0, **overrides) -> torch.nn.Module:
                 p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
         model.output.weight.mul_(4.0)  # sharper logits, so sampling is not close to uniform
     return model.eval()
+
+
+# ----- the Hugging Face Hub without network -------------------------------------------------------------------------
+
+def stand_in_hub(monkeypatch, cache: Path) -> list:
+    """huggingface_hub.HfApi replaced by a stand-in whose upload_folder files the folder into an offline Hub cache
+    (as a download would have), so hf://OWNER/REPO then loads from it with HF_HUB_OFFLINE=1."""
+    import hashlib
+    import shutil
+
+    import huggingface_hub
+    import huggingface_hub.constants as hf_constants
+
+    calls = []
+
+    class StandInApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, private=False, exist_ok=False, repo_type=None):
+            calls.append(("create_repo", repo_id, private, exist_ok))
+
+        def upload_folder(self, repo_id, folder_path, repo_type=None, commit_message=None):
+            commit = hashlib.sha1(repo_id.encode()).hexdigest()
+            repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
+            shutil.copytree(folder_path, repo_dir / "snapshots" / commit)
+            (repo_dir / "refs").mkdir(parents=True)
+            (repo_dir / "refs" / "main").write_text(commit)
+            calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+            return f"https://huggingface.co/{repo_id}/commit/{commit}"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", StandInApi)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    return calls

@@ -31,6 +31,7 @@ def main(argv=None) -> dict:
 
     from utils.distributed import pick_device
     device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
+    args.device = str(device)  # results record the device used, not "auto"
     tok = load_tokenizer(args.model_config, args.vq_ckpt, device=device)
     for q in tok.parameters():
         q.requires_grad_(False)

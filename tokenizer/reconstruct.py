@@ -39,7 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run-name", default=None, help="output sub-folder name (default: <config>-<checkpoint>)")
     p.add_argument("--vq-ckpt", required=True,
                    help="tokenizer weights: local file, released name (VQ_SS256_e100.pt) or hf://OWNER/REPO/FILE")
-    p.add_argument("--model-config", required=True, help="tokenizer YAML (e.g. configs/vq/VQ_SS256.yaml)")
+    p.add_argument("--model-config", "--tok-config", dest="model_config", required=True,
+                   help="tokenizer YAML (e.g. configs/vq/VQ_SS256.yaml)")
     p.add_argument("--qualitative", action="store_true", help="also write side-by-side PNGs and grid.png")
     p.add_argument("--qual-num", type=int, default=16,
                    help="images in grid.png with --qualitative (evenly spaced over the dataset)")
@@ -63,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per process")
     p.add_argument("--max-images", type=int, default=None, help="only the first N images of the folder")
     p.add_argument("--precision", choices=list(PRECISIONS), default="none", help="autocast dtype for the model")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:1, ...")
     p.add_argument("--no-tf32", action="store_true",
                    help="keep TF32 off on CUDA (exact fp32); the original turns it on, and so does this default")
     p.add_argument("--tf32", action="store_true", help="accepted; TF32 is on by default (see --no-tf32)")
@@ -107,6 +108,7 @@ def check_result_folder(out_dir: Path, inputs: dict) -> None:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     dist = init_distributed(args.device)
+    args.device = str(dist.device)  # metrics.json records the device used, not "auto"
     configure_tf32(dist.device, not args.no_tf32)
 
     cfg = read_tokenizer_config(args.model_config, args.config_overrides)

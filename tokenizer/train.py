@@ -116,6 +116,7 @@ class Trainer:
     def build(self) -> None:
         a = self.args
         self.dist: DistInfo = init_distributed(a.device)
+        a.device = str(self.dist.device)  # checkpoints record the device used, not "auto"
         self.device = self.dist.device
         self.cfg = read_tokenizer_config(a.model_config, a.config_overrides)
         self.s = s = resolve_settings(a, self.cfg, self.dist.world_size)

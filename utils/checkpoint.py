@@ -18,6 +18,8 @@ import torch
 DEFAULT_HUB_REPO = "YuuTennYi/GigaTok"
 STRIP_PREFIXES = ("module.", "_orig_mod.")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+PRETRAINED_WEIGHTS = "model.safetensors"  # the weights file of a save_pretrained folder
+CONVERT_COMMAND = "python -m utils.convert_checkpoint"
 
 
 class CheckpointError(RuntimeError):
@@ -29,7 +31,9 @@ def resolve_checkpoint(spec: str | os.PathLike, default_repo: str = DEFAULT_HUB_
 
     * an existing local path is returned as is;
     * ``hf://OWNER/REPO/path/in/repo.pt`` is fetched from that Hub repository;
-    * a bare released file name (``VQ_SS256_e100.pt``) is fetched from ``default_repo``.
+    * a bare released file name (``VQ_SS256_e100.pt``) is fetched from ``default_repo``;
+    * a ``save_pretrained`` folder, or ``hf://OWNER/REPO`` (a Hub repository holding one), gives its
+      ``model.safetensors``.
     Downloads go through ``huggingface_hub`` and its cache, so ``HF_HUB_OFFLINE=1`` works with a
     pre-filled cache.
     """
@@ -37,12 +41,17 @@ def resolve_checkpoint(spec: str | os.PathLike, default_repo: str = DEFAULT_HUB_
     path = Path(text).expanduser()
     if path.is_file():
         return path
+    if path.is_dir() and (path / PRETRAINED_WEIGHTS).is_file():
+        return path / PRETRAINED_WEIGHTS
     if path.exists():
-        raise CheckpointError(f"checkpoint path {text!r} exists but is not a file")
+        raise CheckpointError(f"checkpoint path {text!r} is a folder without {PRETRAINED_WEIGHTS} (a save_pretrained "
+                              "folder holds one), not a checkpoint file")
     if text.startswith("hf://"):
         parts = text[len("hf://"):].split("/")
+        if len(parts) == 2 and all(parts):  # a save_pretrained repository
+            return _hub_download(text[len("hf://"):], PRETRAINED_WEIGHTS, text)
         if len(parts) < 3 or not all(parts):
-            raise CheckpointError(f"Hub checkpoint {text!r} must look like hf://OWNER/REPO/FILE")
+            raise CheckpointError(f"Hub checkpoint {text!r} must look like hf://OWNER/REPO/FILE or hf://OWNER/REPO")
         return _hub_download("/".join(parts[:2]), "/".join(parts[2:]), text)
     if os.sep in text or "/" in text or not text.endswith(WEIGHT_SUFFIXES):
         raise CheckpointError(
@@ -87,19 +96,21 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
             obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"could not read checkpoint {str(path)!r} ({path.stat().st_size} bytes): "
-                              f"{_unreadable_reason(exc)}") from exc
+                              f"{_unreadable_reason(exc, path)}") from exc
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, not a dict")
     return dict(obj)
 
 
-def _unreadable_reason(exc: Exception) -> str:
-    """Why torch/safetensors refused a file, in one sentence (never the advice to unpickle untrusted data)."""
+def _unreadable_reason(exc: Exception, path: Path) -> str:
+    """Why torch/safetensors refused a file, in one sentence. A file that pickles other Python types is never
+    unpickled here; the message names the type and the one command that can convert it, for a file one trusts."""
     text = str(exc)
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
     if found:
         return (f"it pickles the Python type {found.group(1)}, which the safe loader does not execute; only "
-                "tensors, containers and argparse.Namespace are read")
+                "tensors, containers and argparse.Namespace are read. If you trust the file's source, convert it "
+                f"once to safetensors: {CONVERT_COMMAND} {str(path)!r} OUT_DIR --trust-pickle")
     if "WeightsUnpickler" in text or "invalid load key" in text or "zip" in text.lower() or "header" in text.lower():
         return "it is not a readable PyTorch or safetensors checkpoint (truncated, corrupt or another format)"
     first = text.splitlines()[0] if text else ""
@@ -141,7 +152,14 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor],
 def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
                            source: str = "<checkpoint>", context: str = "") -> None:
     """``load_state_dict(strict=True)`` with an error that lists missing, unexpected and mis-shaped keys."""
-    own = model.state_dict()
+    check_state_dict(model.state_dict(), state_dict, source, context)
+    model.load_state_dict(dict(state_dict), strict=True)
+
+
+def check_state_dict(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor],
+                     source: str = "<checkpoint>", context: str = "") -> None:
+    """Raise CheckpointError unless ``state_dict`` has exactly the keys and shapes of ``own`` (a model's state
+    dict; meta tensors suffice, so a large model can be checked without memory) and finite float values."""
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
@@ -164,7 +182,6 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, torc
         raise CheckpointError(f"checkpoint {source!r} holds non-finite (NaN/inf) weights in {len(bad)} tensor(s): "
                               f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}; it would give black images "
                               "and meaningless metrics (use an earlier checkpoint)")
-    model.load_state_dict(dict(state_dict), strict=True)
 
 
 def load_weights(model: torch.nn.Module, checkpoint: str | os.PathLike, context: str = "",

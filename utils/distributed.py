@@ -6,6 +6,7 @@ device is CUDA and gloo otherwise, and returns a small record every driver uses 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -29,10 +30,23 @@ class DistInfo:
         return self.world_size > 1 or (dist.is_available() and dist.is_initialized())
 
 
+_announced: set[str] = set()
+
+
+def mps_available() -> bool:
+    """Apple's Metal backend is built into this torch and usable on this machine."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
 def pick_device(requested: str | None = None, local_rank: int = 0) -> torch.device:
-    """``auto``/None -> ``cuda:<local_rank>`` when CUDA is usable, else ``cpu``. Never requires nvidia-smi."""
-    if requested in (None, "", "auto"):
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    """``auto``/None -> ``cuda:<local_rank>`` when CUDA is usable, else Apple ``mps``, else ``cpu``; the choice is
+    printed once per process (by rank 0), so a run on the wrong device is visible. Never requires nvidia-smi."""
+    auto = requested in (None, "", "auto")
+    if auto:
+        requested = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
+    if requested == "mps" and not mps_available():
+        raise RuntimeError("device 'mps' was requested but Apple's MPS backend is not available; use --device cpu")
     device = torch.device(requested)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -40,6 +54,10 @@ def pick_device(requested: str | None = None, local_rank: int = 0) -> torch.devi
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
+    if auto and str(device) not in _announced and os.environ.get("RANK", "0") == "0":
+        _announced.add(str(device))
+        why = {"cuda": "CUDA", "mps": "Apple MPS (no CUDA device)", "cpu": "no CUDA or MPS device"}[device.type]
+        print(f"[gigatok] --device auto: running on {device} ({why})", file=sys.stderr, flush=True)
     return device
 
 

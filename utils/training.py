@@ -380,7 +380,7 @@ def add_compute_flags(group: argparse._ActionsContainer, precision_default: str 
                        help="torch.compile the model (default: the trainer's, see the description)")
     group.add_argument("--no-tf32", action="store_true", help="keep TF32 off on CUDA (the original turns it on)")
     group.add_argument("--data-parallel", choices=["ddp", *FSDP_MODES], default="ddp", help=DATA_PARALLEL_HELP)
-    group.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda")
+    group.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda")
 
 
 # ----- entry point ---------------------------------------------------------------------------------------------------

@@ -273,7 +273,6 @@ def guide_and_pick(logits: torch.Tensor, batch: int, guided: bool, scale: torch.
     return sample(logits, temperature, top_k, top_p, sample_logits, uniforms)
 
 
-@torch.no_grad()
 def generate(model: torch.nn.Module, cond: torch.Tensor, max_new_tokens: int, cfg_scale: float = 1.0,
              cfg_schedule: str = "constant", cfg_schedule_kwargs: Optional[dict] = None,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, sample_logits: bool = True,
@@ -282,10 +281,20 @@ def generate(model: torch.nn.Module, cond: torch.Tensor, max_new_tokens: int, cf
 
     ``model`` is a :class:`~autoregressive.models.gpt.Transformer` (or a ``torch.compile`` wrapper of one) in
     eval mode. Class ids must be in [0, num_classes). See the module docstring for guidance, schedules and
-    the random-number scheme. No process group is needed. This eager loop is the reference; for many batches
-    :class:`~autoregressive.models.static_decode.StaticDecoder` gives the same tokens with a reusable cache and a
-    compilable (CUDA-graph) step.
+    the random-number scheme. No process group is needed. Sampling runs in inference mode; the result is an
+    ordinary tensor (cloned outside it), so ``decode_code`` and autograd-enabled code accept it. This eager loop is
+    the reference; for many batches :class:`~autoregressive.models.static_decode.StaticDecoder` gives the same tokens
+    with a reusable cache and a CUDA-graph (or compiled) step.
     """
+    with torch.inference_mode():
+        out = _generate(model, cond, max_new_tokens, cfg_scale, cfg_schedule, cfg_schedule_kwargs, temperature,
+                        top_k, top_p, sample_logits, generator, cfg_interval)
+    return out.clone()
+
+
+def _generate(model: torch.nn.Module, cond: torch.Tensor, max_new_tokens: int, cfg_scale: float,
+              cfg_schedule: str, cfg_schedule_kwargs: Optional[dict], temperature: float, top_k: int, top_p: float,
+              sample_logits: bool, generator: GeneratorArg, cfg_interval: float) -> torch.Tensor:
     core = _unwrap(model)
     plan = SamplingPlan(core, cond, max_new_tokens, cfg_scale, cfg_schedule, cfg_schedule_kwargs, temperature,
                         top_k, top_p, sample_logits, generator, cfg_interval)

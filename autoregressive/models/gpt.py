@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.pretrained import PretrainedMixin
+
 __all__ = ["ModelArgs", "Transformer", "GPT_models", "GPT_models_2d", "find_multiple", "precompute_freqs_cis_2d"]
 
 
@@ -305,7 +307,7 @@ class TransformerBlock(nn.Module):
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
 
 
-class Transformer(nn.Module):
+class Transformer(PretrainedMixin, nn.Module):
     """The c2i GPT. ``forward(idx, cond_idx, input_pos=None, targets=None) -> (logits, loss)``.
 
     * Teacher-forced (``input_pos`` None): ``cond_idx`` [B] class ids (``num_classes`` = null) and ``idx`` [B, n]
@@ -315,6 +317,8 @@ class Transformer(nn.Module):
       class slot (``input_pos`` = [0]); otherwise ``idx`` [B, L] are tokens at positions ``input_pos`` [L].
       Attention then runs over the whole masked cache, as in the original.
     """
+
+    pretrained_kind = "gpt"
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -461,11 +465,25 @@ class Transformer(nn.Module):
                 loss = flat.mean()
         return logits, loss
 
+    def pretrained_config(self) -> dict:
+        """``gpt_model`` (the preset with this width and depth) and every other model argument: what
+        ``autoregressive.load_gpt`` needs to rebuild the model (``save_pretrained`` writes it as config.json)."""
+        c = self.config
+        preset = next((name for name, size in PRESET_SIZES.items() if size == (c.dim, c.n_layer, c.n_head)), None)
+        if preset is None:
+            raise ValueError(f"no GPT preset has dim={c.dim}, n_layer={c.n_layer}, n_head={c.n_head}; "
+                             f"save_pretrained needs one of {sorted(PRESET_SIZES)}")
+        return {"gpt_model": preset, **{f.name: getattr(c, f.name) for f in fields(ModelArgs)
+                                        if f.name not in ("dim", "n_layer", "n_head")}}
+
     def get_fsdp_wrap_module_list(self) -> list:
         return list(self.layers)
 
 
 # ---------------------------------------------------------------- presets
+PRESET_SIZES: dict[str, tuple[int, int, int]] = {}  # preset name -> (dim, n_layer, n_head)
+
+
 def _builder(dim: int, n_layer: int, n_head: int):
     def build(**kwargs) -> Transformer:
         names = {f.name for f in fields(ModelArgs)}
@@ -473,6 +491,7 @@ def _builder(dim: int, n_layer: int, n_head: int):
         if unknown:
             raise TypeError(f"unknown GPT arguments {unknown}; allowed: {sorted(names)}")
         return Transformer(ModelArgs(dim=dim, n_layer=n_layer, n_head=n_head, **kwargs))
+    build.size = (dim, n_layer, n_head)
     return build
 
 
@@ -492,6 +511,7 @@ GPT_models = {
     "GPT-1B": GPT_1B, "GPT-3B": GPT_3B, "GPT-7B": GPT_7B,
     "GPT-tiny": GPT_tiny,  # not in the original
 }
+PRESET_SIZES.update({name: build.size for name, build in GPT_models.items()})
 
 
 def _builder_2d(build_1d):

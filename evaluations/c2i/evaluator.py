@@ -20,11 +20,11 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from evaluations.inception import InceptionWeightsError, TFInceptionV3, load_inception, strict_fp32
 from evaluations.metrics import (
@@ -74,7 +74,8 @@ class Evaluator:
     def compute_activations(self, batches, total: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """pool_3 [N, 2048] and spatial [N, 2023] float32 activations of NHWC image batches in [0, 255]."""
         pools, spatials = [], []
-        done, t0 = 0, time.time()
+        bar = tqdm(total=total, disable=not (self.progress and total), desc="inception", unit="img",
+                   dynamic_ncols=True, file=sys.stderr)
         with strict_fp32():
             for batch in batches:
                 batch = np.asarray(batch)
@@ -84,9 +85,8 @@ class Evaluator:
                 feats = self.model(x)
                 pools.append(feats.pool.float().cpu().numpy())
                 spatials.append(feats.spatial.float().cpu().numpy())
-                done += len(batch)
-                if self.progress and total and (len(pools) % 20 == 0 or done == total):
-                    _log(f"  {done}/{total} images ({time.time() - t0:.0f}s)")
+                bar.update(len(batch))
+        bar.close()
         if not pools:
             raise MetricInputError("no images: the npz array arr_0 is empty")
         return np.concatenate(pools, 0), np.concatenate(spatials, 0)
@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluations.c2i.evaluator", description=__doc__.split("\n\n")[0])
     p.add_argument("ref_batch", help="path to reference batch npz file (arr_0 images; optional mu/sigma/mu_s/sigma_s)")
     p.add_argument("sample_batch", help="path to sample batch npz file (arr_0: uint8 NHWC images)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per Inception forward (default: ADM's 64 on GPU, 16 on CPU; values do not change)")
     p.add_argument("--inception-path", default=None,

@@ -243,3 +243,19 @@ def test_model_state_unchanged_after_generate():
     assert list(model.state_dict()) == keys
     model.load_state_dict(tiny_gpt(seed=1).state_dict(), strict=True)
     assert all(layer.attention.kv_cache is None for layer in model.layers)
+
+
+def test_output_is_an_ordinary_tensor_that_decode_code_accepts():
+    """Sampling runs in inference mode, but its codes are a normal tensor: a tokenizer with gradients on (training
+    mode, autograd enabled) decodes them, which an inference tensor would refuse."""
+    from tokenizer import build_tokenizer
+
+    from testlib import CONFIGS
+
+    tok = build_tokenizer(CONFIGS / "VQ_tiny32_2d.yaml")
+    gpt = tiny_gpt(seed=0, vocab_size=tok.codebook_size, block_size=tok.num_tokens)
+    codes = generate(gpt, torch.tensor([1, 2]), tok.num_tokens, cfg_scale=2.0, generator=[0, 1])
+    assert not codes.is_inference() and codes.dtype == torch.long and codes.shape == (2, tok.num_tokens)
+    assert all(p.grad is None for p in gpt.parameters())
+    images = tok.decode_code(codes, tok.latent_shape(2))
+    assert images.shape == (2, 3, tok.image_size, tok.image_size) and images.requires_grad

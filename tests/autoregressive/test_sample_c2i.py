@@ -38,13 +38,15 @@ def _common(root, out, *extra):
 
 def test_visualize_writes_grids_and_settings(ckpts, tmp_path):
     folder = sample(_common(ckpts, tmp_path, "--mode", "visualize", "--class-idx", "3,7", "--qual-num", "4",
-                            "--per-proc-batch-size", "3"))
+                            "--per-proc-batch-size", "3", "--device", "auto"))
     assert (folder / "multi_class_grid.png").is_file()
     assert (folder / "class_3_grid.png").is_file() and (folder / "class_7_grid.png").is_file()
     pngs = sorted(folder.rglob("class3_*.png")) + sorted(folder.rglob("class7_*.png"))
     assert len(pngs) == 4
     settings = json.loads((folder / "sample_settings.json").read_text())
     assert settings["cfg_scale"] == 2.0 and settings["world_size"] == 1 and len(settings["gpt_ckpt_sha256"]) == 64
+    from utils.distributed import pick_device
+    assert settings["device"] == str(pick_device("auto")) != "auto"  # the device used, not the request
 
 
 def test_visualize_class_names_with_slashes_make_safe_file_names(ckpts, tmp_path):

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import functools
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from utils.pretrained import PretrainedMixin
 
 from .cnn import Decoder, Encoder
 from .quantizer import VectorQuantizer
@@ -110,10 +112,19 @@ def _warn_2d_flags() -> None:
                   "features.", stacklevel=3)
 
 
-class _VQModelBase(nn.Module):
+class _VQModelBase(PretrainedMixin, nn.Module):
     """Shared encode/decode/forward; subclasses build ``self.vit_encoder``/``self.vit_decoder`` aliases."""
 
     _IGNORES_FEATURE_FLAGS = False
+    pretrained_kind = "tokenizer"
+    # the config the model was built from (set by tokenizer.build_tokenizer), written by save_pretrained
+    source_config: dict | None = None
+
+    def pretrained_config(self) -> dict:
+        """The tokenizer config that rebuilds this model: the one it was built from, else its model arguments."""
+        if self.source_config is not None:
+            return self.source_config
+        return {"model": {"model_cls": type(self).__name__, "init_args": asdict(self.args)}}
 
     args: _CommonArgs
     token_grid: tuple[int, int]
