@@ -373,7 +373,8 @@ class Transformer(PretrainedMixin, nn.Module):
         if self._rope_table is None:
             return None
         if self._rope_table.device != device:  # once: CUDA decoding indexes it with a device tensor, no host sync
-            self._rope_table = self._rope_table.to(device)
+            with torch.inference_mode(False):  # a normal tensor even when first moved while sampling
+                self._rope_table = self._rope_table.to(device)
         return self._rope_table[rows]
 
     def setup_caches(self, max_batch_size: int, max_seq_length: int, dtype: Optional[torch.dtype] = None) -> None:
