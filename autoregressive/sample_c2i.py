@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from autoregressive import cfg_search, generate, load_gpt
 from autoregressive.models.generate import sample_generators
+from autoregressive.models.static_decode import ATTENTION_KERNELS, COMPILE_MODES, StaticDecoder
 from tokenizer import load_tokenizer
 from utils.checkpoint import CheckpointError, resolve_checkpoint, sha256_file
 from utils.data import to_uint8
@@ -58,7 +59,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--tok-config", "--model-config", dest="tok_config", required=True, help="tokenizer YAML")
     g.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family")
     g.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="GPT weight/cache dtype")
-    g.add_argument("--compile", action="store_true", help="torch.compile the GPT")
+    g.add_argument("--decode", choices=["static", "eager"], default="static",
+                   help="static: one KV cache and decode step reused for every batch (StaticDecoder; a CUDA graph "
+                        "on GPU; with the default --attention math the tokens equal eager's); eager: generate(), "
+                        "the reference loop")
+    g.add_argument("--decode-compile", choices=list(COMPILE_MODES), default="auto",
+                   help="how the static decode step runs: auto (cudagraph on CUDA, none on CPU), none, cudagraph, "
+                        "default (torch.compile), reduce-overhead (torch.compile + CUDA graphs)")
+    g.add_argument("--attention", choices=list(ATTENTION_KERNELS), default="math",
+                   help="decode attention kernel of --decode static: math (the original's; identical tokens) or "
+                        "fused (PyTorch's fused kernel: several times faster at large batch on GPU, rounding differs)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step: --decode static with --decode-compile reduce-overhead on "
+                        "CUDA, default on CPU")
     g.add_argument("--no-tf32", action="store_true", help="keep TF32 off on CUDA (the original's samplers turn it on)")
     g.add_argument("--from-fsdp", action="store_true", help="accepted for compatibility (checkpoints are full)")
     g = p.add_argument_group("sampling")
@@ -150,22 +163,46 @@ class Sampler:
             raise CheckpointError(f"{exc}\nThe GPT was built for the tokenizer {args.tok_config} (vocabulary "
                                   f"{self.tok.codebook_size}, {self.tok.num_tokens} tokens) and --num-classes "
                                   f"{args.num_classes}; a GPT trained for another tokenizer cannot be used.") from exc
-        if args.compile:
-            self.gpt = torch.compile(self.gpt)
+        self.decoder = None
+        if args.decode == "static":
+            self.decoder = StaticDecoder(self.gpt, args.per_proc_batch_size, compile=decode_compile(args, device),
+                                         attention=args.attention)
 
     @torch.no_grad()
     def images(self, labels: torch.Tensor, indices: list[int], cfg_scale: float,
                schedule_kwargs: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         a = self.args
         kwargs = default_schedule_kwargs(a) if schedule_kwargs is None else schedule_kwargs
-        codes = generate(self.gpt, labels.to(self.device), self.tok.num_tokens, cfg_scale=cfg_scale,
-                         cfg_schedule=a.cfg_schedule, cfg_schedule_kwargs=kwargs,
-                         temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, cfg_interval=a.cfg_interval,
-                         generator=sample_generators(a.global_seed, indices))
+        sampling = dict(cfg_scale=cfg_scale, cfg_schedule=a.cfg_schedule, cfg_schedule_kwargs=kwargs,
+                        temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, cfg_interval=a.cfg_interval,
+                        generator=sample_generators(a.global_seed, indices))
+        labels = labels.to(self.device)
+        if self.decoder is None:
+            codes = generate(self.gpt, labels, self.tok.num_tokens, **sampling)
+        else:
+            codes = self.decoder.generate(labels, self.tok.num_tokens, **sampling)
         pixels = self.tok.decode_code(codes, self.tok.latent_shape(len(indices))).float()
         if a.image_size_eval and a.image_size_eval != pixels.shape[-1]:
             pixels = torch.nn.functional.interpolate(pixels, size=a.image_size_eval, mode="bicubic")
         return to_uint8(pixels).cpu().numpy(), codes.cpu().numpy()
+
+
+def decode_compile(args: argparse.Namespace, device: torch.device) -> str:
+    """The StaticDecoder compile mode of these flags (``--compile`` picks torch.compile for the device)."""
+    if args.compile:
+        return "reduce-overhead" if device.type == "cuda" else "default"
+    return args.decode_compile
+
+
+def decode_inputs(args: argparse.Namespace) -> dict:
+    """The decode settings that can change tokens (fused attention, inductor kernels): part of the run key only then,
+    so eager and the bit-identical static paths share their results."""
+    if args.decode == "eager":
+        return {}
+    compiled = args.compile or args.decode_compile in ("default", "reduce-overhead")
+    if args.attention == "math" and not compiled:
+        return {}
+    return {"decode": f"{'compiled' if compiled else args.decode_compile}/{args.attention}"}
 
 
 def default_schedule_kwargs(args: argparse.Namespace) -> dict:
@@ -240,7 +277,7 @@ def run_inputs(args) -> dict:
             "top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature,
             "cfg_interval": args.cfg_interval, "image_size_eval": args.image_size_eval, "seed": args.global_seed,
             "qk_norm": args.qk_norm, "gpt_2d": args.gpt_2d,
-            "reference_sha256": sha256_file(ref) if ref and Path(ref).is_file() else None}
+            "reference_sha256": sha256_file(ref) if ref and Path(ref).is_file() else None, **decode_inputs(args)}
     return args._run_inputs
 
 

@@ -71,6 +71,21 @@ def test_fid_npz_is_independent_of_batch_size(ckpts, tmp_path):
     assert np.abs(a["arr_0"].astype(int) - b["arr_0"].astype(int)).max() <= 1
 
 
+def test_static_decoding_gives_the_eager_samples_and_shares_their_key(ckpts, tmp_path):
+    """--decode static (the default) == --decode eager, token for token, so both use the same folder; a decode
+    setting that can change tokens (fused attention) gets its own run key."""
+    args = ("--mode", "fid", "--num-fid-samples", "5", "--per-proc-batch-size", "4")
+    sample(_common(ckpts, tmp_path / "s", *args))
+    sample(_common(ckpts, tmp_path / "e", *args, "--decode", "eager"))
+    sample(_common(ckpts, tmp_path / "f", *args, "--attention", "fused"))
+    (s,), (e,), (f,) = ([p.name for p in (tmp_path / d).glob("*.npz")] for d in "sef")
+    assert s == e and s != f
+    a, b = np.load(tmp_path / "s" / s), np.load(tmp_path / "e" / e)
+    assert np.array_equal(a["codes"], b["codes"])
+    settings = json.loads(next((tmp_path / "s").rglob("sample_settings.json")).read_text())
+    assert settings["decode"] == "static" and settings["attention"] == "math"
+
+
 def test_bad_class_id_and_wrong_tokenizer_are_clear_errors(ckpts, tmp_path):
     with pytest.raises(ValueError, match=r"class ids \[12\] are outside \[0, 10\)"):
         sample(_common(ckpts, tmp_path, "--class-idx", "3,12"))
