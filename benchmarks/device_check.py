@@ -309,7 +309,7 @@ def render_readme(report: dict, readme: Path = README) -> None:
     readme.write_text(text[:start] + block + text[end:])
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="cuda", help="cuda (the check's purpose), cuda:N, or cpu (with --quick)")
@@ -324,7 +324,11 @@ def main(argv=None) -> int:
     p.add_argument("--render-readme", metavar="JSON", default=None,
                    help="only write the GPU section of benchmarks/README.md from an existing report, then exit")
     p.add_argument("--part", default=None, choices=PARTS, help=argparse.SUPPRESS)  # internal: run one part here
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.render_readme:
         render_readme(json.loads(Path(args.render_readme).read_text()))
         print(f"wrote the GPU section of {README}")
