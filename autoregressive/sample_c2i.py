@@ -390,16 +390,39 @@ def search(args, sampler: Sampler, dist) -> dict:
         windows = [default_schedule_kwargs(args)]
     walks = []
     for kwargs in tqdm(windows, disable=not dist.is_main or len(windows) == 1, desc="window grid"):
-        best, fid = cfg_search.walk(path, args.cfg_schedule, cfg_search.annotation(kwargs), start,
-                                    lambda scale, kw=kwargs: sample_fid(args, sampler, dist, scale, kw),
+        def evaluate(scale: float, kw: dict = kwargs) -> dict | None:
+            metrics = sample_fid(args, sampler, dist, scale, kw)
+            if dist.is_main:  # redrawn after every scale, so an interrupted search has its picture too
+                plot_search(path)
+            return metrics
+
+        best, fid = cfg_search.walk(path, args.cfg_schedule, cfg_search.annotation(kwargs), start, evaluate,
                                     increase_first=args.cfg_schedule != "rectangular")
         walks.append({"cfg_schedule_kwargs": kwargs, "best_cfg_scale": best, "fid": fid})
         start = best  # the next window starts from this one's best (rectangular)
     overall = min(walks, key=lambda w: w["fid"])
+    picture = plot_search(path) if dist.is_main else None
     if dist.is_main:
         print(f"[search] {args.cfg_schedule} {overall['cfg_schedule_kwargs']}: best cfg scale "
               f"{overall['best_cfg_scale']} with FID {overall['fid']:.4f} (results in {path})")
-    return {**overall, "start": first_start, "walks": walks, "csv": str(path)}
+    return {**overall, "start": first_start, "walks": walks, "csv": str(path),
+            "plot": None if picture is None else str(picture)}
+
+
+def plot_search(path: Path) -> Path | None:
+    """FID and IS against the scale (``<csv stem>.cfg_search.png`` beside the CSV); a plotting failure or a missing
+    matplotlib is one printed line, never the end of a search."""
+    from utils.plot_run import PLOT_EXTRA_HINT, plot_cfg_search
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(f"[search] no cfg_search.png: matplotlib is not installed ({PLOT_EXTRA_HINT})")
+        return None
+    try:
+        return plot_cfg_search(path)
+    except Exception as exc:  # noqa: BLE001 - the search's results are in the CSV either way
+        print(f"[search] WARNING: cfg_search.png not drawn ({type(exc).__name__}: {exc})")
+        return None
 
 
 @torch.no_grad()

@@ -53,8 +53,9 @@ from utils.config import ConfigError
 from utils.data import collate_skip_bad
 from utils.distributed import all_reduce_mean, barrier, init_distributed
 from utils.ema import EMA
-from utils.logging import MetricWriter, close_logger, create_logger
+from utils.logging import MetricWriter, close_logger, create_logger, record_resume
 from utils.lr import LRSchedule, set_lr
+from utils.plot_run import plot_run_quietly
 
 EXIT_DIVERGED, TrainingDiverged = kit.EXIT_DIVERGED, kit.TrainingDiverged
 
@@ -374,6 +375,8 @@ class Trainer:
                 ckpt["ema"] = ema_sd
             save_atomic(ckpt, path)
             self.log(f"Saved checkpoint to {path}")
+            if self.log_dir is not None:  # curves.png beside the current metrics.jsonl; never fatal
+                plot_run_quietly(self.log_dir, self.log)
             if folder == self.const_ckpt_dir:
                 for removed in prune_checkpoints(folder, a):
                     self.log(f"removed old checkpoint {removed}")
@@ -422,6 +425,8 @@ class Trainer:
             self.log(f"WARNING: data settings changed since the checkpoint ({', '.join(changed)}): the data order "
                      "after the resume differs from the uninterrupted run's")
         self.log(f"Resume training from checkpoint: {path}")
+        if self.dist.is_main:  # marked on the curves (utils.plot_run)
+            record_resume(self.cd_dir if self.in_cooldown(steps) else self.experiment_dir, steps, path)
         self.log(f"Initial state: steps={steps}, epochs={steps // self.steps_per_epoch()}")
         self.last_checkpoint = path
         return steps

@@ -34,7 +34,10 @@ def build_summary(recon: dict, gen: dict, clf: dict, out_dir: Path, samples_npz:
         "classifier": {k: clf.get(k) for k in ("real_val_accuracy", "sample_accuracy", "chance")},
         "pictures": {"reconstructions": first("reconstruction/*/grid.png"),
                      "class_grid": first("samples/**/multi_class_grid.png"),
-                     "samples_npz": samples_npz},
+                     "samples_npz": samples_npz,
+                     # training curves, redrawn by the trainers at each checkpoint (utils.plot_run)
+                     "tokenizer_curves": first("tokenizer/*/curves.png"),
+                     "gpt_curves": first("gpt/*/curves.png")},
         "seconds": seconds,
     }
 
@@ -57,6 +60,12 @@ def format_summary(s: dict) -> str:
         f"pictures   reconstructions (original | reconstruction): {p['reconstructions']}",
         f"           class grid: {p['class_grid']}",
     ]
+    curves = [c for c in (p.get("tokenizer_curves"), p.get("gpt_curves")) if c]
+    if curves:
+        lines.append(f"curves     training curves: {'  '.join(curves)}")
+    else:
+        lines.append("curves     none drawn (matplotlib missing: bash env_install.sh --plot, then "
+                     "python -m utils.plot_run RUN_DIR)")
     if s.get("seconds") is not None:
         lines.append(f"time       {s['seconds'] / 60:.1f} minutes")
     return "\n".join(lines)

@@ -3,7 +3,7 @@
 #
 #   bash scripts/quickstart.sh [--check] [OUT_DIR]        (OUT_DIR default: results/quickstart)
 #
-#  1. installs the environment (env_install.sh --offline-inception; seconds when already done)
+#  1. installs the environment (env_install.sh --offline-inception --plot; seconds when already done)
 #  2. writes the Fashion-MNIST subset shipped in tests/data as image folders (3000 train / 600 held-out images)
 #  3. trains the tiny tokenizer configs/vq/VQ_tiny32_2d.yaml with scripts/train_vq.sh (torchrun, 2 processes)
 #  4. reconstructs 300 held-out images: PSNR, SSIM, codebook usage, rFID and a side-by-side grid
@@ -35,7 +35,7 @@ for arg in "$@"; do
   esac
 done
 
-bash env_install.sh --offline-inception
+bash env_install.sh --offline-inception --plot  # --plot: matplotlib, for the runs' curves.png
 source scripts/common.sh  # PYTHON, PYTHONPATH and launch (plain python or torchrun)
 export HF_HUB_OFFLINE=1 PORT=${PORT:-29517}
 if [[ -z "${GIGATOK_INCEPTION_PATH:-}" ]]; then

@@ -55,8 +55,9 @@ from utils.distributed import (
     is_distributed,
 )
 from utils.ema import EMA
-from utils.logging import MetricWriter, WindowMeter, close_logger, create_logger
+from utils.logging import MetricWriter, WindowMeter, close_logger, create_logger, record_resume
 from utils.lr import LRSchedule, set_lr
+from utils.plot_run import plot_run_quietly
 
 # config keys a resume may change: they set only how long and how often, not what is trained
 SCHEDULE_ONLY = ("trainer.max_steps", "trainer.epochs", "trainer.ckpt_every", "trainer.log_every",
@@ -246,6 +247,7 @@ class Trainer:
                                                   a.max_none_milestone_num):
                 self.log(f"removed old checkpoint {removed}")
             self.log(f"saved checkpoint to {path}")
+            plot_run_quietly(self.exp_dir, self.log)  # curves.png beside metrics.jsonl; never fatal
         barrier()
         self.last_checkpoint = self.ckpt_dir(step) / f"{step:07d}.pt"
         return path
@@ -283,6 +285,7 @@ class Trainer:
                 self.last_checkpoint = path
                 if self.dist.is_main:
                     (self.exp_dir / "message.txt").write_text(f"Resume training from checkpoint: {path}\n")
+                    record_resume(self.exp_dir, self.start_step, path)
         if self.dist.is_main:
             self._record_config()
 

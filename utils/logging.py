@@ -112,6 +112,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def record_resume(log_dir: str | os.PathLike, step: int, checkpoint: str | os.PathLike | None = None) -> None:
+    """Append ``{"step", "checkpoint", "time"}`` to ``<log_dir>/resumes.jsonl`` (rank 0, on every resume), so the
+    curves can mark where a run restarted even when the restart re-logged no step (``utils.plot_run``)."""
+    import time
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(log_dir) / "resumes.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": int(step), "checkpoint": None if checkpoint is None else str(checkpoint),
+                             "time": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+
+
 def read_metrics(path: str | os.PathLike) -> dict[int, dict]:
     """``metrics.jsonl`` as {step: record}; a step logged twice (e.g. after a resume) keeps the last record."""
     out: dict[int, dict] = {}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,6 +102,34 @@ def test_search_rejects_an_unsearchable_schedule_before_loading(ckpts, tmp_path)
     with pytest.raises(ConfigError, match="'linear'"):
         sample(_common(ckpts, tmp_path, "--mode", "fid", "--search", "--cfg-schedule", "linear",
                        "--gt-npz-path", str(tmp_path / "ref.npz")))
+
+
+def test_search_draws_fid_and_is_against_the_scale_beside_its_csv(ckpts, tmp_path, monkeypatch):
+    """The walk itself is tested in test_cfg_search.py; here the sampling is replaced by an FID parabola so the
+    search's plot (redrawn after every scale) can be checked without Inception."""
+    pytest.importorskip("matplotlib", reason="the plot extra (env_install.sh --test has it)")
+    import types
+
+    from autoregressive import cfg_search
+    from autoregressive import sample_c2i as sc
+
+    evaluated = []
+
+    def fake_sample_fid(args, sampler, dist, scale, kwargs):
+        metrics = {"FID": (scale - 2.0) ** 2 + 3.0, "Inception Score": 50 * scale, "Precision": 0.7,
+                   "Recall": 0.5, "sFID": 6.0}
+        cfg_search.record(sc.csv_path(args), args.cfg_schedule, cfg_search.annotation(kwargs), scale, metrics)
+        evaluated.append((scale, sc.csv_path(args).with_name(sc.csv_path(args).stem + ".cfg_search.png").is_file()))
+        return metrics
+
+    monkeypatch.setattr(sc, "sample_fid", fake_sample_fid)
+    args = sc.parse_args(_common(ckpts, tmp_path / "samples", "--mode", "fid", "--search", "--cfg-schedule", "step",
+                                 "--gt-npz-path", str(tmp_path / "ref.npz"), "--cfg-scale-start", "1.5"))
+    result = sc.search(args, sampler=None, dist=types.SimpleNamespace(is_main=True))
+    assert result["best_cfg_scale"] == 2.0 and [s for s, _ in evaluated] == [1.5, 1.75, 2.0, 2.25]
+    assert [drawn for _, drawn in evaluated] == [False, True, True, True]  # redrawn after every scale
+    assert result["plot"] == str(sc.csv_path(args).with_name(sc.csv_path(args).stem + ".cfg_search.png"))
+    assert Path(result["plot"]).is_file()
 
 
 def test_fid_folder_names_carry_the_schedule_arguments(ckpts, tmp_path):

@@ -290,6 +290,8 @@ def test_sigkill_and_resume_matches_uninterrupted_wsd_run(ar_data, tmp_path, sin
     train_main(args)  # auto-resume from the newest checkpoint
     log = (tmp_path / "killed" / "log.txt").read_text()
     assert "Resume training from checkpoint" in log
+    assert [json.loads(r)["step"] for r in (tmp_path / "killed" / "resumes.jsonl").read_text().splitlines()] == [6]
+    assert (tmp_path / "killed" / "curves.png").is_file() and (tmp_path / "killed" / cd.parent / "curves.png").is_file()
     res = losses(tmp_path / "killed")
     assert sorted(res) == list(range(1, T + 1))
     assert [res[s]["train_loss"] for s in range(1, T + 1)] == [ref[s]["train_loss"] for s in range(1, T + 1)]

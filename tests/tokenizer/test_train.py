@@ -135,6 +135,7 @@ def test_training_reduces_loss_and_writes_loadable_checkpoints(images, tmp_path)
     exp = tmp_path / "learn"
     m = read_metrics(exp / "metrics.jsonl")
     assert sorted(m) == list(range(1, 41)) and res["steps"] == 40
+    assert (exp / "curves.png").is_file()  # redrawn at each checkpoint (utils.plot_run)
     for key in ("loss", "rec_loss"):  # per-batch values are noisy (4 images): compare window means
         first, last = np.mean([m[s][key] for s in range(1, 6)]), np.mean([m[s][key] for s in range(31, 41)])
         assert last < 0.8 * first, (key, first, last)
@@ -470,6 +471,8 @@ def test_fsdp_two_processes_checkpoint_loads_and_resumes(images, tmp_path):
     ref, res = read_metrics(exp / "metrics.jsonl"), read_metrics(tmp_path / "resumed" / "metrics.jsonl")
     assert sorted(res) == [3]
     assert_same_losses(ref, res, [3])
+    resumes = [json.loads(line) for line in (tmp_path / "resumed" / "resumes.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumes] == [2] and resumes[0]["checkpoint"].endswith("0000002.pt")
     final = load_checkpoint_file(tmp_path / "resumed" / "checkpoints" / "0000003.pt")
     for key in ("model", "ema"):
         assert all(torch.equal(ckpt[key][k], final[key][k]) for k in ckpt[key]), key

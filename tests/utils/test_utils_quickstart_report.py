@@ -41,6 +41,7 @@ def test_summary_json_holds_the_values(tmp_path):
     assert s["pictures"]["reconstructions"] == str(out / "reconstruction" / "val" / "grid.png")
     assert s["pictures"]["class_grid"] is None
     assert s["pictures"]["samples_npz"] == "s.npz"
+    assert s["pictures"]["tokenizer_curves"] is None and s["pictures"]["gpt_curves"] is None
     assert s["seconds"] == 120.0
     assert s["check"]["min_psnr"] == 18.0 and s["check"]["min_accuracy"] == 0.5
     assert len(s["check"]["failures"]) == 1 and "PSNR" in s["check"]["failures"][0]
@@ -90,3 +91,18 @@ def test_missing_input_file_names_it(tmp_path, which):
     with pytest.raises(SystemExit) as info:
         main(args)
     assert str(files[which]) in str(info.value.code)
+
+
+def test_summary_prints_where_the_curves_are(tmp_path, capsys):
+    out, args, _ = _inputs(tmp_path)
+    assert main(args) == 0
+    assert "curves     none drawn" in capsys.readouterr().out
+    for part in ("tokenizer/VQ_tiny32_2d", "gpt/GPT-tiny"):
+        (out / part).mkdir(parents=True)
+        (out / part / "curves.png").write_bytes(b"x")
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    tok, gpt = out / "tokenizer/VQ_tiny32_2d/curves.png", out / "gpt/GPT-tiny/curves.png"
+    assert f"curves     training curves: {tok}  {gpt}" in printed
+    pictures = json.loads((out / "summary.json").read_text())["pictures"]
+    assert pictures["tokenizer_curves"] == str(tok) and pictures["gpt_curves"] == str(gpt)
