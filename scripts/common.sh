@@ -16,7 +16,7 @@ fi
 launch() {
   local module=$1; shift
   if [[ "${GIGATOK_DRY_RUN:-0}" == "1" ]]; then
-    printf 'DRY-RUN %s' "$module"; printf ' %q' "$@"; printf '\n'
+    printf 'DRY-RUN %s' "$module"; [[ $# -gt 0 ]] && printf ' %q' "$@"; printf '\n'
     return 0
   fi
   local nproc=${GPUS:-${NPROC_PER_NODE:-1}} nnodes=${NNODES:-1}

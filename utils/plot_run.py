@@ -4,10 +4,11 @@
     python -m utils.plot_run --cfg-search search_results/NAME.csv [--out NAME.cfg_search.png]
 
 ``curves.png`` has one panel per logged scalar (every loss term, the learning rates, codebook usage, throughput,
-gradient norm, memory), with dashed vertical lines where the run was resumed (from ``resumes.jsonl``, which the
-trainers append to on every resume, and wherever the steps in ``metrics.jsonl`` go back). The trainers redraw it at
-each checkpoint on rank 0 through :func:`plot_run_quietly`, which never raises: a plot is a convenience, a training
-run must not die for one. Needs matplotlib (``pip install -e ".[plot]"``); without it the trainers say so once.
+gradient norm, memory; a term that stayed exactly 0, i.e. switched off, is named in the title instead), with dashed
+vertical lines where the run was resumed (from ``resumes.jsonl``, which the trainers append to on every resume, and
+wherever the steps in ``metrics.jsonl`` go back). The trainers redraw it at each checkpoint on rank 0 through
+:func:`plot_run_quietly`, which never raises: a plot is a convenience, a training run must not die for one.
+Needs matplotlib (``pip install -e ".[plot]"``); without it the trainers say so once.
 """
 from __future__ import annotations
 
@@ -106,10 +107,18 @@ def _figure(rows: int, cols: int, width: float = 4.0, height: float = 2.6):
 
 
 def _save(fig, out: Path) -> Path:
-    """Write atomically, so a reader never sees half a PNG."""
+    """Write atomically, so a reader never sees half a PNG; as a 256-colour palette PNG (a third of the size, no
+    visible change for line plots)."""
+    import io
+
+    from PIL import Image
+
     out.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    buf.seek(0)
     tmp = out.with_name(f".{out.name}.tmp")
-    fig.savefig(tmp, format="png")
+    Image.open(buf).convert("RGB").quantize(256).save(tmp, format="png", optimize=True)
     os.replace(tmp, out)
     return out
 
@@ -126,7 +135,10 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, m
     if not curves:
         raise ValueError(f"{str(path)!r} holds no numeric metrics yet")
     resumes = resume_steps(run_dir, records)
-    keys = panel_order(curves)
+    # terms that stayed exactly 0 (switched off, e.g. the quickstart's perceptual and adversarial losses) are named in
+    # the title instead of drawn as flat lines
+    off = sorted(k for k, (_, values) in curves.items() if all(v == 0.0 for v in values))
+    keys = panel_order(k for k in curves if k not in off) or panel_order(curves)
     cols = min(max_cols, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig = _figure(rows, cols)
@@ -148,8 +160,11 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, m
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
     last = max(s for steps, _ in curves.values() for s in steps)
-    fig.suptitle(f"{run_dir.name}: {len(records)} log records to step {last}"
-                 + (f", resumed at {', '.join(map(str, resumes))}" if resumes else ""), fontsize=11)
+    title = f"{run_dir.name}: {len(records)} log records to step {last}"
+    title += f", resumed at {', '.join(map(str, resumes))}" if resumes else ""
+    if off and len(keys) < len(curves):
+        title += "\nalways 0 (not drawn): " + ", ".join(off)
+    fig.suptitle(title, fontsize=10)
     return _save(fig, Path(out) if out else run_dir / CURVES_FILE)
 
 

@@ -60,6 +60,15 @@ def test_plot_run_writes_curves_png_with_resume_marks(tmp_path):
     assert (np.abs(img2.astype(int) - [214, 39, 40]).sum(-1) < 40).sum() == 0
 
 
+def test_terms_that_stayed_zero_are_named_not_drawn(tmp_path):
+    writer = MetricWriter(tmp_path)
+    for step in (1, 2, 3):
+        writer.log({"loss": 1.0 / step, "perceptual_loss": 0.0, "lr": 0.0}, step)
+    one_panel = Image.open(pr.plot_run(tmp_path)).size
+    writer.log({"loss": 0.2, "perceptual_loss": 0.1, "lr": 0.0}, 4)  # now it moved: drawn
+    assert Image.open(pr.plot_run(tmp_path)).size[0] > one_panel[0]
+
+
 def test_plot_run_cli_and_its_errors(tmp_path, capsys):
     run = _write_run(tmp_path / "run", [5, 10])
     out = pr.main([str(run), "--out", str(tmp_path / "c.png")])
