@@ -88,8 +88,24 @@ def browser():
 def _wait(driver, condition, timeout=120, what="the page"):
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.25).until(lambda d: condition(d))
-    except Exception as exc:  # noqa: BLE001 - add what was awaited to the failure
-        raise AssertionError(f"timed out waiting for {what}") from exc
+    except Exception as exc:  # noqa: BLE001 - add what was awaited, and what the page showed, to the failure
+        shown = driver.find_element(By.TAG_NAME, "body").text
+        driver.save_screenshot("/tmp/demo_browser_failure.png")
+        raise AssertionError(f"timed out waiting for {what}; the page shows:\n{shown[-2000:]}") from exc
+
+
+def _run(driver, button_id: str, condition, timeout: float, what: str) -> None:
+    """Click ``button_id`` until ``condition`` holds: gradio ignores a click while an upload is still being
+    processed (it shows a "waiting for files" toast), so a click right after an upload can be lost."""
+    deadline = time.time() + timeout
+    while True:
+        driver.find_element(By.ID, button_id).click()
+        try:
+            _wait(driver, condition, min(20, max(1, deadline - time.time())), what)
+            return
+        except AssertionError:
+            if time.time() >= deadline:
+                raise
 
 
 def _text(driver, elem_id: str) -> str:
@@ -99,7 +115,8 @@ def _text(driver, elem_id: str) -> str:
 def _upload(driver, path: Path) -> None:
     field = driver.find_element(By.CSS_SELECTOR, "#recon-upload input[type=file]")
     field.send_keys(str(path))
-    _wait(driver, lambda d: path.name in _text(d, "recon-upload"), 60, f"the upload of {path.name}")
+    # gradio shows a long name's stem and extension in separate boxes: compare without the line breaks
+    _wait(driver, lambda d: path.name in _text(d, "recon-upload").replace("\n", ""), 60, f"the upload of {path.name}")
 
 
 def _clear_upload(driver) -> None:
@@ -109,7 +126,8 @@ def _clear_upload(driver) -> None:
 
 
 def _set_number(driver, elem_id: str, value) -> None:
-    box = driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type=number]")
+    box = _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f"#{elem_id} input[type=number]"), 30,
+                f"the number box of {elem_id}")[0]
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys(str(value), Keys.TAB)
 
@@ -134,8 +152,7 @@ def test_reconstruct_and_generate_in_chromium(server, browser, tmp_path):
     photo = tmp_path / PHOTO.name
     shutil.copy(PHOTO, photo)
     _upload(browser, photo)
-    browser.find_element(By.ID, "recon-run").click()
-    _wait(browser, lambda d: "PSNR" in _text(d, "recon-metrics"), 120, "the reconstruction")
+    _run(browser, "recon-run", lambda d: "PSNR" in _text(d, "recon-metrics"), 120, "the reconstruction")
     metrics = _text(browser, "recon-metrics")
     shown_psnr = float(re.search(r"PSNR\s+([\d.]+)\s*dB", metrics).group(1))
     img = browser.find_element(By.CSS_SELECTOR, "#recon-pair img")
@@ -164,8 +181,7 @@ def test_reconstruct_and_generate_in_chromium(server, browser, tmp_path):
     fake = tmp_path / "notes.png"
     fake.write_text("this is not a picture")
     _upload(browser, fake)
-    browser.find_element(By.ID, "recon-run").click()
-    _wait(browser, lambda d: "not an image" in _text(d, "recon-message"), 60, "the bad-upload message")
+    _run(browser, "recon-run", lambda d: "not an image" in _text(d, "recon-message"), 60, "the bad-upload message")
     assert "Traceback" not in browser.page_source
 
     # ----- Generate: 3 images of class 3
