@@ -67,7 +67,8 @@ def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 def _attend(attn: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Sequence-first multi-head attention with ``attn``'s weights: (L, B, D) queries, (S, B, D) keys and values."""
     if not (_cpu_fast_path(q) and attn.in_proj_weight is not None and attn.in_proj_bias is not None
-            and attn.bias_k is None and not attn.add_zero_attn):
+            and attn.bias_k is None and not attn.add_zero_attn and not attn.batch_first
+            and (attn.dropout == 0.0 or not attn.training)):
         return attn(q, k, v, need_weights=False)[0]
     d, heads = attn.embed_dim, attn.num_heads
     w, b = attn.in_proj_weight, attn.in_proj_bias
