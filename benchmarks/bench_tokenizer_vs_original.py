@@ -9,7 +9,8 @@ then given this project's randomly initialised tensors (the state-dict keys are 
 of the weights. Each step is images -> codes -> images (``encode`` then ``decode_code``) in fp32 without gradients.
 
 Outputs are checked before timing: code indices must agree except at near ties of the argmin, and decoding the
-original's codes must give the same images within ``--rtol`` (max abs difference / max abs value). Timing alternates
+original's codes must give the same images within ``--rtol`` (max abs difference / max abs value; float rounding
+through ~80 layers gives 1e-5 to 1e-4). Timing alternates
 the two models (the order flips every repetition) so that other load on the machine hits both alike; the table gives
 the median and best seconds per batch, the speed-up (original / ours, of the medians and of the bests) and the
 fraction of the measured GEMM rate each one reaches at its median (FLOPs counted on this project's model with
@@ -169,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and images")
     p.add_argument("--channels-last", choices=list(CL_CHOICES), default="auto",
                    help="this project's CNN activation layout: auto (channels-last on CPU, the default), on, off")
-    p.add_argument("--rtol", type=float, default=1e-4,
+    p.add_argument("--rtol", type=float, default=5e-4,
                    help="largest accepted max-abs image difference relative to the original's max abs value")
     return p
 
