@@ -111,8 +111,8 @@ class ModelArgs:
         return find_multiple(hidden, self.multiple_of)
 
 
-# On CPU, MKL's GEMM for 2..8 activation rows against a [N, K] weight streams the weight much more slowly than
-# ``weight @ x.T``; at such batch sizes decoding is bound by weight bandwidth, so this path matters (see
+# On CPU, MKL's GEMM for 1..8 activation rows against a [N, K] weight streams the weight much more slowly than
+# ``weight @ x.T`` (one row is computed as two: MKL's GEMV is slower still); at such batch sizes decoding is bound by weight bandwidth, so this path matters (see
 # benchmarks/bench_gpt_sampling.py). Results equal ``F.linear`` up to float summation order. On by default;
 # ``with small_batch_cpu_matmul(False):`` measures or compares against the plain path (per thread / task).
 _SMALL_BATCH_CPU_MATMUL: contextvars.ContextVar[bool] = contextvars.ContextVar("small_batch_cpu_matmul", default=True)
@@ -133,8 +133,11 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-        if x.device.type == "cpu" and 2 <= rows <= 8 and self.bias is None and _SMALL_BATCH_CPU_MATMUL.get():
-            out = (self.weight @ x.reshape(rows, x.shape[-1]).T).T.contiguous()
+        if x.device.type == "cpu" and 1 <= rows <= 8 and self.bias is None and _SMALL_BATCH_CPU_MATMUL.get():
+            flat = x.reshape(rows, x.shape[-1])
+            if rows == 1:  # MKL's matrix-vector product streams the weight ~2.5x slower than a 2-column product
+                flat = flat.repeat(2, 1)
+            out = (self.weight @ flat.T).T[:rows].contiguous()
             return out.reshape(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)
 

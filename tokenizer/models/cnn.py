@@ -2,6 +2,13 @@
 
 The decoder uses MAGVIT-v2-style adaptive GroupNorm conditioned on its own input and depth-to-space
 upsampling. Key names follow the released checkpoints (``conv_blocks.{i}.res.{j}``, ``adaptive.{k}`` ...).
+
+Speed (same maths, float rounding only): on CPU the encoder and decoder run their high-resolution levels (at least
+``CL_MIN_PIXELS`` pixels) in channels-last memory format, where oneDNN's 3x3 convolutions are up to ~30% faster; the
+low-resolution levels stay NCHW, where both layouts convolve alike and channels-last would only add a copy of each
+weight per call. ``channels_last`` on each module: ``None`` = on CPU only, ``True``/``False`` to force. When no
+gradient is recorded the activation, residual add and adaptive-norm affine run in place, so that fewer large tensors
+are allocated (each one page-faults afresh on CPU). Inputs and outputs keep the caller's layout.
 """
 from __future__ import annotations
 
@@ -14,6 +21,30 @@ import torch.nn.functional as F
 
 def group_norm(channels: int, affine: bool = True) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=affine)
+
+
+def _no_grad_for(t: torch.Tensor) -> bool:
+    """True when autograd records nothing for ``t``, so a fresh intermediate may be overwritten in place."""
+    return not (torch.is_grad_enabled() and t.requires_grad)
+
+
+def _norm_silu(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``silu(norm(x))``; in place on the norm's fresh output when nothing is recorded (same values, one less
+    allocation)."""
+    h = norm(x)
+    return F.silu(h, inplace=_no_grad_for(h))
+
+
+CL_MIN_PIXELS = 64 * 64  # levels with at least this many pixels run channels-last (when enabled)
+
+
+def _layout(flag: bool | None, h: torch.Tensor) -> torch.Tensor:
+    """``h`` in the memory format of its level (a no-op when it already is; untouched when channels-last is off)."""
+    if not (h.device.type == "cpu" if flag is None else flag):
+        return h
+    if h.shape[-2] * h.shape[-1] >= CL_MIN_PIXELS:
+        return h.contiguous(memory_format=torch.channels_last)
+    return h.contiguous()
 
 
 class ResnetBlock(nn.Module):
@@ -30,10 +61,11 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv1(_norm_silu(self.norm1, x))
+        h = self.conv2(self.dropout(_norm_silu(self.norm2, h)))
         shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
-        return shortcut + h
+        # in place into the conv's fresh output: add needs neither operand for its backward, so this is autograd-safe
+        return h.add_(shortcut)
 
 
 class Downsample(nn.Module):
@@ -50,10 +82,14 @@ class Downsample(nn.Module):
 def depth_to_space_dcr(x: torch.Tensor, block: int = 2) -> torch.Tensor:
     """Depth-to-space in DCR order: out[c, h*b+i, w*b+j] = in[(i*b+j)*C + c, h, w].
 
-    This is not ``F.pixel_shuffle`` (CRD order); the released decoder weights assume DCR.
+    This is not ``F.pixel_shuffle`` (CRD order); the released decoder weights assume DCR. A channels-last input gives
+    a channels-last output (one copy in NHWC order instead of a round trip through NCHW).
     """
     b, c4, h, w = x.shape
     c = c4 // (block * block)
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        nhwc = x.permute(0, 2, 3, 1).reshape(b, h, w, block, block, c).permute(0, 1, 3, 2, 4, 5)
+        return nhwc.reshape(b, h * block, w * block, c).permute(0, 3, 1, 2)
     x = x.view(b, block, block, c, h, w).permute(0, 3, 4, 1, 5, 2)
     return x.reshape(b, c, h * block, w * block)
 
@@ -89,7 +125,10 @@ class AdaptiveGroupNorm(nn.Module):
         mean = flat.mean(dim=-1)
         scale = self.gamma(std)[:, :, None, None]
         shift = self.beta(mean)[:, :, None, None]
-        return self.gn(x) * scale + shift
+        h = self.gn(x)
+        if _no_grad_for(h) and _no_grad_for(scale) and _no_grad_for(shift):
+            return h.mul_(scale).add_(shift)  # the same two roundings, in the norm's fresh output
+        return h * scale + shift
 
 
 class _Level(nn.Module):
@@ -122,17 +161,20 @@ class Encoder(nn.Module):
         self.mid = nn.ModuleList([ResnetBlock(block_in, block_in, dropout) for _ in range(2)])
         self.norm_out = group_norm(block_in)
         self.conv_out = nn.Conv2d(block_in, z_channels, 3, padding=1)
+        self.channels_last: bool | None = None  # None: channels-last activations on CPU (see the module docstring)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
+        h = self.conv_in(_layout(self.channels_last, x))
         for level in self.conv_blocks:
+            h = _layout(self.channels_last, h)
             for block in level.res:
                 h = block(h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
+        h = _layout(self.channels_last, h)
         for block in self.mid:
             h = block(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_norm_silu(self.norm_out, h)).contiguous()
 
 
 class Decoder(nn.Module):
@@ -162,16 +204,18 @@ class Decoder(nn.Module):
         self.adaptive = nn.ModuleList(adaptive)
         self.norm_out = group_norm(block_in)
         self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
+        self.channels_last: bool | None = None  # None: channels-last activations on CPU (see the module docstring)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         style = z
-        h = self.conv_in(z)
+        h = self.conv_in(_layout(self.channels_last, z))
         for block in self.mid:
             h = block(h)
         for level, adaptive in zip(self.conv_blocks, self.adaptive, strict=True):
-            h = adaptive(h, style)
+            h = adaptive(_layout(self.channels_last, h), style)
             for block in level.res:
                 h = block(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        h = _layout(self.channels_last, h)
+        return self.conv_out(_norm_silu(self.norm_out, h)).contiguous()
