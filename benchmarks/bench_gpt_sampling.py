@@ -77,7 +77,9 @@ def peak_memory(device: torch.device) -> str:
 
 
 MODES = {  # --modes name -> None (eager generate) or StaticDecoder's (compile, attention) arguments
-    "eager": None, "static": ("none", "math"), "cudagraph": ("cudagraph", "math"),
+    "eager": None, "static": ("none", "math"), "static-packed": ("none", "math", True),
+    "static-packed-fused": ("none", "fused", True),
+    "cudagraph": ("cudagraph", "math"),
     "cudagraph-fused": ("cudagraph", "fused"), "compile": ("default", "math"),
     "reduce-overhead": ("reduce-overhead", "math"),
 }
@@ -156,6 +158,8 @@ def main(argv=None) -> dict:
                    "(doubled rows with CFG)")
     p.add_argument("--modes", nargs="+", default=["eager"], choices=list(MODES),
                    help="decode paths: eager (generate(), the reference), static (StaticDecoder, no compile), "
+                        "static-packed (the same with oneDNN-prepacked CPU weights), static-packed-fused (and "
+                        "PyTorch's fused attention kernel), "
                         "cudagraph (StaticDecoder with a captured CUDA graph), cudagraph-fused (the same with "
                         "PyTorch's fused attention kernel), compile (torch.compile inductor), reduce-overhead "
                         "(torch.compile with CUDA graphs)")

@@ -112,15 +112,16 @@ class ModelArgs:
 
 
 # On CPU, MKL's GEMM for 1..8 activation rows against a [N, K] weight streams the weight much more slowly than
-# ``weight @ x.T`` (one row is computed as two: MKL's GEMV is slower still); at such batch sizes decoding is bound by weight bandwidth, so this path matters (see
-# benchmarks/bench_gpt_sampling.py). Results equal ``F.linear`` up to float summation order. On by default;
-# ``with small_batch_cpu_matmul(False):`` measures or compares against the plain path (per thread / task).
+# ``weight @ x.T`` (one row is computed as two: MKL's GEMV is slower still); at such batch sizes decoding is bound by
+# weight bandwidth, so this path matters (see benchmarks/bench_gpt_sampling.py). Results equal ``F.linear`` up to
+# float summation order. On by default; ``with small_batch_cpu_matmul(False):`` measures or compares against the
+# plain path (per thread / task).
 _SMALL_BATCH_CPU_MATMUL: contextvars.ContextVar[bool] = contextvars.ContextVar("small_batch_cpu_matmul", default=True)
 
 
 @contextlib.contextmanager
 def small_batch_cpu_matmul(enabled: bool) -> Iterator[None]:
-    """Use (or not) the ``weight @ x.T`` CPU path for 2..8 rows inside the block."""
+    """Use (or not) the ``weight @ x.T`` CPU path for 1..8 rows inside the block."""
     token = _SMALL_BATCH_CPU_MATMUL.set(bool(enabled))
     try:
         yield
@@ -128,15 +129,42 @@ def small_batch_cpu_matmul(enabled: bool) -> Iterator[None]:
         _SMALL_BATCH_CPU_MATMUL.reset(token)
 
 
+def cpu_prepack_available() -> bool:
+    """oneDNN's prepacked linear (what inductor uses for frozen CPU weights) is in this torch build."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and state-dict keys) with a faster CPU path for a few rows."""
+    """``nn.Linear`` (same parameters and state-dict keys) with faster CPU paths for a few rows.
+
+    1..8 rows: ``weight @ x.T`` (below). With :meth:`prepack_cpu`, products of 3 or more rows run through a oneDNN
+    copy of the weight packed for that row count (2-3x MKL's rate for 4..16 rows on this project's CPU); the copy is
+    not part of the state dict, costs the weight's memory once more, and is ignored once the weight changes.
+    """
+
+    _packed: Optional[tuple[torch.Tensor, int]] = None  # (packed weight, weight._version when packed)
+
+    def prepack_cpu(self, rows: int) -> None:
+        """Pack the weight for ``rows``-row products (CPU float32/bfloat16, bias-free); a no-op elsewhere."""
+        w = self.weight
+        if w.device.type == "cpu" and self.bias is None and w.dtype in (torch.float32, torch.bfloat16) \
+                and cpu_prepack_available():
+            self._packed = (torch.ops.mkldnn._reorder_linear_weight(w.detach(), int(rows)), w._version)
+
+    def clear_prepack(self) -> None:
+        self._packed = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        packed = self._packed
+        if packed is not None and rows >= 3 and x.device.type == "cpu" and x.dtype == self.weight.dtype \
+                and packed[1] == self.weight._version and not (torch.is_grad_enabled() and self.weight.requires_grad):
+            out = torch.ops.mkldnn._linear_pointwise(x.reshape(rows, x.shape[-1]), packed[0], None, "none", [], "")
+            return out.reshape(*x.shape[:-1], self.out_features)
         if x.device.type == "cpu" and 1 <= rows <= 8 and self.bias is None and _SMALL_BATCH_CPU_MATMUL.get():
             flat = x.reshape(rows, x.shape[-1])
             if rows == 1:  # MKL's matrix-vector product streams the weight ~2.5x slower than a 2-column product
-                flat = flat.repeat(2, 1)
+                flat = torch.cat([flat, flat])
             out = (self.weight @ flat.T).T[:rows].contiguous()
             return out.reshape(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)

@@ -33,6 +33,11 @@ Modes (``compile``):
 bit-identical to ``generate``; ``"fused"`` lets PyTorch pick its fused kernel (on CUDA it reads the bf16 cache once
 instead of upcasting all of it to float32 each step: several times faster at batch 256), at the price of float
 rounding that can flip near ties.
+
+``cpu_prepack=True`` (CPU): the linear layers multiply through oneDNN copies of their weights packed for the
+decoder's row count -- about 2x faster than MKL for 4..16 rows on this project's CPU (batch 2..8 with CFG), at the
+cost of the weights' memory once more and float rounding that differs from the unpacked model. The copies are dropped
+by :meth:`close`; a weight changed meanwhile (training) is never multiplied through a stale copy.
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .generate import GeneratorArg, SamplingPlan, guide_and_pick
+from .gpt import Linear, cpu_prepack_available
 
 __all__ = ["StaticDecoder", "COMPILE_MODES", "ATTENTION_KERNELS"]
 
@@ -88,7 +94,8 @@ class StaticDecoder:
     model's own cached inference belongs to it; :meth:`close` (or ``with StaticDecoder(...) as d``) frees it.
     """
 
-    def __init__(self, model: torch.nn.Module, batch_size: int, compile: str = "auto", attention: str = "math"):
+    def __init__(self, model: torch.nn.Module, batch_size: int, compile: str = "auto", attention: str = "math",
+                 cpu_prepack: bool = False):
         if compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {list(COMPILE_MODES)}, got {compile!r}")
         if attention not in ATTENTION_KERNELS:
@@ -105,6 +112,11 @@ class StaticDecoder:
             raise ValueError(f"compile={compile!r} captures CUDA graphs and needs a CUDA model; "
                              "use 'default' or 'none' on " + device.type)
         self.compile_mode = compile
+        if cpu_prepack and device.type != "cpu":
+            raise ValueError("cpu_prepack packs weights for oneDNN's CPU products; the model is on " + device.type)
+        if cpu_prepack and not cpu_prepack_available():
+            raise ValueError("cpu_prepack needs oneDNN (torch.backends.mkldnn), which this torch build lacks")
+        self.cpu_prepack = bool(cpu_prepack)
         compiled = compile in ("default", "reduce-overhead")
         self._step = torch.compile(_decode_step, mode=compile, fullgraph=True) if compiled else _decode_step
         self._graphs: dict = {}  # settings -> (graph, static inputs, static output), for compile='cudagraph'
@@ -122,6 +134,10 @@ class StaticDecoder:
             self._rows, self._seq = rows, 1 + max_new_tokens
             self._cache = core.layers[0].attention.kv_cache
             self._graphs.clear()  # captured graphs point at the old cache
+            if self.cpu_prepack:  # oneDNN copies of the weights, packed for this row count
+                for module in core.modules():
+                    if isinstance(module, Linear):
+                        module.prepack_cpu(rows)
         else:
             # positions past the current one are masked, but a stale NaN would still poison 0 * NaN in attention
             for layer in self.model.layers:
@@ -135,6 +151,10 @@ class StaticDecoder:
         self._rows = self._seq = -1
         self._cache = None
         self._graphs.clear()
+        if self.cpu_prepack:
+            for module in self.model.modules():
+                if isinstance(module, Linear):
+                    module.clear_prepack()
 
     def __enter__(self) -> StaticDecoder:
         return self

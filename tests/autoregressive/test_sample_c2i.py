@@ -85,6 +85,11 @@ def test_static_decoding_gives_the_eager_samples_and_shares_their_key(ckpts, tmp
     assert np.array_equal(a["codes"], b["codes"])
     settings = json.loads(next((tmp_path / "s").rglob("sample_settings.json")).read_text())
     assert settings["decode"] == "static" and settings["attention"] == "math"
+    sample(_common(ckpts, tmp_path / "p", *args, "--cpu-prepack"))
+    (p,) = [q.name for q in (tmp_path / "p").glob("*.npz")]
+    assert p not in (s, f) and np.array_equal(np.load(tmp_path / "p" / p)["codes"], a["codes"])
+    with pytest.raises(ValueError, match="--cpu-prepack.*--decode static"):
+        sample(_common(ckpts, tmp_path / "x", *args, "--decode", "eager", "--cpu-prepack"))
 
 
 def test_bad_class_id_and_wrong_tokenizer_are_clear_errors(ckpts, tmp_path):

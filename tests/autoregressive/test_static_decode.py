@@ -62,6 +62,29 @@ def test_cuda_graph_step_logic_equals_eager_on_cpu(case):
             assert torch.equal(eager, static)
 
 
+def test_cpu_prepacked_weights_give_the_same_tokens_and_are_dropped_on_close():
+    """oneDNN-prepacked products (rows >= 3) round differently from MKL's, but the seeded model's greedy and sampled
+    sequences are the same; eager generate() on the packed model uses the packed copies too (identical tokens)."""
+    model = tiny_gpt(seed=9)
+    cond = torch.tensor([1, 5, 7])
+    plain = [run_both(model, cond, case, StaticDecoder(model, 3, compile="none"))[0] for case in CASES]
+    linears = [m for m in model.modules() if hasattr(m, "prepack_cpu")]
+    with StaticDecoder(model, batch_size=3, compile="none", cpu_prepack=True) as decoder:
+        for case, ref in zip(CASES, plain, strict=True):
+            eager, static = run_both(model, cond, case, decoder)
+            assert torch.equal(static, ref) and torch.equal(eager, static)
+        assert all(m._packed is not None for m in linears)
+        with torch.no_grad():
+            x = torch.randn(3, 64)
+            layer = model.layers[0].attention.wqkv
+            packed_out = layer(x)
+            assert torch.allclose(packed_out, x @ layer.weight.T, atol=1e-5)
+            layer.weight.mul_(2.0)  # a changed weight is never multiplied through its stale packed copy
+            assert torch.allclose(layer(x), 2 * packed_out, atol=1e-4)
+            layer.weight.div_(2.0)
+    assert all(m._packed is None for m in linears)
+
+
 def test_smaller_batch_is_padded_and_rows_stay_independent():
     model = tiny_gpt(seed=2)
     cond = torch.tensor([5, 1, 8])
@@ -98,6 +121,9 @@ def test_bad_modes_rejected():
         StaticDecoder(model, 0)
     with pytest.raises(ValueError, match="attention must be one of"):
         StaticDecoder(model, 2, attention="flash")
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cpu_prepack"):
+            StaticDecoder(model.cuda(), 2, cpu_prepack=True)
 
 
 @pytest.mark.slow
