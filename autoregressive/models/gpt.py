@@ -249,6 +249,9 @@ class KVCache(nn.Module):
         shape = (batch, n_kv_head, seq, head_dim)
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        # Positions that can be attended (set per step by an eager decoder that knows them): attention then reads
+        # only this prefix instead of the whole masked cache. None: the whole cache, as the original.
+        self.valid_len: Optional[int] = None
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         b = k.shape[0]
@@ -294,6 +297,10 @@ class Attention(nn.Module):
             if self.kv_cache is None:
                 raise RuntimeError("input_pos was given but no KV cache is set up; call setup_caches() first")
             k, v = self.kv_cache.update(input_pos, k, v)
+            n = self.kv_cache.valid_len
+            if n is not None:
+                k, v = k[:, :, :n], v[:, :, :n]
+                mask = None if mask is None else mask[..., :n]
         if self.n_kv_head != self.n_head:
             rep = self.n_head // self.n_kv_head
             k = k.repeat_interleave(rep, dim=1)

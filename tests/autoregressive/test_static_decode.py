@@ -85,6 +85,18 @@ def test_cpu_prepacked_weights_give_the_same_tokens_and_are_dropped_on_close():
     assert all(m._packed is None for m in linears)
 
 
+def test_fused_attention_over_the_filled_prefix_gives_the_same_tokens_on_cpu():
+    """attention='fused' on CPU reads only the filled part of the cache (valid_len); the seeded model's greedy and
+    sampled sequences equal the eager ones, and the caches attend to everything again afterwards."""
+    model = tiny_gpt(seed=10)
+    cond = torch.tensor([2, 9])
+    with StaticDecoder(model, batch_size=2, compile="none", attention="fused") as decoder:
+        for case in CASES:
+            eager, static = run_both(model, cond, case, decoder)
+            assert torch.equal(eager, static)
+        assert all(layer.attention.kv_cache.valid_len is None for layer in model.layers)
+
+
 def test_smaller_batch_is_padded_and_rows_stay_independent():
     model = tiny_gpt(seed=2)
     cond = torch.tensor([5, 1, 8])
