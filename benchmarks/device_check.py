@@ -114,14 +114,14 @@ def part_precision(args) -> dict:
     from parity_checks import load_vector, rel_err, seeded_gpt_b, seeded_tokenizer, tokenizer_outputs
 
     device = pick_device(args.device)
+    if device.type == "cuda":  # fp32 rows are strict float32, as the CPU's
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     out = {}
     configs = [("VQ_SS256", 0)] if args.quick else [("VQ_SS256", 0), ("VQ_BL256_train_new", 1)]
     for config, seed in configs:
         ref = load_vector(config, seed)
         model, _ = seeded_tokenizer(config, seed, device)
         for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-            if device.type == "cuda":
-                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
             got = tokenizer_outputs(model, ref, device, autocast_dtype=dtype)
             out[f"{config}/{name}"] = {
                 "cont_feat_rel_err": rel_err(got["cont"], ref["cont_feat"]),

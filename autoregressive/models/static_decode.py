@@ -139,11 +139,13 @@ class StaticDecoder:
                 for module in core.modules():
                     if isinstance(module, Linear):
                         module.prepack_cpu(rows)
-        else:
-            # positions past the current one are masked, but a stale NaN would still poison 0 * NaN in attention
-            for layer in self.model.layers:
-                layer.attention.kv_cache.k_cache.zero_()
-                layer.attention.kv_cache.v_cache.zero_()
+
+    def _zero_cache(self) -> None:
+        """Positions past the current one are masked, but a stale NaN (from an earlier batch or a graph's warm-up)
+        would still poison 0 * NaN in attention: every batch starts from a zeroed cache."""
+        for layer in self.model.layers:
+            layer.attention.kv_cache.k_cache.zero_()
+            layer.attention.kv_cache.v_cache.zero_()
 
     def close(self) -> None:
         """Free the KV cache (the model's weights are untouched)."""
@@ -221,12 +223,9 @@ class StaticDecoder:
         cond_all = torch.cat([labels, torch.full_like(labels, core.num_classes)]) if plan.guided else labels
         self._ensure_cache(cond_all.shape[0], max_new_tokens)
         settings = (batch, plan.guided, plan.temperature, plan.top_k, plan.top_p, plan.sample_logits)
-        if self.compile_mode == "cudagraph":
-            # captured before the prefill: its warm-up writes into the cache, which the prefill then resets
+        if self.compile_mode == "cudagraph":  # captured before the zeroing: its warm-up writes into the cache
             captured = self._captured(settings, max_new_tokens, uniforms is not None)
-            for layer in core.layers:
-                layer.attention.kv_cache.k_cache.zero_()
-                layer.attention.kv_cache.v_cache.zero_()
+        self._zero_cache()
 
         def column(j: int) -> Optional[torch.Tensor]:
             return None if uniforms is None else uniforms[:, j].contiguous()
