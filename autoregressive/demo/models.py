@@ -171,7 +171,9 @@ def gib(n: float) -> str:
 
 class ModelPool:
     """At most ``max_resident`` loaded models (a GPT counts with its tokenizer), least recently used evicted first;
-    one lock, so requests use the models one at a time. A model whose weights need more than the device has free
+    one lock, so requests use the models one at a time. The lock is a plain ``threading.Lock``, not an RLock: a
+    streaming handler holds it across its yields and gradio may resume it on another worker thread, which must be able
+    to release it. A model whose weights need more than the device has free
     (after evicting the others) is refused with a message instead of running out of memory."""
 
     def __init__(self, device: torch.device, max_resident: int = 1, memory_limit: int | None = None,
@@ -179,7 +181,7 @@ class ModelPool:
         self.device, self.max_resident, self.memory_limit = device, max(1, int(max_resident)), memory_limit
         self.gpt_dtype = gpt_dtype
         self.loaded: OrderedDict[str, Any] = OrderedDict()
-        self.lock = threading.RLock()
+        self.lock = threading.Lock()
 
     def _evict(self, keep: int) -> None:
         while len(self.loaded) > keep:

@@ -134,6 +134,27 @@ def test_the_page_actions_return_messages_not_tracebacks(quickstart, tmp_path):
     assert json.loads(open(files[-1]).read())["class_name"] == "Bag"
 
 
+def test_a_generation_resumed_on_other_threads_releases_the_model_lock(quickstart, tmp_path):
+    """Gradio runs each step of a streaming handler on whichever worker thread is free; the pool lock is held across
+    the yields, so it must be releasable from another thread than the one that took it (an RLock is not)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from autoregressive.demo.app import Demo
+    args = build_parser().parse_args(["--quickstart", str(quickstart), "--no-released", "--device", "cpu",
+                                      "--output-dir", str(tmp_path / "out")])
+    demo = Demo(args)
+    steps = demo.generate(demo.generators[0].label, "Bag", 4.0, "constant", 0.18, 0, 1.0, 1.0, 0, 2, None)
+    workers = [ThreadPoolExecutor(1) for _ in range(3)]  # all alive, so three distinct thread ids
+    try:
+        out = [w.submit(next, steps).result() for w in workers]
+    finally:
+        for w in workers:
+            w.shutdown()
+    assert "saved in" in out[-1][2], out[-1][2]
+    assert demo.pool.lock.acquire(timeout=1)  # free again for the next request
+    demo.pool.lock.release()
+
+
 def test_every_flag_has_help():
     for action in build_parser()._actions:
         assert action.help, action.dest
