@@ -142,7 +142,9 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p
     Sampling inverts each row's CDF at ``uniforms`` [B] (values in [0, 1)); without them a fresh
     ``torch.rand`` from the global RNG is used.
     """
-    logits = logits.float() / max(float(temperature), 1e-5)
+    logits = logits.float()
+    if float(temperature) != 1.0:  # (dividing by 1.0 changes no value: skip the pass over [B, V])
+        logits = logits / max(float(temperature), 1e-5)
     if top_k > 0 or top_p < 1.0:
         logits = top_k_top_p_filtering(logits, top_k, top_p)
     probs = F.softmax(logits, dim=-1)

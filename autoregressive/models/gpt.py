@@ -249,15 +249,18 @@ class KVCache(nn.Module):
         shape = (batch, n_kv_head, seq, head_dim)
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        # Positions that can be attended (set per step by an eager decoder that knows them): attention then reads
-        # only this prefix instead of the whole masked cache. None: the whole cache, as the original.
+        # Set per step by an eager decoder of one new token at position valid_len - 1: the filled prefix
+        # [0, valid_len) is all visible to it, so attention reads only that prefix, unmasked, instead of the whole
+        # masked cache. None: the whole masked cache, as the original.
         self.valid_len: Optional[int] = None
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         b = k.shape[0]
         k_out, v_out = self.k_cache[:b], self.v_cache[:b]
-        k_out[:, :, input_pos] = k.to(k_out.dtype)
-        v_out[:, :, input_pos] = v.to(v_out.dtype)
+        # index_copy_ writes the same values as the original's k_out[:, :, input_pos] = k, but its CPU kernel
+        # costs ~7 us where the advanced-indexing assignment opens a parallel region (~70 us with 2 threads)
+        k_out.index_copy_(2, input_pos, k.to(k_out.dtype))
+        v_out.index_copy_(2, input_pos, v.to(v_out.dtype))
         return k_out, v_out
 
 
@@ -293,23 +296,23 @@ class Attention(nn.Module):
         if freqs_cis is not None:
             q, k = apply_rotary_emb(q, freqs_cis), apply_rotary_emb(k, freqs_cis)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        causal = mask is None
         if input_pos is not None:
             if self.kv_cache is None:
                 raise RuntimeError("input_pos was given but no KV cache is set up; call setup_caches() first")
             k, v = self.kv_cache.update(input_pos, k, v)
             n = self.kv_cache.valid_len
-            if n is not None:
+            if n is not None:  # one new token that sees the whole filled prefix: no mask to build or apply
+                if seqlen != 1:
+                    raise ValueError(f"KVCache.valid_len is for one-token decode steps, got {seqlen} tokens")
                 k, v = k[:, :, :n], v[:, :, :n]
-                mask = None if mask is None else mask[..., :n]
+                mask, causal = None, False
         if self.n_kv_head != self.n_head:
             rep = self.n_head // self.n_kv_head
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
         dropout = self.attn_dropout_p if self.training else 0.0
-        if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False, dropout_p=dropout)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout)
         out = out.transpose(1, 2).reshape(bsz, seqlen, self.dim)
         return self.resid_dropout(self.wo(out))
 

@@ -97,6 +97,17 @@ def test_fused_attention_over_the_filled_prefix_gives_the_same_tokens_on_cpu():
         assert all(layer.attention.kv_cache.valid_len is None for layer in model.layers)
 
 
+def test_prefix_attention_refuses_more_than_one_new_token():
+    """valid_len drops the causal mask (one new token sees the whole prefix): a multi-token step would silently
+    let earlier tokens see later ones, so it is refused by name."""
+    model = tiny_gpt(seed=10)
+    model.setup_caches(max_batch_size=1, max_seq_length=model.block_size)
+    model.layers[0].attention.kv_cache.valid_len = 3
+    idx = torch.tensor([[1, 2]])
+    with torch.no_grad(), pytest.raises(ValueError, match="valid_len is for one-token decode steps, got 2"):
+        model(idx=idx, cond_idx=None, input_pos=torch.tensor([1, 2]))
+
+
 def test_smaller_batch_is_padded_and_rows_stay_independent():
     model = tiny_gpt(seed=2)
     cond = torch.tensor([5, 1, 8])
