@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from autoregressive import cfg_search, generate, load_gpt
 from autoregressive.models.generate import sample_generators
-from autoregressive.models.static_decode import ATTENTION_KERNELS, COMPILE_MODES, StaticDecoder
+from autoregressive.models.gpt import CPU_KERNELS
+from autoregressive.models.static_decode import ATTENTION_KERNELS, COMPILE_MODES, StaticDecoder, packed_kernel
 from tokenizer import load_tokenizer
 from utils.checkpoint import CheckpointError, resolve_checkpoint, sha256_file
 from utils.data import to_uint8
@@ -69,9 +70,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--attention", choices=list(ATTENTION_KERNELS), default="math",
                    help="decode attention kernel of --decode static: math (the original's; identical tokens) or "
                         "fused (PyTorch's fused kernel: several times faster at large batch on GPU, rounding differs)")
-    g.add_argument("--cpu-prepack", action="store_true",
-                   help="CPU, --decode static: multiply through oneDNN copies of the weights packed for the batch "
-                        "(~2x faster decoding at batch 2..8 with CFG; more memory; float rounding differs)")
+    g.add_argument("--cpu-prepack", nargs="?", const="auto", default=None, choices=list(CPU_KERNELS),
+                   help="CPU, --decode static: multiply through packed copies of the weights (more memory; float "
+                        "rounding differs). native: the project's float32 kernel, compiled once with the system's "
+                        "C++ compiler, up to batch 8 with CFG (with --attention fused also its decode attention); "
+                        "onednn: oneDNN's; auto (the flag alone): native where it applies, else onednn")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step: --decode static with --decode-compile reduce-overhead on "
                         "CUDA, default on CPU")
@@ -211,7 +214,10 @@ def decode_inputs(args: argparse.Namespace) -> dict:
     compiled = args.compile or args.decode_compile in ("default", "reduce-overhead")
     if args.attention == "math" and not compiled and not args.cpu_prepack:
         return {}
-    packed = "/cpu-prepack" if args.cpu_prepack else ""
+    packed = ""
+    if args.cpu_prepack:  # the kernel that will run (auto resolves per machine and batch), not the flag's value
+        packed = "/cpu-prepack-" + packed_kernel(args.cpu_prepack, args.per_proc_batch_size,
+                                                 storage_dtype(args.precision))
     return {"decode": f"{'compiled' if compiled else args.decode_compile}/{args.attention}{packed}"}
 
 

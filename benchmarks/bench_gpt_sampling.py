@@ -77,8 +77,9 @@ def peak_memory(device: torch.device) -> str:
 
 
 MODES = {  # --modes name -> None (eager generate) or StaticDecoder's (compile, attention) arguments
-    "eager": None, "static": ("none", "math"), "static-packed": ("none", "math", True),
-    "static-packed-fused": ("none", "fused", True),
+    "eager": None, "static": ("none", "math"), "static-packed": ("none", "math", "onednn"),
+    "static-packed-fused": ("none", "fused", "onednn"),
+    "static-native": ("none", "math", "native"), "static-native-fused": ("none", "fused", "native"),
     "cudagraph": ("cudagraph", "math"),
     "cudagraph-fused": ("cudagraph", "fused"), "compile": ("default", "math"),
     "reduce-overhead": ("reduce-overhead", "math"),

@@ -157,8 +157,9 @@ def part_sampling(args) -> dict:
     import bench_gpt_sampling
 
     if args.quick:
-        runs = [["--gpt-model", "GPT-tiny", "--batch", "1", "4", "--modes", "eager", "static", "--steps", "16",
-                 "--vocab-size", "512", "--num-classes", "10"]]
+        cpu_modes = ["static-native-fused"] if args.device == "cpu" else []  # the project's CPU kernels
+        runs = [["--gpt-model", "GPT-tiny", "--batch", "1", "4", "--modes", "eager", "static", *cpu_modes,
+                 "--steps", "16", "--vocab-size", "512", "--num-classes", "10"]]
     else:
         common = ["--cfg-only", "--dtype", "bf16", "--batch", "1", "32", "256", "--modes", "eager", "cudagraph",
                   "cudagraph-fused"]

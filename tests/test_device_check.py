@@ -35,7 +35,8 @@ def test_quick_chain_on_cpu_runs_every_part(tmp_path):
     assert tests["counts"].get("skipped", 0) >= 10 and not tests["counts"].get("passed")
     assert all("CUDA" in msg for msg in tests["messages"].values())
     rows = parts["sampling"]["result"]["runs"][0]["rows"]
-    assert {r["mode"] for r in rows} == {"eager", "static"} and {r["batch"] for r in rows} == {1, 4}
+    assert {r["mode"] for r in rows} == {"eager", "static", "static-native-fused"}
+    assert {r["batch"] for r in rows} == {1, 4}
     assert all(r["tokens_per_s"] > 0 and 0 < r["fraction_of_floor"] for r in rows)
     assert parts["precision"]["result"]["VQ_SS256/fp32"]["cont_feat_rel_err"] < 1e-4
     assert parts["tokenizer"]["result"]["runs"][0]["encode_images_per_s"] > 0

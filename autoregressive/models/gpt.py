@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils import cpu_kernels
 from utils.pretrained import PretrainedMixin
 
 __all__ = ["ModelArgs", "Transformer", "GPT_models", "GPT_models_2d", "find_multiple", "precompute_freqs_cis_2d"]
@@ -134,22 +135,52 @@ def cpu_prepack_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
+CPU_KERNELS = ("auto", "native", "onednn")  # prepacked CPU products: see Linear.prepack_cpu
+
+
+def resolve_cpu_kernel(kernel: str, rows: int, dtype: torch.dtype) -> str:
+    """The prepacked product ``kernel`` means for ``rows``-row products of ``dtype`` weights: 'native' (the project's
+    float32 kernel, utils/cpu_kernels.py, 1..16 rows) or 'onednn'. 'auto' is native where it applies and builds, else
+    oneDNN; an explicit 'native' that cannot run raises, naming why."""
+    if kernel not in CPU_KERNELS:
+        raise ValueError(f"cpu kernel must be one of {list(CPU_KERNELS)}, got {kernel!r}")
+    fits = dtype == torch.float32 and 1 <= rows <= cpu_kernels.MAX_ROWS
+    if kernel == "native":
+        if not fits:
+            raise ValueError(f"the native CPU kernel multiplies 1..{cpu_kernels.MAX_ROWS} float32 rows; this decoder "
+                             f"has {rows} {dtype} rows (use 'onednn' or 'auto')")
+        if not cpu_kernels.available():
+            raise RuntimeError(f"the native CPU kernel is unavailable: {cpu_kernels.unavailable_reason()}")
+        return "native"
+    if kernel == "auto" and fits and cpu_kernels.available():
+        return "native"
+    if not cpu_prepack_available():
+        raise ValueError("prepacked oneDNN products need oneDNN (torch.backends.mkldnn), which this torch build lacks")
+    return "onednn"
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters and state-dict keys) with faster CPU paths for a few rows.
 
-    1..8 rows: ``weight @ x.T`` (below). With :meth:`prepack_cpu`, products of 3 or more rows run through a oneDNN
-    copy of the weight packed for that row count (2-3x MKL's rate for 4..16 rows on this project's CPU); the copy is
-    not part of the state dict, costs the weight's memory once more, and is ignored once the weight changes.
+    1..8 rows: ``weight @ x.T`` (below). With :meth:`prepack_cpu`, small products run through a packed copy of the
+    weight: 'native' (utils/cpu_kernels.py, 1..16 float32 rows, streams the weight at about the memory's read
+    bandwidth) or 'onednn' (3+ rows, packed for that row count; 2-3x MKL's rate for 4..16 rows on this project's
+    CPU). The copy is not part of the state dict, costs the weight's memory once more, and is ignored once the
+    weight changes.
     """
 
-    _packed: Optional[tuple[torch.Tensor, int]] = None  # (packed weight, weight._version when packed)
+    _packed: Optional[tuple[str, torch.Tensor, int]] = None  # (kernel, packed weight, weight._version when packed)
 
-    def prepack_cpu(self, rows: int) -> None:
-        """Pack the weight for ``rows``-row products (CPU float32/bfloat16, bias-free); a no-op elsewhere."""
+    def prepack_cpu(self, rows: int, kernel: str = "onednn") -> None:
+        """Pack the weight for ``rows``-row products with ``kernel`` ('native' or 'onednn', see
+        :func:`resolve_cpu_kernel`); a no-op off the CPU, with a bias, or for other dtypes."""
         w = self.weight
-        if w.device.type == "cpu" and self.bias is None and w.dtype in (torch.float32, torch.bfloat16) \
-                and cpu_prepack_available():
-            self._packed = (torch.ops.mkldnn._reorder_linear_weight(w.detach(), int(rows)), w._version)
+        if w.device.type != "cpu" or self.bias is not None:
+            return
+        if kernel == "native" and w.dtype == torch.float32:
+            self._packed = ("native", cpu_kernels.pack_weight(w.detach()), w._version)
+        elif kernel == "onednn" and w.dtype in (torch.float32, torch.bfloat16) and cpu_prepack_available():
+            self._packed = ("onednn", torch.ops.mkldnn._reorder_linear_weight(w.detach(), int(rows)), w._version)
 
     def clear_prepack(self) -> None:
         self._packed = None
@@ -157,10 +188,14 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
         packed = self._packed
-        if packed is not None and rows >= 3 and x.device.type == "cpu" and x.dtype == self.weight.dtype \
-                and packed[1] == self.weight._version and not (torch.is_grad_enabled() and self.weight.requires_grad):
-            out = torch.ops.mkldnn._linear_pointwise(x.reshape(rows, x.shape[-1]), packed[0], None, "none", [], "")
-            return out.reshape(*x.shape[:-1], self.out_features)
+        if packed is not None and x.device.type == "cpu" and x.dtype == self.weight.dtype \
+                and packed[2] == self.weight._version and not (torch.is_grad_enabled() and self.weight.requires_grad):
+            flat = x.reshape(rows, x.shape[-1])
+            if packed[0] == "native" and 1 <= rows <= cpu_kernels.MAX_ROWS:
+                return cpu_kernels.linear(flat, packed[1], self.out_features).reshape(*x.shape[:-1], self.out_features)
+            if packed[0] == "onednn" and rows >= 3:
+                out = torch.ops.mkldnn._linear_pointwise(flat, packed[1], None, "none", [], "")
+                return out.reshape(*x.shape[:-1], self.out_features)
         if x.device.type == "cpu" and 1 <= rows <= 8 and self.bias is None and _SMALL_BATCH_CPU_MATMUL.get():
             flat = x.reshape(rows, x.shape[-1])
             if rows == 1:  # MKL's matrix-vector product streams the weight ~2.5x slower than a 2-column product
@@ -253,6 +288,9 @@ class KVCache(nn.Module):
         # [0, valid_len) is all visible to it, so attention reads only that prefix, unmasked, instead of the whole
         # masked cache. None: the whole masked cache, as the original.
         self.valid_len: Optional[int] = None
+        # With valid_len set: attend through utils/cpu_kernels.py's decode attention (float32 CPU; set by a
+        # StaticDecoder whose packed products are native) instead of PyTorch's fused kernel.
+        self.native_attention = False
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         b = k.shape[0]
@@ -305,6 +343,9 @@ class Attention(nn.Module):
             if n is not None:  # one new token that sees the whole filled prefix: no mask to build or apply
                 if seqlen != 1:
                     raise ValueError(f"KVCache.valid_len is for one-token decode steps, got {seqlen} tokens")
+                if self.kv_cache.native_attention and q.device.type == "cpu" and not self.training \
+                        and cpu_kernels.attention_supported(self.head_dim, q.dtype):
+                    return self.resid_dropout(self.wo(cpu_kernels.decode_attention(q, k, v, n)))
                 k, v = k[:, :, :n], v[:, :, :n]
                 mask, causal = None, False
         if self.n_kv_head != self.n_head:

@@ -35,10 +35,13 @@ instead of upcasting all of it to float32 each step: several times faster at bat
 rounding that can flip near ties. Without a graph (CPU), fused steps also attend to the filled prefix of the cache only
 (``KVCache.valid_len``) instead of the whole masked cache.
 
-``cpu_prepack=True`` (CPU): the linear layers multiply through oneDNN copies of their weights packed for the
-decoder's row count -- about 2x faster than MKL for 4..16 rows on this project's CPU (batch 2..8 with CFG), at the
-cost of the weights' memory once more and float rounding that differs from the unpacked model. The copies are dropped
-by :meth:`close`; a weight changed meanwhile (training) is never multiplied through a stale copy.
+``cpu_prepack`` (CPU): the linear layers multiply through packed copies of their weights, at the cost of the
+weights' memory once more and float rounding that differs from the unpacked model. ``"native"``: the project's
+float32 kernel (utils/cpu_kernels.py, compiled once on this machine; up to 16 rows, i.e. batch 8 with CFG), which
+streams the weights at about the memory's read bandwidth; ``"onednn"``: oneDNN copies packed for the decoder's row
+count (about 2x MKL for 4..16 rows on this project's CPU); ``True``/``"auto"``: native where it applies and builds,
+else oneDNN. The kernel used is :attr:`cpu_kernel`. The copies are dropped by :meth:`close`; a weight changed
+meanwhile (training) is never multiplied through a stale copy.
 """
 from __future__ import annotations
 
@@ -49,9 +52,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .generate import GeneratorArg, SamplingPlan, guide_and_pick
-from .gpt import Linear, cpu_prepack_available
+from .gpt import CPU_KERNELS, Linear, resolve_cpu_kernel
 
-__all__ = ["StaticDecoder", "COMPILE_MODES", "ATTENTION_KERNELS"]
+__all__ = ["StaticDecoder", "COMPILE_MODES", "ATTENTION_KERNELS", "packed_kernel"]
 
 COMPILE_MODES = ("none", "cudagraph", "default", "reduce-overhead", "auto")
 ATTENTION_KERNELS = ("math", "fused")
@@ -87,6 +90,14 @@ def _table_step(model: torch.nn.Module, token: torch.Tensor, pos: torch.Tensor, 
     pos.add_(1)
 
 
+def packed_kernel(cpu_prepack: bool | str | None, batch_size: int, dtype: torch.dtype) -> Optional[str]:
+    """The kernel ('native' or 'onednn') of a StaticDecoder's packed CPU products for ``cpu_prepack``, or None
+    without packing; decided for ``2 * batch_size`` rows (guided batches), the most the decoder holds."""
+    if cpu_prepack in (False, None, "none"):
+        return None
+    return resolve_cpu_kernel("auto" if cpu_prepack is True else cpu_prepack, 2 * int(batch_size), dtype)
+
+
 class StaticDecoder:
     """Sampler bound to one GPT with a persistent, fixed-shape KV cache (see the module docstring).
 
@@ -96,7 +107,7 @@ class StaticDecoder:
     """
 
     def __init__(self, model: torch.nn.Module, batch_size: int, compile: str = "auto", attention: str = "math",
-                 cpu_prepack: bool = False):
+                 cpu_prepack: bool | str = False):
         if compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {list(COMPILE_MODES)}, got {compile!r}")
         if attention not in ATTENTION_KERNELS:
@@ -113,11 +124,17 @@ class StaticDecoder:
             raise ValueError(f"compile={compile!r} captures CUDA graphs and needs a CUDA model; "
                              "use 'default' or 'none' on " + device.type)
         self.compile_mode = compile
-        if cpu_prepack and device.type != "cpu":
-            raise ValueError("cpu_prepack packs weights for oneDNN's CPU products; the model is on " + device.type)
-        if cpu_prepack and not cpu_prepack_available():
-            raise ValueError("cpu_prepack needs oneDNN (torch.backends.mkldnn), which this torch build lacks")
-        self.cpu_prepack = bool(cpu_prepack)
+        if cpu_prepack is True:
+            cpu_prepack = "auto"
+        if cpu_prepack not in (False, None, "none", *CPU_KERNELS):
+            raise ValueError(f"cpu_prepack must be False, True or one of {['none', *CPU_KERNELS]}, got {cpu_prepack!r}")
+        self.cpu_prepack = cpu_prepack not in (False, None, "none")
+        if self.cpu_prepack and device.type != "cpu":
+            raise ValueError("cpu_prepack packs weights for CPU products; the model is on " + device.type)
+        # the packed products' kernel, fixed here for the most rows this decoder holds (both CFG halves), so the
+        # choice is one per decoder and a bad one fails before any batch
+        self.cpu_kernel: Optional[str] = packed_kernel(cpu_prepack, self.batch_size,
+                                                       self.model.tok_embeddings.weight.dtype)
         compiled = compile in ("default", "reduce-overhead")
         self._step = torch.compile(_decode_step, mode=compile, fullgraph=True) if compiled else _decode_step
         self._graphs: dict = {}  # settings -> (graph, static inputs, static output), for compile='cudagraph'
@@ -135,10 +152,10 @@ class StaticDecoder:
             self._rows, self._seq = rows, 1 + max_new_tokens
             self._cache = core.layers[0].attention.kv_cache
             self._graphs.clear()  # captured graphs point at the old cache
-            if self.cpu_prepack:  # oneDNN copies of the weights, packed for this row count
+            if self.cpu_prepack:  # packed copies of the weights (oneDNN's for this row count)
                 for module in core.modules():
                     if isinstance(module, Linear):
-                        module.prepack_cpu(rows)
+                        module.prepack_cpu(rows, self.cpu_kernel)
 
     def _zero_cache(self) -> None:
         """Positions past the current one are masked, but a stale NaN (from an earlier batch or a graph's warm-up)
@@ -256,6 +273,9 @@ class StaticDecoder:
         # eager fused steps attend to the filled prefix only (the math kernel keeps the original's whole masked cache)
         caches = [layer.attention.kv_cache for layer in core.layers] if self.attention == "fused" and not compiled \
             else []
+        native = self.cpu_kernel == "native"  # native packed products: the native decode attention too
+        for cache in caches:
+            cache.native_attention = native
         try:
             with contextlib.nullcontext() if compiled else _attention_kernel(self.attention):
                 for i in range(1, max_new_tokens):
@@ -271,4 +291,5 @@ class StaticDecoder:
         finally:
             for cache in caches:
                 cache.valid_len = None
+                cache.native_attention = False
         return out[:real]

@@ -12,6 +12,7 @@ import torch
 from autoregressive import GPT_models
 from autoregressive.sample_c2i import main as sample
 from tokenizer import build_tokenizer
+from utils import cpu_kernels
 from utils.checkpoint import CheckpointError, save_atomic
 
 from testlib import CONFIGS
@@ -85,9 +86,15 @@ def test_static_decoding_gives_the_eager_samples_and_shares_their_key(ckpts, tmp
     assert np.array_equal(a["codes"], b["codes"])
     settings = json.loads(next((tmp_path / "s").rglob("sample_settings.json")).read_text())
     assert settings["decode"] == "static" and settings["attention"] == "math"
-    sample(_common(ckpts, tmp_path / "p", *args, "--cpu-prepack"))
-    (p,) = [q.name for q in (tmp_path / "p").glob("*.npz")]
-    assert p not in (s, f) and np.array_equal(np.load(tmp_path / "p" / p)["codes"], a["codes"])
+    sample(_common(ckpts, tmp_path / "p", *args, "--cpu-prepack"))  # auto: native where it builds
+    sample(_common(ckpts, tmp_path / "o", *args, "--cpu-prepack", "onednn"))
+    (p,), (o,) = ([q.name for q in (tmp_path / d).glob("*.npz")] for d in "po")
+    assert len({p, o, s, f}) == 4  # each kernel its own key
+    for d, name in (("p", p), ("o", o)):
+        assert np.array_equal(np.load(tmp_path / d / name)["codes"], a["codes"])
+    packed = json.loads(next((tmp_path / "p").rglob("sample_settings.json")).read_text())
+    assert packed["cpu_prepack"] == "auto" and packed["run_inputs"]["decode"] == "auto/math/cpu-prepack-" + (
+        "native" if cpu_kernels.available() else "onednn")
     with pytest.raises(ValueError, match="--cpu-prepack.*--decode static"):
         sample(_common(ckpts, tmp_path / "x", *args, "--decode", "eager", "--cpu-prepack"))
 

@@ -10,6 +10,7 @@ import torch
 from autoregressive import generate
 from autoregressive.models.generate import sample_generators
 from autoregressive.models.static_decode import StaticDecoder
+from utils import cpu_kernels
 
 from testlib import tiny_gpt
 
@@ -83,6 +84,48 @@ def test_cpu_prepacked_weights_give_the_same_tokens_and_are_dropped_on_close():
             assert torch.allclose(layer(x), 2 * packed_out, atol=1e-4)
             layer.weight.div_(2.0)
     assert all(m._packed is None for m in linears)
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="native CPU kernel unavailable here")
+@pytest.mark.parametrize("attention", ["math", "fused"])
+def test_native_kernels_give_the_same_tokens(attention, monkeypatch):
+    """cpu_prepack='native': the project's packed products (and, with fused attention, its decode attention) round
+    differently from PyTorch's, but the seeded model's greedy and sampled sequences are the same."""
+    model = tiny_gpt(seed=11)
+    cond = torch.tensor([1, 5, 7])
+    plain = [run_both(model, cond, case, StaticDecoder(model, 3, compile="none"))[0] for case in CASES]
+    calls = {"linear": 0, "attention": 0}
+    for name, counter in (("linear", "linear"), ("decode_attention", "attention")):
+        original = getattr(cpu_kernels, name)
+
+        def counted(*args, _original=original, _counter=counter):
+            calls[_counter] += 1
+            return _original(*args)
+        monkeypatch.setattr(cpu_kernels, name, counted)
+    with StaticDecoder(model, batch_size=3, compile="none", attention=attention, cpu_prepack="native") as decoder:
+        for case, ref in zip(CASES, plain, strict=True):
+            eager, static = run_both(model, cond, case, decoder)  # eager generate() uses the packed copies too
+            assert torch.equal(static, ref) and torch.equal(eager, ref)
+        assert decoder.cpu_kernel == "native"
+    assert calls["linear"] > 0 and (calls["attention"] > 0) == (attention == "fused")
+    assert all(layer.attention.kv_cache is None or not layer.attention.kv_cache.native_attention
+               for layer in model.layers)
+
+
+def test_cpu_kernel_choice_is_checked_when_the_decoder_is_built(monkeypatch):
+    model = tiny_gpt(seed=12)
+    with pytest.raises(ValueError, match="cpu_prepack must be"):
+        StaticDecoder(model, 2, compile="none", cpu_prepack="mkl")
+    monkeypatch.setattr(cpu_kernels, "_fn", None)
+    monkeypatch.setattr(cpu_kernels, "_reason", "no C++ compiler found (set CXX, or install g++)")
+    with pytest.raises(RuntimeError, match="native CPU kernel is unavailable: no C\\+\\+ compiler"):
+        StaticDecoder(model, 2, compile="none", cpu_prepack="native")
+    with StaticDecoder(model, 2, compile="none", cpu_prepack="auto") as decoder:  # falls back to oneDNN
+        decoder.generate(torch.tensor([1, 2]), 4)
+        assert decoder.cpu_kernel == "onednn"
+    with StaticDecoder(model.to(torch.bfloat16), 2, compile="none", cpu_prepack=True) as decoder:
+        decoder.generate(torch.tensor([1, 2]), 4)
+        assert decoder.cpu_kernel == "onednn"  # the native kernel is float32 only
 
 
 def test_fused_attention_over_the_filled_prefix_gives_the_same_tokens_on_cpu():

@@ -1,0 +1,116 @@
+"""The native CPU kernels (utils/cpu_kernels.py): products and decode attention against PyTorch's, thread-count
+independence, bad shapes refused, and the unavailable paths (disabled, no compiler) reported, not crashed."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from utils import cpu_kernels
+
+from testlib import REPO, child_env
+
+needs_kernel = pytest.mark.skipif(not cpu_kernels.available(),
+                                  reason=f"native kernel unavailable here: {cpu_kernels.unavailable_reason()}")
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 8, 9, 15, 16])
+@pytest.mark.parametrize("n_out,k", [(48, 64), (37, 129), (300, 17)])
+def test_linear_matches_pytorch(rows, n_out, k):
+    """Any row count 1..16, outputs not a multiple of 16 (zero-padded block), odd K."""
+    w = torch.randn(n_out, k)
+    x = torch.randn(rows, k)
+    y = cpu_kernels.linear(x, cpu_kernels.pack_weight(w), n_out)
+    assert y.shape == (rows, n_out)
+    torch.testing.assert_close(y, x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_linear_takes_a_non_contiguous_input_and_does_not_depend_on_the_thread_count():
+    w, x = torch.randn(200, 96), torch.randn(96, 16).T  # a transposed view
+    packed = cpu_kernels.pack_weight(w)
+    torch.set_num_threads(1)
+    one = cpu_kernels.linear(x, packed, 200)
+    torch.set_num_threads(2)
+    two = cpu_kernels.linear(x, packed, 200)
+    assert torch.equal(one, two)  # threads split outputs, never a sum
+    torch.testing.assert_close(one, x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_linear_refuses_what_it_cannot_multiply():
+    packed = cpu_kernels.pack_weight(torch.randn(32, 8))
+    with pytest.raises(ValueError, match="rows must be 1..16"):
+        cpu_kernels.linear(torch.randn(17, 8), packed, 32)
+    with pytest.raises(ValueError, match=r"does not fit packed weight \(2, 8, 16\)"):
+        cpu_kernels.linear(torch.randn(2, 9), packed, 32)
+    with pytest.raises(ValueError, match="float32 CPU weight"):
+        cpu_kernels.pack_weight(torch.randn(32, 8, dtype=torch.float64))
+
+
+@needs_kernel
+@pytest.mark.parametrize("b,h,hkv,s,d,n", [(3, 4, 4, 20, 64, 7), (2, 8, 2, 33, 32, 33), (1, 2, 1, 5, 16, 1),
+                                           (4, 3, 3, 300, 128, 257)])
+def test_decode_attention_matches_sdpa(b, h, hkv, s, d, n):
+    """Grouped heads share a cache head; only the first b rows and n positions of the caches are read."""
+    q = torch.randn(b, 1, h, d).transpose(1, 2) * 3  # large logits: the exp's range reduction is exercised
+    k, v = torch.randn(b + 1, hkv, s, d), torch.randn(b + 1, hkv, s, d)
+    out = cpu_kernels.decode_attention(q, k, v, n)
+    rep = h // hkv
+    ref = F.scaled_dot_product_attention(q, k[:b, :, :n].repeat_interleave(rep, 1),
+                                         v[:b, :, :n].repeat_interleave(rep, 1))
+    assert out.shape == (b, 1, h * d)
+    torch.testing.assert_close(out, ref.transpose(1, 2).reshape(b, 1, h * d), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_decode_attention_refuses_bad_shapes():
+    k = torch.zeros(2, 2, 8, 16)
+    with pytest.raises(ValueError, match="with 9 filled positions"):
+        cpu_kernels.decode_attention(torch.zeros(2, 2, 1, 16), k, k, 9)
+    with pytest.raises(ValueError, match="does not fit caches"):
+        cpu_kernels.decode_attention(torch.zeros(2, 3, 1, 16), k, k, 4)  # 3 heads over 2 cache heads
+    assert not cpu_kernels.attention_supported(24, torch.float32)
+    assert not cpu_kernels.attention_supported(64, torch.bfloat16)
+
+
+def _probe(env_overrides: dict, tmp_path) -> dict:
+    """available() / unavailable_reason() in a fresh process (the result is cached per process)."""
+    code = ("import json; from utils import cpu_kernels as c; "
+            "print(json.dumps([c.available(), c.unavailable_reason()]))")
+    env = child_env(GIGATOK_KERNEL_CACHE=str(tmp_path / "kernels"), **env_overrides)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300, check=True)
+    ok, reason = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"ok": ok, "reason": reason}
+
+
+def test_disabled_or_uncompilable_kernel_is_reported_not_raised(tmp_path):
+    assert _probe({"GIGATOK_NATIVE_KERNELS": "0"}, tmp_path) == {"ok": False,
+                                                                  "reason": "disabled by GIGATOK_NATIVE_KERNELS=0"}
+    failed = _probe({"CXX": "/bin/false"}, tmp_path)
+    assert not failed["ok"] and "/bin/false" in failed["reason"]
+    assert not any((tmp_path / "kernels").rglob("*.so"))  # nothing half-built left as a library
+
+
+@needs_kernel
+def test_kernel_is_built_once_into_the_cache_folder(tmp_path):
+    assert _probe({}, tmp_path) == {"ok": True, "reason": None}
+    built = list((tmp_path / "kernels").rglob("rows_gemm.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    assert _probe({}, tmp_path)["ok"] and built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
+def test_kernel_builds_wherever_a_compiler_is_found():
+    """Not a silent fallback: on a machine with a C++ compiler and an OpenMP torch (CI included) the kernel must
+    build; without one, the reason names the missing compiler."""
+    if cpu_kernels._compiler() is not None and torch.backends.openmp.is_available():
+        assert cpu_kernels.available(), cpu_kernels.unavailable_reason()
+    else:
+        assert "compiler" in (cpu_kernels.unavailable_reason() or "") or "OpenMP" in cpu_kernels.unavailable_reason()
