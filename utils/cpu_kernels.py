@@ -41,6 +41,8 @@ _SOURCE = r"""
 #include <vector>
 
 typedef float vec16 __attribute__((vector_size(64)));
+/* for loads and stores through pointers: no 64-byte alignment assumed (tensor views, std::vector) */
+typedef float vec16u __attribute__((vector_size(64), aligned(4)));
 
 #if defined(__AVX512F__)
 #define ROWS_PER_PASS 16
@@ -51,7 +53,7 @@ typedef float vec16 __attribute__((vector_size(64)));
 /* rows [0, M) of the transposed activations xt (k-major, row stride ld) against one packed block of 16 outputs;
    M <= ROWS_PER_PASS. k-major x keeps one pointer with constant offsets in the inner loop. */
 template <int M>
-static inline void block_rows(const float* __restrict xt, const vec16* __restrict w, float* __restrict y,
+static inline void block_rows(const float* __restrict xt, const vec16u* __restrict w, float* __restrict y,
                               int64_t K, int64_t ld, int64_t N, int64_t col, int64_t width) {
   vec16 acc[M];
   for (int m = 0; m < M; ++m) acc[m] = (vec16){0};
@@ -65,7 +67,7 @@ static inline void block_rows(const float* __restrict xt, const vec16* __restric
     for (int64_t j = 0; j < width; ++j) y[m * N + col + j] = acc[m][j];
 }
 
-typedef void (*rows_fn)(const float*, const vec16*, float*, int64_t, int64_t, int64_t, int64_t, int64_t);
+typedef void (*rows_fn)(const float*, const vec16u*, float*, int64_t, int64_t, int64_t, int64_t, int64_t);
 
 static const rows_fn FNS[] = {block_rows<1>, block_rows<2>, block_rows<3>, block_rows<4>, block_rows<5>,
                               block_rows<6>, block_rows<7>, block_rows<8>
@@ -90,7 +92,7 @@ extern "C" int gigatok_rows_gemm(const float* x, const float* packed, float* y, 
 #pragma omp barrier
     const int64_t lo = blocks * t / T, hi = blocks * (t + 1) / T;
     for (int64_t b = lo; b < hi; ++b) {
-      const vec16* w = (const vec16*)(packed + b * K * 16);
+      const vec16u* w = (const vec16u*)(packed + b * K * 16);
       const int64_t col = b * 16, width = N - col < 16 ? N - col : 16;
       for (int64_t r = 0; r < M; r += ROWS_PER_PASS) {  /* a second pass re-reads the block from L2 */
         const int64_t rows = M - r < ROWS_PER_PASS ? M - r : ROWS_PER_PASS;
@@ -139,14 +141,14 @@ extern "C" int gigatok_decode_attention(const float* q, const float* kc, const f
     const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
     for (int64_t task = tasks * t / T; task < tasks * (t + 1) / T; ++task) {
       const int64_t b = task / H, h = task % H;
-      const vec16* qv = (const vec16*)(q + task * D);
+      const vec16u* qv = (const vec16u*)(q + task * D);
       const float* k = kc + ((b * Hkv + h / rep) * S) * D;
       const float* v = vc + ((b * Hkv + h / rep) * S) * D;
       vec16 qs[16];
       for (int64_t c = 0; c < chunks; ++c) qs[c] = qv[c] * scale;
       float best = -3.4e38f;
       for (int64_t l = 0; l < n; ++l) {
-        const vec16* kl = (const vec16*)(k + l * D);
+        const vec16u* kl = (const vec16u*)(k + l * D);
         vec16 acc = qs[0] * kl[0];
         for (int64_t c = 1; c < chunks; ++c) acc += qs[c] * kl[c];
         float dot = 0.0f;
@@ -168,11 +170,11 @@ extern "C" int gigatok_decode_attention(const float* q, const float* kc, const f
       vec16 acc[16];
       for (int64_t c = 0; c < chunks; ++c) acc[c] = (vec16){0};
       for (int64_t l = 0; l < n; ++l) {
-        const vec16* vl = (const vec16*)(v + l * D);
+        const vec16u* vl = (const vec16u*)(v + l * D);
         const float p = s[l];
         for (int64_t c = 0; c < chunks; ++c) acc[c] += p * vl[c];
       }
-      vec16* o = (vec16*)(out + task * D);
+      vec16u* o = (vec16u*)(out + task * D);
       const float inv = 1.0f / sum;
       for (int64_t c = 0; c < chunks; ++c) o[c] = acc[c] * inv;
     }
@@ -319,3 +321,4 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
               1.0 / math.sqrt(d), torch.get_num_threads()):
         raise RuntimeError(f"native CPU kernel refused attention q {tuple(q.shape)} against {tuple(k_cache.shape)}")
     return out
+

@@ -114,3 +114,19 @@ def test_kernel_builds_wherever_a_compiler_is_found():
         assert cpu_kernels.available(), cpu_kernels.unavailable_reason()
     else:
         assert "compiler" in (cpu_kernels.unavailable_reason() or "") or "OpenMP" in cpu_kernels.unavailable_reason()
+
+
+@needs_kernel
+def test_kernels_read_tensors_that_are_not_64_byte_aligned():
+    """Views one float into their storage: the kernels must not assume aligned vector loads (a crash otherwise)."""
+    w = torch.randn(32, 24)
+    packed = cpu_kernels.pack_weight(w)
+    shifted = torch.empty(packed.numel() + 1)[1:].view_as(packed).copy_(packed)
+    x = torch.empty(3 * 24 + 1)[1:].view(3, 24).copy_(torch.randn(3, 24))
+    torch.testing.assert_close(cpu_kernels.linear(x, shifted, 32), x @ w.T, rtol=1e-5, atol=1e-5)
+    b, h, s, d = 2, 3, 9, 32
+    q = torch.empty(b * h * d + 1)[1:].view(b, h, 1, d).copy_(torch.randn(b, h, 1, d))
+    k = torch.empty(b * h * s * d + 1)[1:].view(b, h, s, d).copy_(torch.randn(b, h, s, d))
+    v = torch.empty(b * h * s * d + 1)[1:].view(b, h, s, d).copy_(torch.randn(b, h, s, d))
+    ref = F.scaled_dot_product_attention(q, k[:, :, :5], v[:, :, :5]).transpose(1, 2).reshape(b, 1, h * d)
+    torch.testing.assert_close(cpu_kernels.decode_attention(q, k, v, 5), ref, rtol=1e-5, atol=1e-5)
