@@ -3,6 +3,7 @@ commands it would launch, and each printed command must parse with its driver's 
 from __future__ import annotations
 
 import importlib
+import os
 import shlex
 import subprocess
 
@@ -66,3 +67,13 @@ def test_the_original_recipes_reach_the_drivers():
     lin = dry_run("train_tok_lin_probe_and_eval.sh", VQ_CKPT="VQ_BL256_e200.pt")
     assert lin[1][1][lin[1][1].index("--lin-probe-ckpt") + 1].endswith("tok_probe/checkpoints/0089.pt")
     assert lin[0][1][lin[0][1].index("--vq-ckpt") + 1] == "VQ_BL256_e200.pt"
+
+
+def test_common_sh_turns_huge_pages_on_unless_told_otherwise():
+    """scripts/common.sh exports THP_MEM_ALLOC_ENABLE=1 (PyTorch's huge-page CPU allocations) and keeps a user's 0."""
+    probe = f'. "{REPO / "scripts" / "common.sh"}"; echo "thp=$THP_MEM_ALLOC_ENABLE"'
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    assert subprocess.run(["bash", "-c", probe], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip().endswith("thp=1")
+    assert subprocess.run(["bash", "-c", probe], env={**env, "THP_MEM_ALLOC_ENABLE": "0"}, capture_output=True,
+                          text=True, check=True).stdout.strip().endswith("thp=0")
