@@ -1,12 +1,15 @@
-"""A float32 CPU product for a few activation rows against a large weight: ``x [M, K] @ W.T`` with M = 1..16.
+"""Native float32 CPU kernels for small-batch GPT decoding: a product of a few activation rows with a large weight
+(``x [M, K] @ W.T``, M = 1..16) and one-query attention over a KV cache's filled prefix.
 
 Why: decoding a GPT at small batch multiplies 1..16 rows by every weight matrix once per token, so a step is bound
 by how fast the weights stream from memory. MKL's GEMM reaches ~10 GB/s there and oneDNN's prepacked product ~24
 GB/s on this project's 2-core CPU, whose plain read bandwidth (a ``sum``) is ~35 GB/s; the kernel below streams a
 weight packed as ``[ceil(N / 16), K, 16]`` front to back, one 64-byte line per k with all rows accumulated in
-registers, and reaches the read bandwidth up to 4 rows (see benchmarks/README.md).
+registers, and reaches the read bandwidth up to 4 rows (see benchmarks/README.md). PyTorch's fused CPU attention is
+built for many queries; with one query per row and head, :func:`decode_attention` reads each cached key and value
+once and runs about 2x faster.
 
-The kernel is a few lines of C++ compiled once per machine with the system's ``c++`` (``-O3 -march=native
+The kernels are a few lines of C++ compiled once per machine with the system's ``c++`` (``-O3 -march=native
 -fopenmp``; about 0.2 s) into ``$GIGATOK_KERNEL_CACHE`` (default ``~/.cache/gigatok/kernels``), loaded with ctypes,
 and run on PyTorch's OpenMP threads (``torch.get_num_threads()``). No compiler, no OpenMP, or
 ``GIGATOK_NATIVE_KERNELS=0``: :func:`available` is False and callers use oneDNN/MKL instead.
@@ -194,6 +197,18 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
+def _cpu_signature() -> str:
+    """The CPU's model and instruction-set flags: a library built with -march=native on one CPU must not be loaded
+    on another (a shared home folder across cluster nodes would otherwise crash on an illegal instruction)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        import platform
+        return platform.processor() + platform.machine()
+
+
 def _compiler() -> Optional[str]:
     return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 
@@ -209,7 +224,7 @@ def _build() -> tuple:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as err:
         raise RuntimeError(f"{cxx} --version failed: {err}") from err
-    key = hashlib.sha256("\0".join([_SOURCE, cxx, version, " ".join(flags), os.uname().machine]).encode())
+    key = hashlib.sha256("\0".join([_SOURCE, cxx, version, " ".join(flags), _cpu_signature()]).encode())
     folder = _cache_dir() / key.hexdigest()[:16]
     library = folder / "rows_gemm.so"
     if not library.exists():

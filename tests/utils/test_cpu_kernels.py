@@ -130,3 +130,14 @@ def test_kernels_read_tensors_that_are_not_64_byte_aligned():
     v = torch.empty(b * h * s * d + 1)[1:].view(b, h, s, d).copy_(torch.randn(b, h, s, d))
     ref = F.scaled_dot_product_attention(q, k[:, :, :5], v[:, :, :5]).transpose(1, 2).reshape(b, 1, h * d)
     torch.testing.assert_close(cpu_kernels.decode_attention(q, k, v, 5), ref, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_a_library_built_for_another_cpu_is_not_reused(tmp_path, monkeypatch):
+    """-march=native code from one CPU may crash on another (shared home folders on clusters): the CPU's model and
+    flags are part of the cache key."""
+    monkeypatch.setenv("GIGATOK_KERNEL_CACHE", str(tmp_path))
+    for cpu in ("flags: avx2", "flags: avx2 avx512f"):
+        monkeypatch.setattr(cpu_kernels, "_cpu_signature", lambda cpu=cpu: cpu)
+        cpu_kernels._build()
+    assert len(list(tmp_path.rglob("rows_gemm.so"))) == 2
