@@ -217,7 +217,7 @@ def decode_inputs(args: argparse.Namespace) -> dict:
     packed = ""
     if args.cpu_prepack:  # the kernel that will run (auto resolves per machine and batch), not the flag's value
         packed = "/cpu-prepack-" + packed_kernel(args.cpu_prepack, args.per_proc_batch_size,
-                                                 storage_dtype(args.precision))
+                                                 storage_dtype(args.precision), compiled)
     return {"decode": f"{'compiled' if compiled else args.decode_compile}/{args.attention}{packed}"}
 
 

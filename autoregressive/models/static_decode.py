@@ -90,12 +90,19 @@ def _table_step(model: torch.nn.Module, token: torch.Tensor, pos: torch.Tensor, 
     pos.add_(1)
 
 
-def packed_kernel(cpu_prepack: bool | str | None, batch_size: int, dtype: torch.dtype) -> Optional[str]:
+def packed_kernel(cpu_prepack: bool | str | None, batch_size: int, dtype: torch.dtype,
+                  compiled: bool = False) -> Optional[str]:
     """The kernel ('native' or 'onednn') of a StaticDecoder's packed CPU products for ``cpu_prepack``, or None
-    without packing; decided for ``2 * batch_size`` rows (guided batches), the most the decoder holds."""
+    without packing; decided for ``2 * batch_size`` rows (guided batches), the most the decoder holds. A
+    ``torch.compile``d step cannot trace the native kernels (ctypes calls): 'auto' then means oneDNN, and 'native'
+    is refused."""
     if cpu_prepack in (False, None, "none"):
         return None
-    return resolve_cpu_kernel("auto" if cpu_prepack is True else cpu_prepack, 2 * int(batch_size), dtype)
+    choice = "auto" if cpu_prepack is True else cpu_prepack
+    if compiled and choice == "native":
+        raise ValueError("the native CPU kernels cannot run inside torch.compile; use cpu_prepack='onednn' (or "
+                         "'auto') with a compiled step, or compile='none'")
+    return resolve_cpu_kernel("onednn" if compiled and choice == "auto" else choice, 2 * int(batch_size), dtype)
 
 
 class StaticDecoder:
@@ -133,9 +140,9 @@ class StaticDecoder:
             raise ValueError("cpu_prepack packs weights for CPU products; the model is on " + device.type)
         # the packed products' kernel, fixed here for the most rows this decoder holds (both CFG halves), so the
         # choice is one per decoder and a bad one fails before any batch
-        self.cpu_kernel: Optional[str] = packed_kernel(cpu_prepack, self.batch_size,
-                                                       self.model.tok_embeddings.weight.dtype)
         compiled = compile in ("default", "reduce-overhead")
+        self.cpu_kernel: Optional[str] = packed_kernel(cpu_prepack, self.batch_size,
+                                                       self.model.tok_embeddings.weight.dtype, compiled)
         self._step = torch.compile(_decode_step, mode=compile, fullgraph=True) if compiled else _decode_step
         self._graphs: dict = {}  # settings -> (graph, static inputs, static output), for compile='cudagraph'
         self._rows = -1  # rows the current cache holds

@@ -116,6 +116,9 @@ def test_cpu_kernel_choice_is_checked_when_the_decoder_is_built(monkeypatch):
     model = tiny_gpt(seed=12)
     with pytest.raises(ValueError, match="cpu_prepack must be"):
         StaticDecoder(model, 2, compile="none", cpu_prepack="mkl")
+    with pytest.raises(ValueError, match="cannot run inside torch.compile"):  # ctypes calls do not trace
+        StaticDecoder(model, 2, compile="default", cpu_prepack="native")
+    assert StaticDecoder(model, 2, compile="default", cpu_prepack="auto").cpu_kernel == "onednn"
     monkeypatch.setattr(cpu_kernels, "_fn", None)
     monkeypatch.setattr(cpu_kernels, "_reason", "no C++ compiler found (set CXX, or install g++)")
     with pytest.raises(RuntimeError, match="native CPU kernel is unavailable: no C\\+\\+ compiler"):
