@@ -184,6 +184,108 @@ extern "C" int gigatok_decode_attention(const float* q, const float* kc, const f
   }
   return 0;
 }
+
+/* rows [0, M) of a row-major block V [M][CC] (CC a compile-time row stride, so one pointer with constant offsets)
+   against one packed block of 16 outputs, as block_rows does for k-major activations. */
+template <int M, int CC>
+static inline void block_rows_rm(const float* __restrict v, const vec16u* __restrict w, float* __restrict y,
+                                 int64_t N, int64_t col) {
+  vec16 acc[M];
+  for (int m = 0; m < M; ++m) acc[m] = (vec16){0};
+  for (int64_t k = 0; k < CC; ++k) {
+    const vec16 wk = w[k];
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) acc[m] += v[m * CC + k] * wk;
+  }
+  for (int m = 0; m < M; ++m) __builtin_memcpy(y + m * N + col, &acc[m], 64);
+}
+
+/* 3x3 convolution, stride 1, padding 1, of a channels-last x [N, H, W, C] into y [N, H, W, K] by Winograd F(2x2, 3x3):
+   each 2x2 output tile is A^T [(G g G^T) . (B^T d B)] A for its 4x4 input patch d, so 16 products per tile and
+   channel pair replace 36. U: the transformed weights, 16 components each packed like a [K, C] weight for
+   gigatok_rows_gemm ([K/16][C][16]). A block of TB tiles along a row is transformed into a cache-resident buffer
+   (vectorised over channels), multiplied, and transformed back. H and W even, K a multiple of 16. */
+template <int CC>
+static void winograd3x3(const float* x, const float* U, const float* bias, float* y, int64_t N, int64_t H, int64_t W,
+                        int64_t K, int threads) {
+  constexpr int64_t TB = ROWS_PER_PASS;
+  const int64_t TH = H / 2, TW = W / 2, C = CC;
+  const int64_t blocks_per_row = (TW + TB - 1) / TB, tasks = N * TH * blocks_per_row;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> V(16 * TB * C), Mb(16 * TB * K);
+    const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+    for (int64_t task = tasks * t / T; task < tasks * (t + 1) / T; ++task) {
+      const int64_t n = task / (TH * blocks_per_row), rest = task % (TH * blocks_per_row);
+      const int64_t th = rest / blocks_per_row, tw0 = (rest % blocks_per_row) * TB;
+      const int64_t tiles = TW - tw0 < TB ? TW - tw0 : TB;
+      for (int64_t i = 0; i < TB; ++i) {  /* input transform V[e][tile][c]; tiles past the row's end are zero */
+        const int64_t r0 = 2 * th - 1, c0 = 2 * (tw0 + i) - 1;
+        const float* src[4][4];
+        for (int a = 0; a < 4; ++a)
+          for (int b = 0; b < 4; ++b) {
+            const int64_t r = r0 + a, cc = c0 + b;
+            src[a][b] = (i < tiles && r >= 0 && r < H && cc >= 0 && cc < W) ? x + ((n * H + r) * W + cc) * C : nullptr;
+          }
+        for (int64_t c = 0; c < C; c += 16) {
+          vec16 d[4][4], m[4][4];
+          for (int a = 0; a < 4; ++a)
+            for (int b = 0; b < 4; ++b) {
+              if (src[a][b]) __builtin_memcpy(&d[a][b], src[a][b] + c, 64);
+              else d[a][b] = (vec16){0};
+            }
+          for (int b = 0; b < 4; ++b) {  /* B^T d */
+            m[0][b] = d[0][b] - d[2][b]; m[1][b] = d[1][b] + d[2][b];
+            m[2][b] = d[2][b] - d[1][b]; m[3][b] = d[1][b] - d[3][b];
+          }
+          for (int a = 0; a < 4; ++a) {  /* (B^T d) B */
+            const vec16 v0 = m[a][0] - m[a][2], v1 = m[a][1] + m[a][2];
+            const vec16 v2 = m[a][2] - m[a][1], v3 = m[a][1] - m[a][3];
+            float* out = V.data() + ((a * 4) * TB + i) * C + c;
+            __builtin_memcpy(out, &v0, 64);
+            __builtin_memcpy(out + TB * C, &v1, 64);
+            __builtin_memcpy(out + 2 * TB * C, &v2, 64);
+            __builtin_memcpy(out + 3 * TB * C, &v3, 64);
+          }
+        }
+      }
+      for (int e = 0; e < 16; ++e)  /* 16 products [TB, C] x [C, K] */
+        for (int64_t kb = 0; kb < K / 16; ++kb)
+          block_rows_rm<TB, CC>(V.data() + e * TB * C, (const vec16u*)(U + (e * K + kb * 16) * C),
+                                Mb.data() + e * TB * K, K, kb * 16);
+      for (int64_t i = 0; i < tiles; ++i) {  /* output transform A^T M A + bias, A^T = [[1,1,1,0],[0,1,-1,-1]] */
+        const int64_t orow = 2 * th, ocol = 2 * (tw0 + i);
+        for (int64_t kc = 0; kc < K; kc += 16) {
+          vec16 m[16], bv, r[2][4];
+          for (int e = 0; e < 16; ++e) __builtin_memcpy(&m[e], Mb.data() + (e * TB + i) * K + kc, 64);
+          __builtin_memcpy(&bv, bias + kc, 64);
+          for (int b = 0; b < 4; ++b) {
+            r[0][b] = m[b] + m[4 + b] + m[8 + b];
+            r[1][b] = m[4 + b] - m[8 + b] - m[12 + b];
+          }
+          for (int a = 0; a < 2; ++a) {
+            const vec16 o0 = r[a][0] + r[a][1] + r[a][2] + bv;
+            const vec16 o1 = r[a][1] - r[a][2] - r[a][3] + bv;
+            __builtin_memcpy(y + ((n * H + orow + a) * W + ocol) * K + kc, &o0, 64);
+            __builtin_memcpy(y + ((n * H + orow + a) * W + ocol + 1) * K + kc, &o1, 64);
+          }
+        }
+      }
+    }
+  }
+}
+
+extern "C" int gigatok_winograd3x3(const float* x, const float* U, const float* bias, float* y, int64_t N, int64_t H,
+                                   int64_t W, int64_t C, int64_t K, int threads) {
+  if (N < 1 || H < 2 || W < 2 || H % 2 || W % 2 || K < 16 || K % 16) return 1;
+  switch (C) {
+    case 64: winograd3x3<64>(x, U, bias, y, N, H, W, K, threads); return 0;
+    case 128: winograd3x3<128>(x, U, bias, y, N, H, W, K, threads); return 0;
+    case 256: winograd3x3<256>(x, U, bias, y, N, H, W, K, threads); return 0;
+    case 512: winograd3x3<512>(x, U, bias, y, N, H, W, K, threads); return 0;
+  }
+  return 1;
+}
 """
 
 _lock = threading.Lock()
@@ -239,11 +341,12 @@ def _build() -> tuple:
                 raise RuntimeError(f"{cxx} failed: {(result.stderr or result.stdout).strip()[-400:]}")
             os.replace(built, library)
     lib = ctypes.CDLL(str(library))
-    gemm, attention = lib.gigatok_rows_gemm, lib.gigatok_decode_attention
+    gemm, attention, wino = lib.gigatok_rows_gemm, lib.gigatok_decode_attention, lib.gigatok_winograd3x3
     gemm.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     attention.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int]
-    gemm.restype = attention.restype = ctypes.c_int
-    return gemm, attention
+    wino.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 5 + [ctypes.c_int]
+    gemm.restype = attention.restype = wino.restype = ctypes.c_int
+    return gemm, attention, wino
 
 
 def _load():
@@ -337,3 +440,40 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         raise RuntimeError(f"native CPU kernel refused attention q {tuple(q.shape)} against {tuple(k_cache.shape)}")
     return out
 
+
+
+WINOGRAD_CHANNELS = (64, 128, 256, 512)  # input channel counts the Winograd kernel is compiled for
+_WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+
+
+def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A 3x3 conv weight [K, C, 3, 3] transformed for :func:`winograd_conv3x3`: G g G^T per channel pair, 16
+    components, each packed as :func:`pack_weight` packs a [K, C] weight. K must be a multiple of 16."""
+    k, c = weight.shape[:2]
+    if weight.shape[2:] != (3, 3) or k % BLOCK:
+        raise ValueError(f"winograd_weight takes a [K, C, 3, 3] weight with K a multiple of {BLOCK}, got "
+                         f"{tuple(weight.shape)}")
+    g = torch.tensor(_WINOGRAD_G, dtype=torch.float64)
+    u = torch.einsum("ai,kcij,bj->abkc", g, weight.detach().double(), g).float().reshape(16, k, c)
+    return torch.stack([pack_weight(u[e]) for e in range(16)])  # [16, K/16, C, 16]
+
+
+def winograd_conv3x3(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``F.conv2d(x, w, bias, padding=1)`` of a channels-last float32 ``x`` [N, C, H, W] (H, W even) by Winograd
+    F(2x2, 3x3), with ``packed = winograd_weight(w)``; returns a channels-last tensor. Equal up to float rounding
+    (the transforms add a few roundings; ~1e-6 relative)."""
+    fns = _fn if _fn is not None else _load()
+    if fns is None:
+        raise RuntimeError(f"the native CPU kernel is unavailable: {_reason}")
+    n, c, h, w = x.shape
+    k = packed.shape[1] * BLOCK
+    if packed.shape[0] != 16 or packed.shape[2] != c or c not in WINOGRAD_CHANNELS or h % 2 or w % 2 \
+            or x.dtype != torch.float32:
+        raise ValueError(f"winograd_conv3x3: x {tuple(x.shape)} {x.dtype} does not fit transformed weight "
+                         f"{tuple(packed.shape)} (H and W must be even)")
+    x = x.contiguous(memory_format=torch.channels_last)
+    bias = torch.zeros(k) if bias is None else bias.detach().float().contiguous()
+    y = torch.empty(n, k, h, w, memory_format=torch.channels_last)
+    if fns[2](x.data_ptr(), packed.data_ptr(), bias.data_ptr(), y.data_ptr(), n, h, w, c, k, torch.get_num_threads()):
+        raise RuntimeError(f"native CPU kernel refused a Winograd convolution of {tuple(x.shape)}")
+    return y

@@ -9,6 +9,7 @@ import torch
 import tokenizer.models.cnn as cnn
 import tokenizer.models.vit as vit
 from tokenizer import build_tokenizer
+from utils import cpu_kernels
 
 from testlib import CONFIGS
 
@@ -65,3 +66,68 @@ def test_training_gradients_are_unchanged_by_channels_last(every_level_channels_
     assert model.encoder.conv_in.weight.grad is not None and model.decoder.conv_out.weight.grad is not None
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, rtol=1e-3, atol=1e-5, msg=name)
+
+
+needs_kernel = pytest.mark.skipif(not cpu_kernels.available(),
+                                  reason=f"native kernel unavailable here: {cpu_kernels.unavailable_reason()}")
+
+
+def _counting(monkeypatch) -> dict:
+    calls = {"n": 0}
+    original = cpu_kernels.winograd_conv3x3
+
+    def counted(*args):
+        calls["n"] += 1
+        return original(*args)
+    monkeypatch.setattr(cpu_kernels, "winograd_conv3x3", counted)
+    return calls
+
+
+@needs_kernel
+@pytest.mark.parametrize("c_in,c_out", [(64, 16), (128, 48), (256, 256)])
+def test_winograd_conv3x3_matches_conv2d_on_channels_last_levels(c_in, c_out, monkeypatch):
+    calls = _counting(monkeypatch)
+    conv = cnn.Conv3x3(c_in, c_out).eval()
+    x = torch.randn(1, c_in, 64, 70).contiguous(memory_format=torch.channels_last)  # 35 tiles a row: a partial block
+    with torch.no_grad():
+        y = conv(x)
+        ref = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+    assert calls["n"] == 1 and y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    assert list(conv.state_dict()) == ["weight", "bias"]  # the transformed copy is not part of the checkpoint
+
+
+@needs_kernel
+def test_winograd_conv3x3_is_left_out_where_it_does_not_apply(monkeypatch):
+    """NCHW or small levels, autograd, other channel counts, winograd=False: nn.Conv2d's own path, bit for bit."""
+    calls = _counting(monkeypatch)
+    conv = cnn.Conv3x3(64, 32)
+    cl = torch.randn(1, 64, 64, 64).contiguous(memory_format=torch.channels_last)
+    plain = lambda t: torch.nn.functional.conv2d(t, conv.weight, conv.bias, padding=1)  # noqa: E731
+    with torch.no_grad():
+        for x in (cl.contiguous(), torch.randn(1, 64, 32, 32).contiguous(memory_format=torch.channels_last),
+                  torch.randn(1, 64, 63, 64).contiguous(memory_format=torch.channels_last)):
+            assert torch.equal(conv(x), plain(x))
+        conv.winograd = False
+        assert torch.equal(conv(cl), plain(cl))
+        conv.winograd = None
+        narrow = cnn.Conv3x3(32, 32)  # 32 input channels: not compiled for
+        x32 = cl[:, :32].contiguous(memory_format=torch.channels_last)
+        assert torch.equal(narrow(x32), torch.nn.functional.conv2d(x32, narrow.weight, narrow.bias, padding=1))
+    out = conv(cl)  # autograd records: the plain path, so gradients flow as before
+    assert out.requires_grad and torch.equal(out, plain(cl))
+    assert calls["n"] == 0
+
+
+@needs_kernel
+def test_winograd_weight_is_transformed_again_after_the_weight_changes(monkeypatch):
+    conv = cnn.Conv3x3(64, 16).eval()
+    x = torch.randn(1, 64, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        before = conv(x)
+        conv.weight.mul_(2.0)
+        conv.bias.zero_()
+        after = conv(x)
+        ref = torch.nn.functional.conv2d(x, conv.weight, None, padding=1)
+    torch.testing.assert_close(after, ref, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(before, after)

@@ -141,3 +141,28 @@ def test_a_library_built_for_another_cpu_is_not_reused(tmp_path, monkeypatch):
         monkeypatch.setattr(cpu_kernels, "_cpu_signature", lambda cpu=cpu: cpu)
         cpu_kernels._build()
     assert len(list(tmp_path.rglob("rows_gemm.so"))) == 2
+
+
+@needs_kernel
+@pytest.mark.parametrize("c", cpu_kernels.WINOGRAD_CHANNELS)
+def test_winograd_conv3x3_matches_conv2d(c):
+    """Borders (zero padding), a row of tiles that ends inside a block, every compiled channel count."""
+    k = 32
+    x = torch.randn(2, c, 6, 38).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(k, c, 3, 3) / (3 * c ** 0.5), torch.randn(k)
+    y = cpu_kernels.winograd_conv3x3(x, cpu_kernels.winograd_weight(w), b)
+    torch.testing.assert_close(y, F.conv2d(x, w, b, padding=1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cpu_kernels.winograd_conv3x3(x, cpu_kernels.winograd_weight(w), None),
+                               F.conv2d(x, w, None, padding=1), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_winograd_refuses_what_it_cannot_convolve():
+    packed = cpu_kernels.winograd_weight(torch.randn(16, 64, 3, 3))
+    with pytest.raises(ValueError, match="H and W must be even"):
+        cpu_kernels.winograd_conv3x3(torch.randn(1, 64, 5, 6), packed, None)
+    with pytest.raises(ValueError, match="K a multiple of 16"):
+        cpu_kernels.winograd_weight(torch.randn(20, 64, 3, 3))
+    with pytest.raises(ValueError, match="does not fit"):
+        cpu_kernels.winograd_conv3x3(torch.randn(1, 32, 4, 4), cpu_kernels.winograd_weight(torch.randn(16, 32, 3, 3)),
+                                     None)
