@@ -166,3 +166,17 @@ def test_winograd_refuses_what_it_cannot_convolve():
     with pytest.raises(ValueError, match="does not fit"):
         cpu_kernels.winograd_conv3x3(torch.randn(1, 32, 4, 4), cpu_kernels.winograd_weight(torch.randn(16, 32, 3, 3)),
                                      None)
+
+
+@needs_kernel
+def test_disabled_hides_the_kernels_so_flop_counters_see_the_plain_paths():
+    from benchmarks.bench_tokenizer import count_flops
+    from tokenizer.models.cnn import Conv3x3
+
+    conv = Conv3x3(64, 16).eval()
+    x = torch.randn(1, 64, 64, 64).contiguous(memory_format=torch.channels_last)
+    with cpu_kernels.disabled():
+        assert not cpu_kernels.available()
+    assert cpu_kernels.available()
+    with torch.no_grad():
+        assert count_flops(lambda: conv(x)) == 2 * 16 * 64 * 9 * 64 * 64  # the direct convolution's count

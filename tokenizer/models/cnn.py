@@ -47,7 +47,7 @@ class Conv3x3(nn.Conv2d):
     products per output tile and channel pair instead of 36, ~1.9x oneDNN's convolution for 128-256 channels at
     64x64 pixels and more on this project's CPU; float rounding differs by ~1e-6 relative. It applies to the
     channels-last levels (at least 64x64 pixels), 64/128/256 input channels and a multiple of 16 output channels,
-    outside autograd; everything else, and ``winograd = False``, is ``nn.Conv2d``'s own path.
+    outside autograd and torch.compile; everything else, and ``winograd = False``, is ``nn.Conv2d``'s own path.
     """
 
     winograd: bool | None = None  # None: wherever it applies (and the kernel builds); False: never
@@ -57,7 +57,8 @@ class Conv3x3(nn.Conv2d):
         super().__init__(in_channels, out_channels, 3, padding=1)
 
     def _winograd_applies(self, x: torch.Tensor) -> bool:
-        return (self.winograd is not False and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+        return (self.winograd is not False and x.device.type == "cpu" and not torch.compiler.is_compiling()
+                and x.dtype == torch.float32 and x.dim() == 4
                 and self.in_channels in WINOGRAD_CHANNELS[:3] and self.out_channels % 16 == 0
                 and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0 and x.shape[-2] * x.shape[-1] >= CL_MIN_PIXELS
                 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
