@@ -25,3 +25,4 @@ export MKL_THREADING_LAYER=${MKL_THREADING_LAYER:-GNU}
 export TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-true}
 export THP_MEM_ALLOC_ENABLE=${THP_MEM_ALLOC_ENABLE:-1}  # huge pages for large CPU tensors (scripts/common.sh sets it too)
 export GIGATOK_NATIVE_KERNELS=${GIGATOK_NATIVE_KERNELS:-1}  # 0: never build/use utils/cpu_kernels.py
+# export GIGATOK_KERNEL_MARCH=x86-64-v3  # -march for those kernels (default native; one level for mixed nodes)

@@ -16,6 +16,8 @@ The kernels are a few lines of C++ compiled once per machine with the system's `
 -fopenmp``; about 0.2 s) into ``$GIGATOK_KERNEL_CACHE`` (default ``~/.cache/gigatok/kernels``), loaded with ctypes,
 and run on PyTorch's OpenMP threads (``torch.get_num_threads()``). No compiler, no OpenMP, or
 ``GIGATOK_NATIVE_KERNELS=0``: :func:`available` is False and callers use oneDNN/MKL instead.
+``GIGATOK_KERNEL_MARCH`` replaces ``native`` (e.g. ``x86-64-v3`` for one library that every AVX2 node of a cluster
+can load; the tests build that and the SSE2 baseline to cover the 8-rows-per-pass path).
 
 Each output is one sequential sum over k (the threads split the outputs, never a sum), so results do not depend on
 the thread count; they differ from MKL's/oneDNN's only by float rounding.
@@ -326,7 +328,8 @@ def _build() -> tuple:
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set CXX, or install g++)")
-    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++14"]
+    march = os.environ.get("GIGATOK_KERNEL_MARCH") or "native"
+    flags = ["-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC", "-std=c++14"]
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as err:

@@ -3,6 +3,7 @@ independence, bad shapes refused, and the unavailable paths (disabled, no compil
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 
@@ -180,3 +181,19 @@ def test_disabled_hides_the_kernels_so_flop_counters_see_the_plain_paths():
     assert cpu_kernels.available()
     with torch.no_grad():
         assert count_flops(lambda: conv(x)) == 2 * 16 * 64 * 9 * 64 * 64  # the direct convolution's count
+
+
+@needs_kernel
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 instruction-set levels")
+@pytest.mark.parametrize("march", ["x86-64-v3", "x86-64"])
+def test_kernels_built_for_older_instruction_sets_compute_the_same(tmp_path, march):
+    """This machine builds for AVX-512 (16 rows per pass); users' AVX2 or SSE machines (and NEON, 128-bit like SSE)
+    get 8 rows per pass and narrower vector code. Rebuild with GIGATOK_KERNEL_MARCH and rerun the numeric tests."""
+    env = child_env(GIGATOK_KERNEL_CACHE=str(tmp_path / "kernels"), GIGATOK_KERNEL_MARCH=march)
+    selected = "matches or aligned or thread_count or refuses"
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selected, __file__],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    summary = out.stdout.strip().splitlines()[-1]
+    assert "passed" in summary and "skipped" not in summary, summary
+    assert len(list((tmp_path / "kernels").rglob("rows_gemm.so"))) == 1  # built for that level, not this CPU's
