@@ -9,7 +9,7 @@ import pytest
 
 TOKENIZER_CONFIG = ["tokenizer.reconstruct", "tokenizer.train", "tokenizer.lin_probe", "autoregressive.extract_codes",
                     "autoregressive.check_codes", "autoregressive.train_c2i", "autoregressive.sample_c2i",
-                    "autoregressive.val_loss", "autoregressive.lin_probe", "utils.convert_checkpoint"]
+                    "autoregressive.val_loss", "autoregressive.lin_probe", "autoregressive.convert_checkpoint"]
 PRECISION = ["tokenizer.reconstruct", "tokenizer.train", "tokenizer.lin_probe", "autoregressive.extract_codes",
              "autoregressive.train_c2i", "autoregressive.sample_c2i", "autoregressive.val_loss",
              "autoregressive.lin_probe"]

@@ -19,7 +19,7 @@ DEFAULT_HUB_REPO = "YuuTennYi/GigaTok"
 STRIP_PREFIXES = ("module.", "_orig_mod.")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 PRETRAINED_WEIGHTS = "model.safetensors"  # the weights file of a save_pretrained folder
-CONVERT_COMMAND = "python -m utils.convert_checkpoint"
+CONVERT_COMMAND = "python -m autoregressive.convert_checkpoint"
 
 
 class CheckpointError(RuntimeError):

@@ -101,7 +101,7 @@ JOBS = {
     "reproduce": ("autoregressive.reproduce", "one command per published number"),
     "evaluate": ("evaluations.c2i.evaluator", "ADM metrics (FID, sFID, IS, precision, recall) of an npz"),
     "make-val-npz": ("evaluations.make_val_npz", "the rFID reference batch from ImageNet val"),
-    "convert": ("utils.convert_checkpoint", "a checkpoint -> model.safetensors + config + model card folder"),
+    "convert": ("autoregressive.convert_checkpoint", "a checkpoint -> model.safetensors + config + model card folder"),
 }
 
 

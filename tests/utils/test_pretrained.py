@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from autoregressive import load_gpt
+from autoregressive.convert_checkpoint import main as convert
 from tokenizer import build_tokenizer, load_tokenizer
 from tokenizer.models.vq_model import VQVitModelPlus
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError
-from utils.convert_checkpoint import main as convert
 
 from testlib import CONFIGS, REPO, TINY_GPT, child_env, stand_in_hub, tiny_gpt
 
@@ -134,7 +134,8 @@ def test_pickling_checkpoint_needs_trust_pickle(tmp_path):
     path = tmp_path / "pickled.pt"
     torch.save({"model": gpt.state_dict(), "extra": Pickled(), "gpt_config": {"gpt_model": "GPT-tiny", **TINY_GPT}},
                path)
-    message = r"pickles the Python type .*Pickled.*python -m utils.convert_checkpoint .*pickled.pt.* --trust-pickle"
+    message = (r"pickles the Python type .*Pickled.*python -m autoregressive.convert_checkpoint .*pickled.pt.* "
+               r"--trust-pickle")
     with pytest.raises(CheckpointError, match=message):
         load_gpt("GPT-tiny", path, **TINY_GPT)
     with pytest.raises(CheckpointError, match=message):
@@ -145,12 +146,12 @@ def test_pickling_checkpoint_needs_trust_pickle(tmp_path):
 def test_convert_command_line(tmp_path, tok):
     path = tmp_path / "tok.pt"
     torch.save({"model": tok.state_dict()}, path)
-    proc = subprocess.run([sys.executable, "-m", "utils.convert_checkpoint", str(path), str(tmp_path / "out"),
+    proc = subprocess.run([sys.executable, "-m", "autoregressive.convert_checkpoint", str(path), str(tmp_path / "out"),
                            "--config", str(TINY)], cwd=REPO, env=child_env(), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "tokenizer weights from 'model'" in proc.stderr
     assert same(load_tokenizer(tmp_path / "out"), tok)
-    proc = subprocess.run([sys.executable, "-m", "utils.convert_checkpoint", str(path), str(tmp_path / "o2")],
+    proc = subprocess.run([sys.executable, "-m", "autoregressive.convert_checkpoint", str(path), str(tmp_path / "o2")],
                           cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("[convert_checkpoint] error:")

@@ -1,6 +1,7 @@
 """Convert a tokenizer or GPT checkpoint into a ``save_pretrained`` folder (safetensors, no pickle).
 
-    python -m utils.convert_checkpoint IN OUT_DIR [--config CONFIG] [--kind tokenizer|gpt] [--metrics metrics.json]
+    python -m autoregressive.convert_checkpoint IN OUT_DIR [--config CONFIG] [--kind tokenizer|gpt]
+        [--metrics metrics.json]
 
 IN is a local .pt/.pth/.safetensors file, a released file name (VQ_SS256_e100.pt, fetched from the Hub) or
 hf://OWNER/REPO/FILE. OUT_DIR receives model.safetensors, config.yaml (tokenizer) or config.json (GPT), a model card
@@ -41,7 +42,7 @@ TOKENIZER_ENTRIES = ("ema", "model", "state_dict")  # as tokenizer.load_tokenize
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m utils.convert_checkpoint", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m autoregressive.convert_checkpoint", description=__doc__,
                                 formatter_class=HelpFormatter)
     p.add_argument("input", help="checkpoint: local file, released file name or hf://OWNER/REPO/FILE")
     p.add_argument("out_dir", help="folder to write (created; existing files of the same names are replaced)")

@@ -1,0 +1,39 @@
+"""The floors of the package (utils < evaluations < tokenizer < autoregressive < benchmarks): no module imports
+from a floor above its own, also not lazily inside a function, so each floor can be used and tested without the
+ones above it."""
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from testlib import REPO
+
+FLOORS = ["utils", "evaluations", "tokenizer", "autoregressive", "benchmarks"]
+
+
+def imported_packages(path) -> list[tuple[int, str]]:
+    """(line, top-level package) of every absolute import in the file, wherever it sits."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module.split(".")[0]))
+    return found
+
+
+@pytest.mark.parametrize("floor", FLOORS[:-1])
+def test_no_module_imports_from_a_higher_floor(floor):
+    higher = set(FLOORS[FLOORS.index(floor) + 1:])
+    files = sorted((REPO / floor).rglob("*.py"))
+    assert files
+    bad = [f"{path.relative_to(REPO)}:{line} imports {package}" for path in files
+           for line, package in imported_packages(path) if package in higher]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_check_sees_imports_inside_functions(tmp_path):
+    sample = tmp_path / "m.py"
+    sample.write_text("import os\n\ndef f():\n    from autoregressive.loading import build_gpt\n    import tokenizer\n")
+    assert imported_packages(sample) == [(1, "os"), (4, "autoregressive"), (5, "tokenizer")]
