@@ -174,7 +174,12 @@ class Demo:
     def make_quickstart(self):
         """Run scripts/quickstart.sh into the first --quickstart folder, streaming its last lines."""
         target = self.quickstart_dirs[0]
-        proc = subprocess.Popen(["bash", str(self.m.REPO / "scripts" / "quickstart.sh"), str(target)],
+        script = self.m.REPO / "scripts" / "quickstart.sh"
+        if not script.is_file():
+            yield (f"**Error:** {script} is missing: the quickstart runs from a clone of the repository, not from an "
+                   "installed package.")
+            return
+        proc = subprocess.Popen(["bash", str(script), str(target)],
                                 cwd=self.m.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         tail: list[str] = []
         for line in proc.stdout:

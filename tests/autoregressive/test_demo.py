@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from PIL import Image
 from autoregressive.demo import build_parser
 from autoregressive.demo import models as m
 
-from testlib import PHOTOS, make_quickstart_models
+from testlib import PHOTOS, REPO, make_quickstart_models
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +160,45 @@ def test_every_flag_has_help():
     for action in build_parser()._actions:
         assert action.help, action.dest
     assert isinstance(build_parser().parse_args([]), argparse.Namespace)
+
+
+def _demo_without_models(tmp_path):
+    from autoregressive.demo.app import Demo
+    return Demo(build_parser().parse_args(["--quickstart", str(tmp_path / "made"), "--no-released", "--device", "cpu",
+                                           "--output-dir", str(tmp_path / "out")]))
+
+
+def test_the_make_quickstart_button_streams_the_run_and_then_offers_its_models(tmp_path, monkeypatch):
+    """The page's button runs scripts/quickstart.sh OUT_DIR (here a stand-in that makes seeded models in seconds)
+    and streams its last lines; afterwards the demo lists the new models."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / "scripts" / "quickstart.sh").write_text(
+        'echo "step 1 of 2: $1"\n'
+        f'PYTHONPATH="{REPO}:{REPO / "tests"}" "{sys.executable}" -c '
+        '"import sys; from pathlib import Path; from testlib import make_quickstart_models; '
+        'make_quickstart_models(Path(sys.argv[1]))" "$1"\n'
+        'echo "step 2 of 2: done"\n')
+    monkeypatch.setattr(m, "REPO", repo)
+    demo = _demo_without_models(tmp_path)
+    assert not demo.has_quickstart and demo.generators == []
+    updates = list(demo.make_quickstart())
+    assert f"step 1 of 2: {tmp_path / 'made'}" in updates[0]
+    assert "step 2 of 2: done" in updates[-1]
+    assert updates[-1].endswith("reload the page to use the quickstart's models.")
+    made = m.quickstart_models(tmp_path / "made")[1]
+    assert demo.has_quickstart and [g.label for g in demo.generators] == [g.label for g in made] != []
+
+
+def test_a_failing_or_missing_quickstart_script_is_reported(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    monkeypatch.setattr(m, "REPO", repo)
+    demo = _demo_without_models(tmp_path)
+    assert list(demo.make_quickstart()) == [f"**Error:** {repo / 'scripts' / 'quickstart.sh'} is missing: the "
+                                            "quickstart runs from a clone of the repository, not from an installed "
+                                            "package."]
+    (repo / "scripts").mkdir(parents=True)
+    (repo / "scripts" / "quickstart.sh").write_text('echo "no data here" >&2\nexit 3\n')
+    updates = list(demo.make_quickstart())
+    assert "no data here" in updates[-1] and updates[-1].endswith("stopped with exit code 3; see the lines above.")
+    assert not demo.has_quickstart
