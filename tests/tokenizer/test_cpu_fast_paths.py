@@ -131,3 +131,22 @@ def test_winograd_weight_is_transformed_again_after_the_weight_changes(monkeypat
         ref = torch.nn.functional.conv2d(x, conv.weight, None, padding=1)
     torch.testing.assert_close(after, ref, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(before, after)
+
+
+@needs_kernel
+@pytest.mark.parametrize("replace", ["data", "assign"])
+def test_winograd_weight_follows_a_replaced_weight_tensor(replace):
+    """`.data = ...` keeps the parameter's version counter and load_state_dict(assign=True) swaps the parameter:
+    neither may leave the old transformed weight in use."""
+    conv = cnn.Conv3x3(64, 16).eval()
+    x = torch.randn(1, 64, 64, 64).contiguous(memory_format=torch.channels_last)
+    new_weight = torch.randn_like(conv.weight) * conv.weight.std()  # the scale of the initialised weight
+    with torch.no_grad():
+        conv(x)
+        if replace == "data":
+            conv.weight.data = new_weight
+        else:
+            conv.load_state_dict({"weight": new_weight, "bias": conv.bias.detach().clone()}, assign=True)
+        y = conv(x)
+        ref = torch.nn.functional.conv2d(x, new_weight, conv.bias, padding=1)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)

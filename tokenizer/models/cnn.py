@@ -51,7 +51,9 @@ class Conv3x3(nn.Conv2d):
     """
 
     winograd: bool | None = None  # None: wherever it applies (and the kernel builds); False: never
-    _transformed: tuple[torch.Tensor, int] | None = None  # (Winograd weight, weight._version when transformed)
+    # (Winograd weight, the weight's (id, data_ptr, _version) when transformed): an in-place update bumps the version,
+    # a `.data` swap changes the storage, load_state_dict(assign=True) the parameter itself
+    _transformed: tuple[torch.Tensor, tuple[int, int, int]] | None = None
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(in_channels, out_channels, 3, padding=1)
@@ -68,9 +70,10 @@ class Conv3x3(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._winograd_applies(x):
             return super().forward(x)
+        key = (id(self.weight), self.weight.data_ptr(), self.weight._version)
         cached = self._transformed
-        if cached is None or cached[1] != self.weight._version:  # a changed weight is transformed again
-            cached = self._transformed = (cpu_kernels.winograd_weight(self.weight), self.weight._version)
+        if cached is None or cached[1] != key:  # a changed weight is transformed again
+            cached = self._transformed = (cpu_kernels.winograd_weight(self.weight), key)
         return cpu_kernels.winograd_conv3x3(x, cached[0], self.bias)
 
 
