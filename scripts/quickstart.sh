@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GigaTok pipeline at toy scale, offline: about 12 minutes on 2 CPU cores (a GPU is used when present).
+# The whole GigaTok pipeline at toy scale, offline: about 6 minutes on 2 CPU cores (a GPU is used when present).
 #
 #   bash scripts/quickstart.sh [--check] [OUT_DIR]        (OUT_DIR default: results/quickstart)
 #

@@ -149,7 +149,7 @@ def tiny_gpt(seed: int = 0, **overrides) -> torch.nn.Module:
 
 def make_quickstart_models(root: Path, seed: int = 0) -> Path:
     """A folder laid out as ``scripts/quickstart.sh`` leaves it (tokenizer and GPT checkpoints in the trainers'
-    format, class names), with seeded untrained models: what the demo needs, in a second instead of 13 minutes."""
+    format, class names), with seeded untrained models: what the demo needs, in a second instead of 6 minutes."""
     import shutil
 
     from tokenizer import build_tokenizer, tokenizer_info

@@ -240,7 +240,7 @@ def build_app(demo: Demo):
         gr.Markdown("# GigaTok: image tokenizers and class-conditional GPTs")
         gr.Markdown(demo.status(), elem_id="status")
         if not demo.has_quickstart:
-            make = gr.Button("Make the quickstart models (about 13 minutes on 2 CPU cores)", elem_id="make-quickstart")
+            make = gr.Button("Make the quickstart models (about 6 minutes on 2 CPU cores)", elem_id="make-quickstart")
             make_log = gr.Markdown(elem_id="make-quickstart-log")
             make.click(demo.make_quickstart, None, make_log, concurrency_id="models")
         with gr.Tab("Reconstruct", elem_id="tab-reconstruct"):
