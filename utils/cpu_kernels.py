@@ -397,6 +397,8 @@ def available() -> bool:
 def unavailable_reason() -> Optional[str]:
     """Why :func:`available` is False (None while it is True)."""
     _load()
+    if _reason is None and _DISABLED.get():
+        return "turned off inside cpu_kernels.disabled()"
     return _reason
 
 

@@ -178,7 +178,8 @@ def test_disabled_hides_the_kernels_so_flop_counters_see_the_plain_paths():
     x = torch.randn(1, 64, 64, 64).contiguous(memory_format=torch.channels_last)
     with cpu_kernels.disabled():
         assert not cpu_kernels.available()
-    assert cpu_kernels.available()
+        assert cpu_kernels.unavailable_reason() == "turned off inside cpu_kernels.disabled()"
+    assert cpu_kernels.available() and cpu_kernels.unavailable_reason() is None
     with torch.no_grad():
         assert count_flops(lambda: conv(x)) == 2 * 16 * 64 * 9 * 64 * 64  # the direct convolution's count
 
