@@ -11,32 +11,16 @@ from typing import Any
 from omegaconf import DictConfig
 
 from utils.config import ConfigError, check_keys, check_types, load_config, to_plain
+from utils.settings import section_keys, section_types
 
+from .losses.vq_loss import LossSettings
 from .models.vq_model import MODEL_CLASSES, arg_names
 
 TOP_LEVEL_KEYS = {"model", "trainer", "loss"}
 MODEL_KEYS = {"model_cls", "init_args", "causal_settings", "init_ckpt"}
+LOSS_PARAM_KEYS = section_keys(LossSettings)
 CAUSAL_KEYS = {"causal_type", "dynamic_length_train", "dynamic_level_range", "min_level"}
-TRAINER_KEYS = {
-    "global_batch_size", "lr", "lr_scheduler", "end_lr", "optimizer", "global_seed", "warmup", "weight_decay",
-    "beta1", "beta2", "max_grad_norm", "distill_loss", "distill_model", "fract_decay", "distill_model_path",
-    "ema", "ema_decay", "max_steps", "epochs", "log_every", "ckpt_every", "mixed_precision",
-    "gradient_accumulation_steps", "num_workers", "weight_decay_exclude",
-}
 LOSS_KEYS = {"loss_cls", "params"}
-LOSS_PARAM_KEYS = {
-    "disc_start", "disc_weight", "disc_type", "disc_loss", "gen_adv_loss", "disc_dim", "disc_num_layers", "kw",
-    "norm", "blur_ds", "image_size", "perceptual_weight", "perceptual_model", "reconstruction_weight",
-    "reconstruction_loss", "codebook_weight", "aux_loss_end", "use_direct_rec_loss", "entropy_loss_end",
-    "gen_start", "proj_weight", "lecam", "lecam_loss_weight", "lecam_ema_decay", "gamma", "resnet_perceptual",
-    "disc_adaptive_weight", "teacher_image_size", "lpips_train_dropout",
-}
-TRAINER_TYPES = {"global_batch_size": "int", "lr": "float", "end_lr": "float", "warmup": "int", "global_seed": "int",
-                 "weight_decay": "float", "beta1": "float", "beta2": "float", "max_grad_norm": "float",
-                 "distill_loss": "bool", "fract_decay": "float", "ema": "bool", "ema_decay": "float",
-                 "max_steps": "int | None", "epochs": "int | None", "log_every": "int", "ckpt_every": "int",
-                 "gradient_accumulation_steps": "int", "num_workers": "int", "lr_scheduler": "str",
-                 "optimizer": "str", "distill_model": "str", "mixed_precision": "str"}
 # Width of the semantic teacher's features, which sets the distill head's output size.
 DISTILL_DIMS = {"dinov2-vit-l": 1024, "dinov2-vit-b": 768, "dinov2-vit-s": 384, "siglip-sovit-400m": 1152,
                 "clip_dfn-vit-l/14": 1024}
@@ -91,11 +75,14 @@ def validate_config(cfg: DictConfig) -> None:
     causal = (model.get("causal_settings") or {}).get("causal_type")
     if causal is not None:
         raise ConfigError(f"model.causal_settings.causal_type={causal!r} is not supported (only null)")
-    check_keys(cfg.get("trainer") or {}, TRAINER_KEYS, "trainer")
-    check_types(to_plain(cfg.get("trainer") or {}), TRAINER_TYPES, "trainer")
+    from tokenizer.train_options import TokenizerTrainSettings  # the trainer's settings define the section
+
+    check_keys(cfg.get("trainer") or {}, section_keys(TokenizerTrainSettings), "trainer")
+    check_types(to_plain(cfg.get("trainer") or {}), section_types(TokenizerTrainSettings), "trainer")
     loss = cfg.get("loss") or {}
     check_keys(loss, LOSS_KEYS, "loss")
     check_keys(loss.get("params") or {}, LOSS_PARAM_KEYS, "loss.params")
+    check_types(to_plain(loss.get("params") or {}), section_types(LossSettings), "loss.params")
     _check_no_effect(cfg)
 
 

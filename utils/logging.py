@@ -6,6 +6,8 @@ TensorBoard / wandb (used only when installed and asked for; never required), an
 * :class:`MetricWriter` — rank 0 appends one JSON object per log step to ``<dir>/metrics.jsonl`` and mirrors the
   scalars to TensorBoard / wandb if enabled.
 * :class:`WindowMeter` — sums of named scalars over a logging window, averaged over steps and ranks.
+* :class:`RunLog` — the two above for one training run, in the folder the run's current phase logs to (lines
+  logged before a folder is known are kept and written when it opens).
 """
 from __future__ import annotations
 
@@ -104,6 +106,60 @@ class MetricWriter:
             self.wandb.finish()
 
 
+class RunLog:
+    """A training run's text log and metrics, in one folder at a time: :meth:`open` (re)opens them in ``folder``
+    (the trainers switch to the WSD cool-down folder, as the original) and writes ``args.json`` there (the first
+    segment's record stays; a resumed segment with other settings writes ``args.resume-<step>.json`` beside it)."""
+
+    def __init__(self, is_main: bool, name: str):
+        self.is_main, self.name = is_main, name
+        self.folder: Path | None = None
+        self.logger: logging.Logger | None = None
+        self.metrics: MetricWriter | None = None
+        self._pending: list[str] = []
+
+    def info(self, message: str) -> None:
+        if self.logger is not None:
+            self.logger.info(message)
+        elif self.is_main:
+            self._pending.append(message)
+
+    def open(self, folder: Path, step: int, settings: Mapping[str, Any], tensorboard: bool = False,
+             wandb_project: str | None = None, run_name: str | None = None) -> bool:
+        """Log to ``folder`` from ``step`` on; returns whether it was newly opened."""
+        if folder == self.folder:
+            return False
+        self._close_files()
+        self.logger = create_logger(folder if self.is_main else None, is_main=self.is_main, name=self.name)
+        self.metrics = MetricWriter(folder, is_main=self.is_main, tensorboard=tensorboard, wandb_project=wandb_project,
+                                    run_name=run_name, config=settings, logger=self.logger)
+        self.folder = folder
+        if self.is_main:
+            record, first = json.dumps(dict(settings), indent=2), folder / "args.json"
+            if not first.exists():
+                first.write_text(record)
+            elif json.loads(first.read_text()) != json.loads(record):
+                (folder / f"args.resume-{step:07d}.json").write_text(record)
+        for message in self._pending:
+            self.logger.info(message)
+        self._pending = []
+        return True
+
+    def close(self) -> None:
+        """Close the files; lines still pending (a failure before any folder opened) go to stdout."""
+        for message in self._pending:
+            print(message, flush=True)
+        self._pending = []
+        self._close_files()
+
+    def _close_files(self) -> None:
+        if self.logger is not None:
+            close_logger(self.logger)
+        if self.metrics is not None:
+            self.metrics.close()
+        self.logger = self.metrics = None
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         value = value.item() if value.numel() == 1 else value.tolist()
@@ -136,27 +192,29 @@ class WindowMeter:
     """Accumulates named scalars over a logging window; :meth:`mean` averages over steps and (optionally) ranks.
 
     Every rank must add the same keys (the trainer's loss terms are the same on all ranks) because the
-    cross-rank mean is one all-reduce over the keys in sorted order.
+    cross-rank mean is one all-reduce over the keys in sorted order. Tensor values are summed where they live (in
+    float64), so adding them never waits for the device.
     """
 
     def __init__(self):
         self.reset()
 
     def reset(self) -> None:
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
 
     def add(self, values: Mapping[str, Any]) -> None:
         for key, value in values.items():
             if value is None:
                 continue
-            value = float(value.item() if isinstance(value, torch.Tensor) else value)
+            value = value.detach().double() if isinstance(value, torch.Tensor) else float(value)
             self.sums[key] = self.sums.get(key, 0.0) + value
             self.counts[key] = self.counts.get(key, 0) + 1
 
     def mean(self, device: torch.device | str = "cpu", all_ranks: bool = True) -> dict[str, float]:
         keys = sorted(self.sums)
-        local = torch.tensor([self.sums[k] / self.counts[k] for k in keys], dtype=torch.float64, device=device)
+        local = torch.stack([torch.as_tensor(self.sums[k] / self.counts[k], dtype=torch.float64).to(device)
+                             for k in keys]) if keys else torch.zeros(0, dtype=torch.float64, device=device)
         if all_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and keys:
             dist.all_reduce(local, op=dist.ReduceOp.SUM)
             local /= dist.get_world_size()

@@ -1,33 +1,26 @@
-"""The training kit both trainers (tokenizer.train, autoregressive.train_c2i) are built from.
-
-What is the same for every model lives here once: precision names, the divergence error and exit codes, TF32,
-autocast, DDP / FSDP2 wrapping, gradient-sync suppression for accumulation, the finite-weights check, per-rank RNG
-state, full (unsharded) state dicts for checkpoints, the checkpoint / resume / logging flags, and the ``main`` wrapper
-that turns the project's errors into one line and an exit code. A trainer keeps what is specific to its model: data,
-losses and the step.
-
-Every trainer follows one contract: ``Trainer(args)`` only stores the arguments; ``build()`` sets up the process
-group, folders, data, model, optimiser and resume state; ``train()`` runs and returns a result dict; ``close()``
-releases logs and writers (also after a failure).
+"""The training kit under the trainer base (utils.trainer): the settings every trainer shares, precision names, the
+divergence error and exit codes, TF32, autocast, DDP / FSDP2 wrapping, gradient-sync suppression for accumulation, the
+finite-weights check, full (unsharded) state dicts, optimiser state by parameter name, parameter groups, the resume
+rule and check, and the ``main`` wrapper that turns the project's errors into one line and an exit code.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
-import random
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from utils.checkpoint import CheckpointError, load_state_dict_strict
+from utils.checkpoint import CheckpointError, list_step_checkpoints, load_state_dict_strict
 from utils.config import ConfigError
 from utils.distributed import any_rank, cleanup
+from utils.lr import SCHEDULES as LR_SCHEDULES
+from utils.settings import setting
 
 # --precision / --mixed-precision names -> autocast dtype (None: no autocast, fp32 compute)
 PRECISIONS = {"none": None, "fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -138,6 +131,26 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
+def checked(compute: Callable[[], tuple], what: str, device: torch.device, amp_dtype: torch.dtype | None,
+            last_checkpoint: Path | None) -> tuple:
+    """``compute()`` under autocast, returning its ``(loss, logs, ...)``; every rank stops together (collective) if any
+    rank's loss is not finite or its computation raised FloatingPointError, naming ``what`` and the last good
+    checkpoint."""
+    error, result = None, None
+    with autocast(device, amp_dtype):
+        try:
+            result = compute()
+        except FloatingPointError as exc:
+            error = str(exc)
+    value = None if result is None else result[0]
+    bad = torch.zeros((), device=device) if value is None else ~torch.isfinite(value.detach())
+    messages = any_rank(bad, error, device)
+    if messages:
+        raise TrainingDiverged(f"non-finite {what}; stopping. Last good checkpoint: {last_checkpoint or 'none'}.\n  "
+                               + "\n  ".join(messages))
+    return result
+
+
 def weights_finite(model: nn.Module, device: torch.device) -> bool:
     """True on every rank when no rank holds a non-finite parameter (each checks its own shards)."""
     bad = torch.zeros((), device=device)
@@ -216,27 +229,6 @@ def check_optimizer_state(ckpt: dict, path: Path, allow_reset: bool, log: Callab
     log(f"WARNING: {path} has no optimizer state; AdamW restarts from zero moments"
         + (" (--reset-optimizer)" if allow_reset else ""))
     return False
-
-
-def rng_state(device: torch.device) -> dict:
-    """This process's torch / Python / NumPy (and CUDA) generator states, in a weights-only-loadable form."""
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                       int(np_state[3]), float(np_state[4]))}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 # ----- one run per folder, workers that die with their launcher ------------------------------------------------------
@@ -320,67 +312,171 @@ def check_resume(changes: list[str], allow: bool, path: Path, log: Callable[[str
     log(f"WARNING: --allow-config-change: resuming {path} with changed settings:\n  {listing}")
 
 
-# ----- flags ---------------------------------------------------------------------------------------------------------
+# ----- the settings every trainer has ---------------------------------------------------------------------------
+
+@dataclass
+class TrainSettings:
+    """Settings both trainers share (each trainer subclasses it, adding its own and changing defaults).
+
+    Schedule-only settings change how long, how often or where, never what is trained: a resume may change them.
+    """
+    save_path: str = setting("results", "parent folder of experiments", flags=("--save-path", "--results-dir"),
+                             yaml=False, schedule_only=True, group="experiment")
+    exp_name: str | None = setting(None, "experiment folder under --save-path", flags=("--sub-exp-dir", "--exp-name"),
+                                   yaml=False, schedule_only=True, group="experiment")
+    iterations: int | None = setting(None, "total steps T (also the LR schedule's length); or give --epochs",
+                                     flags=("--iterations", "--max-steps"), yaml="max_steps", schedule_only=True,
+                                     group="length")
+    epochs: int | None = setting(None, "T = epochs x steps per epoch (when no --iterations)", schedule_only=True,
+                                 group="length")
+    early_stop_iter: int | None = setting(None, "stop at this step without changing the schedule ('None' = off)",
+                                          yaml=False, schedule_only=True, group="length")
+    global_batch_size: int = setting(256, "samples per optimiser step over all ranks and micro-batches",
+                                     group="length")
+    gradient_accumulation_steps: int = setting(1, "micro-batches per step: per-rank micro-batch = global batch / "
+                                                  "(world x steps); the same update with less memory",
+                                               group="length")
+    global_seed: int = setting(0, "seed of the initial weights, the data order and augmentation, and the per-step "
+                                  "random streams", group="length")
+    num_workers: int = setting(16, "DataLoader worker processes per rank (capped at the CPU count; 0 loads in the "
+                                   "training process)", schedule_only=True, group="length")
+    lr: float = setting(1e-4, "base (peak) learning rate", group="optimisation")
+    lr_scheduler: str = setting("cosine_v2", "LR schedule over T steps", choices=LR_SCHEDULES, group="optimisation")
+    end_lr: float = setting(1e-5, "cosine_v2: final LR", group="optimisation")
+    warmup: int = setting(0, "warmup steps: the LR ramps linearly from lr/100 to lr", group="optimisation")
+    fract_decay: float = setting(0.2, "wsd: fraction of T spent cooling down (checkpoints then go to cd_records/)",
+                                 group="optimisation")
+    original_lr_lag: bool = setting(False, "reproduce the original's LR off-by-one (update s uses f(s-1), the first "
+                                           "update the base LR)", yaml=False, group="optimisation")
+    weight_decay: float = setting(0.0, "AdamW weight decay", group="optimisation")
+    beta1: float = setting(0.9, "AdamW beta1", group="optimisation")
+    beta2: float = setting(0.999, "AdamW beta2", group="optimisation")
+    max_grad_norm: float = setting(0.0, "gradient clipping norm (0: off)", group="optimisation")
+    ema: bool = setting(False, "keep an exponential moving average of the weights (saved as 'ema')",
+                        group="optimisation")
+    ema_decay: float = setting(0.9999, "EMA decay per optimiser step", group="optimisation")
+    mixed_precision: str = setting("bf16", "autocast dtype of the forward pass (fp16 adds a GradScaler; none = "
+                                           "fp32); with FSDP also the parameter dtype",
+                                   flags=("--mixed-precision", "--precision"), choices=list(PRECISIONS),
+                                   group="compute")
+    grad_precision: str | None = setting(None, "FSDP gradient reduce dtype (None: the --mixed-precision dtype, as "
+                                               "the original)", choices=list(PRECISIONS), yaml=False,
+                                         schedule_only=True, group="compute")
+    compile: bool | None = setting(None, "torch.compile the model (None: the trainer's default)", yaml=False,
+                                   schedule_only=True, group="compute")
+    tf32: bool = setting(True, "TF32 matmuls on CUDA, as the original (--no-tf32: exact fp32)", yaml=False,
+                         schedule_only=True, group="compute")
+    data_parallel: str = setting("ddp", DATA_PARALLEL_HELP, choices=["ddp", *FSDP_MODES], yaml=False,
+                                 schedule_only=True, group="compute")
+    device: str = setting("auto", "auto (CUDA, else Apple MPS, else CPU), cpu, cuda", yaml=False,
+                          schedule_only=True, group="compute")
+    log_every: int = setting(500, "steps between log lines and metric records (means over the window and ranks)",
+                             schedule_only=True, group="checkpoints")
+    ckpt_every: int = setting(5000, "steps between checkpoints", schedule_only=True, group="checkpoints")
+    final_checkpoint: bool = setting(True, "also save at the stop step when it is off the --ckpt-every cadence "
+                                           "(--no-final-checkpoint: as the original tokenizer trainer)",
+                                     yaml=False, schedule_only=True, group="checkpoints")
+    auto_resume: bool = setting(True, "continue from the newest complete checkpoint of the experiment (as the "
+                                      "original); --no-auto-resume refuses a folder that has checkpoints",
+                                yaml=False, schedule_only=True, group="checkpoints")
+    allow_config_change: bool = setting(False, "resume although settings that change what is trained differ from "
+                                               "the checkpoint's (each change is logged)",
+                                        yaml=False, schedule_only=True, group="checkpoints")
+    reset_optimizer: bool = setting(False, "resume from a checkpoint without usable optimiser state (e.g. the "
+                                           "original's FSDP checkpoints) with fresh AdamW moments",
+                                    yaml=False, schedule_only=True, group="checkpoints")
+    milestone_step: int = setting(50_000, "retention: steps milestone-start + k * milestone-step are milestones",
+                                  yaml=False, schedule_only=True, group="checkpoints")
+    milestone_start: int = setting(50_000, "step of the first milestone checkpoint", yaml=False,
+                                   schedule_only=True, group="checkpoints")
+    max_milestone_num: int = setting(30, "newest milestone checkpoints kept (0: none; nothing is deleted when "
+                                         "--max-none-milestone-num is -1)", yaml=False, schedule_only=True,
+                                     group="checkpoints")
+    max_none_milestone_num: int = setting(10, "non-milestone checkpoints kept (-1 keeps every checkpoint)",
+                                          yaml=False, schedule_only=True, group="checkpoints")
+    progress: bool = setting(True, "tqdm progress bar (--no-progress: off)", yaml=False, schedule_only=True,
+                             group="checkpoints")
+    tensorboard: bool = setting(False, "also log the metrics to TensorBoard (if installed)", yaml=False,
+                                schedule_only=True, group="checkpoints")
+    wandb: bool | None = setting(None, "also log to wandb (if installed and logged in); on when --wandb-project "
+                                       "is given", yaml=False, schedule_only=True, group="checkpoints")
+    wandb_project: str | None = setting(None, "wandb project name (None: the original's for this trainer)",
+                                        yaml=False, schedule_only=True, group="checkpoints")
+
+    def __post_init__(self) -> None:
+        self.num_workers = min(self.num_workers, os.cpu_count() or 1)
+        for name in ("global_batch_size", "gradient_accumulation_steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.fract_decay <= 1.0:
+            raise ConfigError(f"--fract-decay must lie in [0, 1], got {self.fract_decay}")
+        autocast_dtype(self.mixed_precision)
+
+
+SETTING_GROUPS = {"experiment": "data and experiment", "length": "length, batch and seed",
+                  "optimisation": "optimisation", "compute": "compute and parallelism",
+                  "checkpoints": "checkpoints and logging"}
+
 
 def int_or_none(text: str) -> int | None:
     return None if str(text).lower() == "none" else int(text)
 
 
-def add_checkpoint_flags(group: argparse._ActionsContainer, max_milestone_num: int) -> None:
-    """Resume and checkpoint-retention flags (the original's names; its trainers differ only in the milestone cap)."""
-    group.add_argument("--auto-resume", action=argparse.BooleanOptionalAction, default=True,
-                       help="continue from the newest complete checkpoint of the experiment (as the original); "
-                            "--no-auto-resume refuses to start in a folder that has checkpoints")
-    group.add_argument("--allow-config-change", action="store_true",
-                       help="resume although settings that change the model, loss or optimisation differ from the "
-                            "checkpoint's (each change is logged); schedule-only changes never need it")
-    group.add_argument("--reset-optimizer", action="store_true",
-                       help="resume from a checkpoint without usable optimiser state (e.g. the original's FSDP "
-                            "checkpoints, whose moments are per-rank shards) with fresh AdamW moments")
-    group.add_argument("--milestone-step", type=int, default=50_000,
-                       help="checkpoint retention, as the original: the steps milestone-start + k * milestone-step "
-                            "(k >= 0) are milestones, kept up to --max-milestone-num; other checkpoints older than "
-                            "the newest milestone are deleted")
-    group.add_argument("--milestone-start", type=int, default=50_000, help="step of the first milestone checkpoint")
-    group.add_argument("--max-milestone-num", type=int, default=max_milestone_num,
-                       help="newest milestone checkpoints kept per checkpoint folder (0: keep none; nothing is "
-                            "deleted when --max-none-milestone-num is -1)")
-    group.add_argument("--max-none-milestone-num", type=int, default=10,
-                       help="non-milestone checkpoints kept (-1 keeps every checkpoint)")
+def wandb_project(settings: Any, default_project: str | None = None) -> str | None:
+    """The wandb project to log to, or None when wandb is off (on with --wandb, or when a project is named)."""
+    enabled = settings.wandb if settings.wandb is not None else settings.wandb_project is not None
+    return (settings.wandb_project or default_project or getattr(settings, "default_wandb_project", None)) \
+        if enabled else None
 
 
-def add_logging_flags(group: argparse._ActionsContainer, wandb_project: str) -> None:
-    """Progress bar, TensorBoard and wandb switches (wandb: --wandb, or naming a --wandb-project, as the original)."""
-    group.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-    group.add_argument("--tensorboard", action="store_true",
-                       help="also log the metrics to TensorBoard under the experiment folder (if installed)")
-    group.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
-                       help="also log to wandb (if installed and logged in); on when --wandb-project is given, off "
-                            "with the original's --no-wandb")
-    group.add_argument("--wandb-project", default=None,
-                       help=f"wandb project name (default {wandb_project!r}, the original's)")
-    group.set_defaults(wandb_default_project=wandb_project)
+# ----- parameter groups, optimiser state and the resume rule ---------------------------------------------------------
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay: Callable[[str, torch.Tensor], bool]) -> list[dict]:
+    """The parameters with weight decay, then (when any) those for which ``no_decay(name, parameter)`` holds."""
+    decay, plain = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (plain if no_decay(name, param) else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}] + \
+        ([{"params": plain, "weight_decay": 0.0}] if plain else [])
 
 
-def wandb_project(args: argparse.Namespace) -> str | None:
-    """The wandb project to log to, or None when wandb is off."""
-    enabled = args.wandb if args.wandb is not None else args.wandb_project is not None
-    return (args.wandb_project or args.wandb_default_project) if enabled else None
+def optimizer_state_by_name(state: dict, optimizer: torch.optim.Optimizer, model: nn.Module) -> dict:
+    """A saved optimiser state keyed by parameter name (:func:`full_state_dicts`), as it is; one keyed by parameter
+    position (``optimizer.state_dict()``, the original's DDP checkpoints) mapped to names through ``optimizer``'s
+    groups, which must have the same sizes as the saved ones."""
+    groups = state.get("param_groups") or []
+    by_position = all(isinstance(p, int) for g in groups for p in g["params"]) and \
+        all(isinstance(k, int) for k in state.get("state", {}))
+    if not groups or not by_position:
+        return state
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    names = [[name_of[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+    if [len(g["params"]) for g in groups] != [len(n) for n in names]:
+        raise CheckpointError("optimizer state does not match the model's parameter groups "
+                              f"({[len(g['params']) for g in groups]} vs {[len(n) for n in names]})")
+    position_to_name = {i: n for g, group_names in zip(groups, names, strict=True)
+                        for i, n in zip(g["params"], group_names, strict=True)}
+    return {"state": {position_to_name[i]: s for i, s in state["state"].items()},
+            "param_groups": [{**g, "params": list(n)} for g, n in zip(groups, names, strict=True)]}
 
 
-def add_compute_flags(group: argparse._ActionsContainer, precision_default: str | None) -> None:
-    """Precision, compile, TF32, device and data-parallel flags, one spelling for both trainers."""
-    group.add_argument("--mixed-precision", "--precision", dest="mixed_precision", choices=list(PRECISIONS),
-                       default=precision_default,
-                       help="autocast dtype of the forward pass (fp16 adds a GradScaler; none = fp32); with FSDP "
-                            "also the parameter dtype")
-    group.add_argument("--grad-precision", choices=list(PRECISIONS), default=None,
-                       help="FSDP gradient reduce dtype (default: the --mixed-precision dtype, as the original)")
-    group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                       help="torch.compile the model (default: the trainer's, see the description)")
-    group.add_argument("--no-tf32", action="store_true", help="keep TF32 off on CUDA (the original turns it on)")
-    group.add_argument("--data-parallel", choices=["ddp", *FSDP_MODES], default="ddp", help=DATA_PARALLEL_HELP)
-    group.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda")
+def resume_candidates(constant_dir: Path, cooldown_dir: Path | None, hold: int | None) -> list[Path]:
+    """Checkpoints to resume from, best first, by the original's ``wsd_find_newest_ckpt`` rule (other schedules: the
+    newest): once the constant phase has reached the hold step, continue this T's cool-down if it has checkpoints,
+    else branch from the largest constant checkpoint <= hold; otherwise continue from the newest constant one.
+    Older checkpoints of the same phase follow (used when the best one cannot be read)."""
+    constant = [p for _, p in list_step_checkpoints(constant_dir)]
+    if not constant:
+        return []
+    if cooldown_dir is not None and hold is not None and int(constant[-1].stem) >= hold:
+        cooldown = [p for _, p in list_step_checkpoints(cooldown_dir)]
+        before = [p for p in constant if int(p.stem) <= hold]
+        if not cooldown and not before:
+            raise CheckpointError(f"{constant_dir} has no checkpoint at or before the cool-down start (step {hold}) "
+                                  "to branch the cool-down from")
+        return cooldown[::-1] + before[::-1]
+    return constant[::-1]
 
 
 # ----- entry point ---------------------------------------------------------------------------------------------------

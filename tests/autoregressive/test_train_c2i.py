@@ -20,24 +20,18 @@ import pytest
 import torch
 
 from autoregressive import load_gpt
-from autoregressive.data import StepBatchSampler, TrainCodeDataset
+from autoregressive.data import TrainCodeDataset
 from autoregressive.extract_codes import code_dirs
 from autoregressive.extract_codes import main as extract
-from autoregressive.train_c2i import (
-    build_parser,
-    find_resume_checkpoint,
-    lr_for_step,
-    optimizer_ids_to_names,
-    param_group_names,
-    param_groups,
-    prune_checkpoints,
-)
+from autoregressive.train_c2i import build_parser, lr_for_step
 from autoregressive.train_c2i import main as train_main
 from tokenizer import build_tokenizer
-from utils.checkpoint import load_checkpoint_file, save_atomic
+from utils.checkpoint import load_checkpoint_file, prune_step_checkpoints, save_atomic
 from utils.config import ConfigError
 from utils.logging import read_metrics
 from utils.lr import LRSchedule
+from utils.train_data import StepBatchSampler
+from utils.training import optimizer_state_by_name, param_groups, resume_candidates
 
 from testlib import CONFIGS, REPO, child_env, make_class_images, threads, torchrun
 
@@ -131,6 +125,10 @@ def _touch(folder: Path, *steps: int) -> None:
     (folder / ".0000099.pt.abc.tmp").write_bytes(b"partial")  # an interrupted atomic write never counts
 
 
+def find_resume_checkpoint(const: Path, cd: Path | None, hold: int | None) -> Path | None:
+    return (resume_candidates(const, cd, hold) or [None])[0]
+
+
 def test_resume_rule_of_the_original(tmp_path):
     const, cd = tmp_path / "checkpoints", tmp_path / "cd_records" / "cd_fract_0.2_to_0000100" / "checkpoints"
     assert find_resume_checkpoint(const, cd, 80) is None
@@ -145,11 +143,9 @@ def test_resume_rule_of_the_original(tmp_path):
 
 
 def test_checkpoint_pruning_rule(tmp_path):
-    args = build_parser().parse_args(["--tok-config", "x", "--sub-exp-dir", "x", "--milestone-step", "50",
-                                      "--milestone-start", "50", "--max-milestone-num", "2",
-                                      "--max-none-milestone-num", "3"])
     _touch(tmp_path, *range(10, 200, 10))
-    prune_checkpoints(tmp_path, args)
+    prune_step_checkpoints(tmp_path, milestone_step=50, milestone_start=50, max_milestone_num=2,
+                           max_none_milestone_num=3)
     kept = sorted(int(p.stem) for p in tmp_path.glob("*.pt"))
     # milestones 50, 100, 150: newest 2 kept; others older than the last milestone (150) deleted; newest 3 others
     assert kept == [100, 150, 170, 180, 190]
@@ -158,19 +154,20 @@ def test_checkpoint_pruning_rule(tmp_path):
 def test_weight_decay_groups_and_original_optimizer_state():
     from autoregressive.models.gpt import GPT_models
     model = GPT_models["GPT-tiny"](vocab_size=32, block_size=8, num_classes=3)
-    decay, plain = param_groups(model, 0.05)
-    names = param_group_names(model)
+    decay, plain = param_groups(model, 0.05, lambda _, param: param.dim() < 2)
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    names = [[name_of[id(p)] for p in group["params"]] for group in (decay, plain)]
     assert decay["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in plain["params"])
     assert {"positional_embedding", "cls_embedding.embedding_table.weight", "tok_embeddings.weight",
             "output.weight"} <= set(names[0])
     assert all("norm" in n for n in names[1]) and len(names[1]) == 2 * 2 + 1
     # an id-keyed optimizer state (the original's DDP checkpoints) maps to parameter names
-    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-3)
+    opt = torch.optim.AdamW(param_groups(model, 0.05, lambda _, param: param.dim() < 2), lr=1e-3)
     model(torch.zeros(2, 7, dtype=torch.long), torch.zeros(2, dtype=torch.long),
           targets=torch.zeros(2, 8, dtype=torch.long))[1].backward()
     opt.step()
-    named = optimizer_ids_to_names(opt.state_dict(), names)
+    named = optimizer_state_by_name(opt.state_dict(), opt, model)
     params = dict(model.named_parameters())
     assert set(named["state"]) == set(params)
     assert all(named["state"][n]["exp_avg"].shape == params[n].shape for n in params)
@@ -188,6 +185,9 @@ def test_sampler_is_a_function_of_the_step_and_world_size_independent():
     assert len(set(epoch0)) == 48  # no repeats inside an epoch
     resumed = StepBatchSampler(50, 8, seed=3, start_step=4, end_step=9)
     assert list(resumed) == [one.batch_for_step(s) for s in range(4, 9)] and len(resumed) == 5
+    # gradient accumulation: each step's batch in consecutive micro-batches, the same samples per step
+    micro = StepBatchSampler(50, 8, rank=1, world_size=2, seed=3, start_step=4, end_step=6, micro_batches=2)
+    assert list(micro) == [two[1].batch_for_step(s)[k:k + 2] for s in (4, 5) for k in (0, 2)] and len(micro) == 4
 
 
 def test_code_views_are_seeded_per_sample(ar_data):
@@ -231,6 +231,7 @@ def test_tiny_gpt_lowers_training_and_validation_loss(ar_data, tmp_path, single_
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert {"model", "optimizer", "steps", "args"} <= set(ckpt) and ckpt["steps"] == 40 and "ema" not in ckpt
     assert ckpt["args"]["gpt_model"] == "GPT-tiny" and ckpt["gpt_config"]["vocab_size"] == 1024
+    assert ckpt["format_version"] == 1 and ckpt["tokenizer_config"]["model"]["model_cls"] == "VQVitModelPlus"
     model = load_gpt(ckpt["gpt_config"], path)
     assert model.tok_embeddings.weight.shape == (1024, 64) and model.positional_embedding.shape == (65, 64)
     same = load_gpt("GPT-tiny", path, vocab_size=1024, block_size=64, num_classes=N_CLASSES)
@@ -322,7 +323,7 @@ def test_ddp_then_fsdp_two_processes(ar_data, tmp_path):
     torchrun("autoregressive.train_c2i", train_args(ar_data, tmp_path, "fsdp", 6, *extra, "--data-parallel", "sdp"))
     fsdp_path = tmp_path / "fsdp" / "checkpoints" / "0000006.pt"
     fsdp = load_checkpoint_file(fsdp_path)
-    assert fsdp["trainer_state"]["data_parallel"] == "sdp"
+    assert fsdp["args"]["data_parallel"] == "sdp"
     assert set(fsdp["model"]) == set(ddp["model"]) and set(fsdp["ema"]) == set(ddp["model"])
     assert all(isinstance(k, str) for k in fsdp["optimizer"]["state"])
     loaded = load_gpt(fsdp["gpt_config"], fsdp_path)
@@ -391,3 +392,30 @@ def test_resume_with_changed_training_arguments_is_refused(ar_data, tmp_path, si
     assert sorted(p.name for p in (run / "checkpoints").glob("*.pt"))[-1] == "0000006.pt"
     assert json.loads((run / "args.json").read_text())["iterations"] == 4  # the first segment's record stays
     assert json.loads((run / "args.resume-0000002.json").read_text())["iterations"] == 6
+
+
+def test_version0_checkpoint_resumes_exactly(ar_data, tmp_path, single_thread):
+    """A checkpoint in the layout written before format_version 1 (the launch's arguments under their old names, no
+    tokenizer_config), written here from a run's own checkpoint, resumes to the uninterrupted run's final weights;
+    its recorded arguments are still compared."""
+    extra = ("--ckpt-every", "3", "--ema", "--mixed-precision", "none")
+    train_main(train_args(ar_data, tmp_path, "ref", 6, *extra))
+    written = load_checkpoint_file(tmp_path / "ref" / "checkpoints" / "0000003.pt")
+    old = {k: v for k, v in written.items() if k not in ("format_version", "kind", "tokenizer_config")}
+    settings = written["args"]
+    old["args"] = {**{k: v for k, v in settings.items() if k not in ("exp_name", "tf32", "progress",
+                                                                       "final_checkpoint")},
+                   "sub_exp_dir": "ref", "no_tf32": False, "no_progress": False, "wandb_default_project": "x"}
+    (tmp_path / "old" / "checkpoints").mkdir(parents=True)
+    torch.save(old, tmp_path / "old" / "checkpoints" / "0000003.pt")
+    with pytest.raises(ConfigError, match=r"dropout_p: 0\.1 -> 0\.2"):
+        train_main(train_args(ar_data, tmp_path, "old", 6, *extra, "--dropout-p", "0.2"))
+    train_main(train_args(ar_data, tmp_path, "old", 6, *extra))
+    ref, res = losses(tmp_path / "ref"), losses(tmp_path / "old")
+    assert sorted(res) == [4, 5, 6] and [res[s]["train_loss"] for s in (4, 5, 6)] == \
+        [ref[s]["train_loss"] for s in (4, 5, 6)]
+    a = load_checkpoint_file(tmp_path / "ref" / "checkpoints" / "0000006.pt")
+    b = load_checkpoint_file(tmp_path / "old" / "checkpoints" / "0000006.pt")
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    assert b["format_version"] == 1 and b["args"]["exp_name"] == "old"

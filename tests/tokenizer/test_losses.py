@@ -77,10 +77,12 @@ def test_step_convention_is_zero_based_completed_iterations():
 
 def test_config_keys_and_unknown_param():
     assert {"teacher_image_size", "lpips_train_dropout", "disc_adaptive_weight", "lecam_loss_weight"} <= LOSS_PARAM_KEYS
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) in loss.params: \['not_a_key'\]"):
         make_loss(not_a_key=1)
     with pytest.raises(ValueError, match="reconstruction_loss"):
         make_loss(reconstruction_loss="l3")
+    with pytest.raises(ValueError, match="loss.params.disc_weight must be float, got 'strong'"):
+        make_loss(disc_weight="strong")
 
 
 # ----- pixel / quantiser / feature terms ----------------------------------------------------------------------------

@@ -33,9 +33,9 @@ else:  # torchrun entry: make the repo importable
 import torch.nn.functional as F  # noqa: E402
 
 from tokenizer import build_tokenizer, load_tokenizer  # noqa: E402
-from tokenizer.train import EXIT_DIVERGED, TrainingDiverged, list_checkpoints  # noqa: E402
+from tokenizer.train import EXIT_DIVERGED, TrainingDiverged  # noqa: E402
 from tokenizer.train import main as train_main
-from utils.checkpoint import CheckpointError, load_checkpoint_file  # noqa: E402
+from utils.checkpoint import CheckpointError, list_step_checkpoints, load_checkpoint_file  # noqa: E402
 from utils.config import ConfigError  # noqa: E402
 from utils.data import ImageFolderDataset, random_crop_arr, train_transform  # noqa: E402
 from utils.logging import read_metrics  # noqa: E402
@@ -77,7 +77,8 @@ def assert_same_losses(ref: dict, other: dict, steps, keys=LOSS_KEYS) -> None:
 
 
 def ckpt_steps(exp: Path) -> list[int]:
-    return [int(p.stem) for p in list_checkpoints(exp)]
+    folders = [exp / "checkpoints", *sorted((exp / "cd_records").glob("*/checkpoints"))]
+    return sorted(step for folder in folders for step, _ in list_step_checkpoints(folder))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -155,8 +156,11 @@ def test_training_reduces_loss_and_writes_loadable_checkpoints(images, tmp_path)
     assert (exp / "config.yaml").is_file() and (exp / "log.txt").is_file()
     assert "(step=0000040) Train Loss" in (exp / "log.txt").read_text()
     ckpt = load_checkpoint_file(exp / "checkpoints" / "0000040.pt")
-    assert {"model", "optimizer", "discriminator", "optimizer_disc", "steps", "args", "config", "rank_states",
+    assert {"model", "optimizer", "discriminator", "optimizer_disc", "steps", "args", "config", "lecam_states",
             "trainer_state"} <= set(ckpt) and ckpt["steps"] == 40 and "ema" not in ckpt
+    # the checkpoint describes its run: every setting, the tokenizer config, the layout version
+    assert ckpt["format_version"] == 1 and ckpt["kind"] == "tokenizer" and ckpt["args"]["lr"] == 1e-3
+    assert ckpt["config"]["model"]["init_args"]["encoder_size"] == "micro" and "rank_states" not in ckpt
     model = load_tokenizer(exp / "config.yaml", exp / "checkpoints" / "0000040.pt")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ckpt["model"].items())
     with torch.no_grad():
@@ -185,6 +189,49 @@ def test_resume_in_process_is_exact(images, tmp_path):
     for key in ("model", "ema", "discriminator"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     assert "Resume training from checkpoint" in (tmp_path / "split" / "message.txt").read_text()
+
+
+def _as_version0(ckpt: dict, argv: list[str]) -> dict:
+    """A checkpoint in the layout today's trainer wrote before format_version 1: the launch's flags as an
+    argparse.Namespace (None where the YAML decided), per-rank RNG and LeCam states, a few resolved run settings."""
+    import argparse
+    old = {k: v for k, v in ckpt.items() if k not in ("format_version", "kind", "lecam_states", "scaler_disc")}
+    settings = ckpt["args"]
+    flags = {"data_path": settings["data_path"], "model_config": settings["model_config"], "iterations": None,
+             "ema": settings["ema"] if "--ema" in argv else None, "mixed_precision": settings["mixed_precision"],
+             "global_batch_size": settings["global_batch_size"], "warmup": None, "fract_decay": None,
+             "gradient_accumulation_steps": settings["gradient_accumulation_steps"], "original_lr_lag": False}
+    old["args"] = argparse.Namespace(**flags)
+    old["run_settings"] = {"precision": settings["mixed_precision"], "ema": settings["ema"], "seed": 0,
+                           "ema_decay": settings["ema_decay"], "warmup": None, "fract_decay": None,
+                           "original_lr_lag": False, "image_size": 32}
+    old["rank_states"] = [{"rng": {"torch": torch.get_rng_state()}, "lecam": state}
+                          for state in ckpt["lecam_states"]]
+    old["scaler"], old["scaler_disc"] = ckpt["scaler"], ckpt["scaler_disc"]
+    return old
+
+
+def test_version0_checkpoint_resumes_exactly(images, tmp_path):
+    """A checkpoint in the layout written before format_version 1 (written here from a run's own checkpoint) still
+    resumes, its settings are still compared, and the resumed run ends where the uninterrupted one does."""
+    extra = ("--ckpt-every", "3", "--ema")
+    over = ["loss.params.disc_start=2", "loss.params.lecam=true"]
+    train_main(train_args(images, tmp_path, "ref", 6, *extra, overrides=over))
+    argv = train_args(images, tmp_path, "old", 6, *extra, overrides=over)
+    (tmp_path / "old" / "checkpoints").mkdir(parents=True)
+    written = load_checkpoint_file(tmp_path / "ref" / "checkpoints" / "0000003.pt")
+    torch.save(_as_version0(written, argv), tmp_path / "old" / "checkpoints" / "0000003.pt")
+    with pytest.raises(ConfigError, match=r"mixed_precision: 'none' -> 'fp32'"):
+        train_main([*argv[:argv.index("--mixed-precision") + 1], "fp32", *argv[argv.index("--mixed-precision") + 2:]])
+    train_main(argv)
+    ref, old = read_metrics(tmp_path / "ref" / "metrics.jsonl"), read_metrics(tmp_path / "old" / "metrics.jsonl")
+    assert sorted(old) == [4, 5, 6]
+    assert_same_losses(ref, old, [4, 5, 6])
+    a = load_checkpoint_file(tmp_path / "ref" / "checkpoints" / "0000006.pt")
+    b = load_checkpoint_file(tmp_path / "old" / "checkpoints" / "0000006.pt")
+    for key in ("model", "ema", "discriminator"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    assert b["format_version"] == 1 and b["lecam_states"] == a["lecam_states"]
 
 
 def test_generator_is_updated_from_gen_start_on(images, tmp_path):
@@ -349,7 +396,7 @@ def test_ddp_two_processes_and_sigkill_resume(images, tmp_path):
     ref_exp = tmp_path / "ref"
     assert ckpt_steps(ref_exp) == [3, 6, 7]
     ckpt = load_checkpoint_file(ref_exp / "checkpoints" / "0000007.pt")
-    assert ckpt["trainer_state"]["world_size"] == 2 and len(ckpt["rank_states"]) == 2 and "ema" in ckpt
+    assert ckpt["trainer_state"]["world_size"] == 2 and len(ckpt["lecam_states"]) == 2 and "ema" in ckpt
     model = load_tokenizer(ref_exp / "config.yaml", ref_exp / "checkpoints" / "0000007.pt")  # uses "ema"
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ckpt["ema"].items())
 
@@ -457,7 +504,7 @@ def test_fsdp_two_processes_checkpoint_loads_and_resumes(images, tmp_path):
     exp = tmp_path / "fsdp"
     assert ckpt_steps(exp) == [2, 3]
     ckpt = load_checkpoint_file(exp / "checkpoints" / "0000003.pt")
-    assert ckpt["trainer_state"]["data_parallel"] == "fsdp"
+    assert ckpt["args"]["data_parallel"] == "fsdp"
     # full (unsharded) state dicts with the plain model's keys
     model = load_tokenizer(exp / "config.yaml", exp / "checkpoints" / "0000003.pt")
     assert set(ckpt["model"]) == set(model.state_dict()) and set(ckpt["ema"]) == set(model.state_dict())

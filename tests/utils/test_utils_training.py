@@ -1,25 +1,23 @@
-"""utils.training, the kit both trainers share: flags, precision names, exit codes, state round trips, RNG state."""
+"""utils.training, the kit under the trainer base: shared settings and flags, precision names, exit codes, state
+round trips, parameter groups."""
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import random
 
-import numpy as np
 import pytest
 import torch
 
 from utils import training as kit
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError
+from utils.settings import add_flags, resolve
 
 
-def _parser(max_milestone: int = 30) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser()
-    kit.add_checkpoint_flags(p, max_milestone_num=max_milestone)
-    kit.add_logging_flags(p, "default_project")
-    kit.add_compute_flags(p, precision_default="bf16")
-    return p
+def _settings(argv: list[str]) -> kit.TrainSettings:
+    parser = argparse.ArgumentParser()
+    add_flags(parser, kit.TrainSettings)
+    return resolve(kit.TrainSettings, parser.parse_args(argv))
 
 
 @pytest.mark.parametrize("argv,project", [([], None), (["--wandb"], "default_project"),
@@ -27,17 +25,26 @@ def _parser(max_milestone: int = 30) -> argparse.ArgumentParser:
                                           (["--wandb-project", "mine", "--no-wandb"], None),
                                           (["--no-wandb"], None)])
 def test_wandb_is_on_with_the_flag_or_a_named_project(argv, project):
-    assert kit.wandb_project(_parser().parse_args(argv)) == project
+    assert kit.wandb_project(_settings(argv), "default_project") == project
 
 
 def test_one_spelling_per_switch_with_the_original_aliases():
-    p = _parser(max_milestone=40)
-    a = p.parse_args([])
-    assert a.auto_resume is True and a.max_milestone_num == 40 and a.compile is None
-    assert a.mixed_precision == "bf16" and a.data_parallel == "ddp"
-    a = p.parse_args(["--no-auto-resume", "--no-compile", "--precision", "fp16", "--data-parallel", "sdp"])
-    assert a.auto_resume is False and a.compile is False and a.mixed_precision == "fp16"
-    assert p.parse_args(["--mixed-precision", "none", "--compile"]).compile is True
+    settings = _settings([])
+    assert settings.auto_resume is True and settings.max_milestone_num == 30 and settings.compile is None
+    assert settings.mixed_precision == "bf16" and settings.data_parallel == "ddp" and settings.tf32
+    settings = _settings(["--no-auto-resume", "--no-compile", "--precision", "fp16", "--data-parallel", "sdp",
+                          "--no-tf32", "--results-dir", "out", "--exp-name", "run", "--max-steps", "7"])
+    assert settings.auto_resume is False and settings.compile is False and settings.mixed_precision == "fp16"
+    assert not settings.tf32 and settings.save_path == "out" and settings.exp_name == "run"
+    assert settings.iterations == 7 and _settings(["--mixed-precision", "none", "--compile"]).compile is True
+    assert _settings(["--early-stop-iter", "None"]).early_stop_iter is None
+
+
+def test_parameter_groups_leave_out_an_empty_no_decay_group():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    groups = kit.param_groups(model, 0.1, lambda name, _: name.startswith("1."))
+    assert [len(g["params"]) for g in groups] == [2, 2] and [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert len(kit.param_groups(model, 0.1, lambda *_: False)) == 1
 
 
 def test_precision_names():
@@ -85,14 +92,6 @@ def test_full_state_round_trip_keyed_by_name():
     assert all(torch.equal(ours[i]["exp_avg"], theirs[i]["exp_avg"]) for i in ours)
     with pytest.raises(CheckpointError, match="2.bias"):
         kit.load_model_state(other, {**model_sd, "2.bias": torch.zeros(1)}, fsdp=True, source="mem")
-
-
-def test_rng_state_round_trip():
-    state = kit.rng_state(torch.device("cpu"))
-    first = (torch.rand(3), random.random(), np.random.rand())
-    kit.set_rng_state(state, torch.device("cpu"))
-    again = (torch.rand(3), random.random(), np.random.rand())
-    assert torch.equal(first[0], again[0]) and first[1:] == again[1:]
 
 
 def _raiser(exc):

@@ -39,28 +39,59 @@ must ``zero_grad`` the discriminator optimiser before the discriminator backward
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.config import check_types
+from utils.settings import as_record, resolve, setting
 
 from .adversarial import LeCamEMA, adaptive_weight, get_d_loss, get_g_loss, lecam_reg
 from .diffaug import DiffAug
 from .discriminators import build_discriminator
 from .semantic import SemanticTeacher, alignment_loss
 
-REQUIRED_PARAMS = ("disc_start", "disc_weight", "disc_type", "disc_loss", "gen_adv_loss", "perceptual_weight",
-                   "reconstruction_weight", "reconstruction_loss")
-DEFAULTS: dict[str, Any] = {
-    "disc_dim": 64, "disc_num_layers": 3, "kw": 4, "norm": "batch", "blur_ds": False, "image_size": 256,
-    "perceptual_model": "vgg", "codebook_weight": 1.0, "aux_loss_end": 0, "use_direct_rec_loss": False,
-    "entropy_loss_end": None, "gen_start": 0, "proj_weight": 0.5, "lecam": False, "lecam_loss_weight": 0.001,
-    "lecam_ema_decay": 0.99, "gamma": 15, "resnet_perceptual": False, "disc_adaptive_weight": False,
-    "teacher_image_size": 224, "lpips_train_dropout": True,
-}
+
+@dataclass
+class LossSettings:
+    """``loss.params`` of a tokenizer config: one field per key (type, default, meaning). The YAML sets them; unknown
+    keys, missing required ones and wrong types are errors naming ``loss.params.<key>``."""
+    disc_start: int = setting(None, "first iteration of the discriminator (and adversarial) terms",
+                                     flags=(), required=True)
+    disc_weight: float = setting(None, "weight of the adversarial generator term", flags=(), required=True)
+    disc_type: str = setting(None, "patchgan or dinodisc", flags=(), required=True)
+    disc_loss: str = setting(None, "discriminator loss (hinge, vanilla, non-saturating)", flags=(),
+                                    required=True)
+    gen_adv_loss: str = setting(None, "generator adversarial loss (hinge, non-saturating)", flags=(),
+                                       required=True)
+    perceptual_weight: float = setting(None, "weight of the LPIPS term", flags=(), required=True)
+    reconstruction_weight: float = setting(None, "weight of the pixel term", flags=(), required=True)
+    reconstruction_loss: str = setting(None, "l1 or l2", flags=(), required=True)
+    disc_dim: int = setting(64, "PatchGAN width", flags=())
+    disc_num_layers: int = setting(3, "PatchGAN depth", flags=())
+    kw: int = setting(4, "PatchGAN kernel size", flags=())
+    norm: str = setting("batch", "PatchGAN normalisation", flags=())
+    blur_ds: bool = setting(False, "blurred downsampling in the discriminator", flags=())
+    image_size: int = setting(256, "image size (sizes only the original's StyleGAN discriminator)", flags=())
+    perceptual_model: str = setting("vgg", "LPIPS trunk", flags=())
+    codebook_weight: float = setting(1.0, "stored, never applied (as the original)", flags=())
+    aux_loss_end: int = setting(0, "last iteration of the auxiliary (direct) reconstruction terms", flags=())
+    use_direct_rec_loss: bool = setting(False, "also train the direct (pre-quantisation) reconstruction", flags=())
+    entropy_loss_end: int | None = setting(None, "last iteration of the entropy loss (None: always)", flags=())
+    gen_start: int = setting(0, "first iteration of the generator update", flags=())
+    proj_weight: float = setting(0.5, "weight of the semantic-regularisation term", flags=())
+    lecam: bool = setting(False, "LeCam regularisation of the discriminator", flags=())
+    lecam_loss_weight: float = setting(0.001, "weight of the LeCam term", flags=())
+    lecam_ema_decay: float = setting(0.99, "decay of the LeCam EMAs", flags=())
+    gamma: int = setting(15, "R1/R2 weight of the r3gan loss (not implemented)", flags=())
+    resnet_perceptual: bool = setting(False, "never read (as the original)", flags=())
+    disc_adaptive_weight: bool = setting(False, "VQGAN's adaptive weight of the adversarial term", flags=())
+    teacher_image_size: int = setting(224, "input size of the semantic teacher", flags=())
+    lpips_train_dropout: bool = setting(True, "LPIPS follows train()/eval() (its dropout is on in training, as "
+                                              "the original)", flags=())
+
 
 GEN_LOG_KEYS = ("rec_loss", "direct_rec_loss", "perceptual_loss", "direct_p_loss", "vq_loss", "commit_loss",
                 "entropy_loss", "feature_rec_loss", "codebook_usage", "generator_adv_loss",
@@ -84,16 +115,8 @@ class VQLoss(nn.Module):
     def __init__(self, params: Mapping, distill_loss: bool = False, teacher: nn.Module | None = None,
                  pretrained: bool = True, lpips_vgg_path: str | None = None, dino_disc_weights: str | None = None):
         super().__init__()
-        params = dict(params)
-        missing = [k for k in REQUIRED_PARAMS if k not in params]
-        if missing:
-            raise ValueError(f"loss.params is missing required keys {missing}")
-        unknown = sorted(set(params) - set(REQUIRED_PARAMS) - set(DEFAULTS))
-        if unknown:
-            raise ValueError(f"loss.params has unknown keys {unknown}")
-        p = {**DEFAULTS, **params}
-        check_types(params, {k: type(v).__name__ for k, v in DEFAULTS.items() if v is not None}
-                    | {"disc_start": "int"}, "loss.params")
+        p = as_record(params if isinstance(params, LossSettings) else
+                      resolve(LossSettings, None, dict(params), source="loss.params"))
         if distill_loss and teacher is None:
             raise ValueError("distill_loss=True needs a teacher (SemanticTeacher)")
         self.params = p
@@ -296,7 +319,8 @@ def build_loss(cfg, pretrained: bool = True, device="cpu", teacher_weights: str 
     teacher = None
     if distill:
         teacher = SemanticTeacher(trainer.get("distill_model", "dinov2-vit-b"), pretrained=pretrained,
-                                  weights=teacher_weights, image_size=int(params.get("teacher_image_size", 224)))
+                                  weights=teacher_weights,
+                                  image_size=int(params.get("teacher_image_size", LossSettings.teacher_image_size)))
     loss = VQLoss(params, distill_loss=distill, teacher=teacher, pretrained=pretrained,
                   lpips_vgg_path=lpips_vgg_path, dino_disc_weights=dino_disc_weights)
     return loss.to(device)
