@@ -215,10 +215,11 @@ class ProbeBatchSampler(torch.utils.data.Sampler):
     Epoch ``e`` draws the permutation ``DistributedSampler(shuffle=True, seed=seed)`` draws (``randperm(N)`` seeded
     by ``seed + e``) and cuts it into global batches of ``global_batch`` (the incomplete last one is dropped). A global
     batch splits into ``global_batch // micro_batch`` chunks by stride, chunk ``j`` = positions ``j, j + C, j + 2C, ..``
-    (``C`` chunks): the batches of the original's ``C`` ranks (its DistributedSampler takes every ``C``-th index per
-    rank). Process ``rank`` of ``world`` takes chunks ``a * world + rank`` for ``a = 0 .. accum_steps - 1``. So the
-    chunks of a step, and the BatchNorm batches, do not depend on the number of processes, and with
-    ``global_batch = micro_batch * world`` each process gets exactly the original's per-rank batches.
+    (``C`` chunks): the batches of the original's ``C`` ranks (its DistributedSampler gives each rank every
+    ``C``-th index, its drop_last DataLoader cuts them into batches). Process ``rank`` of ``world`` takes chunks
+    ``a * world + rank`` for ``a = 0 .. accum_steps - 1``. So the chunks of a step, and the BatchNorm batches, do not
+    depend on the number of processes, and with ``global_batch = micro_batch * world`` each process gets exactly the
+    original's per-rank batches.
     """
 
     def __init__(self, dataset_len: int, micro_batch: int, global_batch: int, rank: int = 0, world_size: int = 1,

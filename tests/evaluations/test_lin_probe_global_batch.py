@@ -119,12 +119,12 @@ if __name__ != "__main__":
         assert runs[2]["eval"]["top1"] == runs[1]["eval"]["top1"]
 
     def test_without_accumulation_each_process_gets_the_original_per_rank_batches():
-        """global batch = batch x processes: the batches of DistributedSampler(shuffle, drop_last) + a drop_last
-        DataLoader, rank by rank and epoch by epoch."""
+        """global batch = batch x processes: the batches of the original's DistributedSampler(shuffle, seed) and
+        drop_last DataLoader, rank by rank and epoch by epoch."""
         n, micro, world = 37, 3, 4
         for rank in range(world):
             ours = ProbeBatchSampler(n, micro, micro * world, rank, world, seed=5)
-            theirs = torch.utils.data.DistributedSampler(range(n), world, rank, shuffle=True, seed=5, drop_last=True)
+            theirs = torch.utils.data.DistributedSampler(range(n), world, rank, shuffle=True, seed=5)
             for epoch in (0, 1):
                 ours.set_epoch(epoch)
                 theirs.set_epoch(epoch)
