@@ -6,9 +6,12 @@ README's model table with the project's own drivers and writes ``results/reprodu
     bash scripts/reproduce.sh rfid/VQ_SS256 --tiny results/quickstart   # the same chain on the quickstart's models
 
 Rows: ``rfid/<tokenizer>`` (rFID, rsFID and LPIPS of the reconstructions of ImageNet val), ``gfid/<gpt>`` (50k samples,
-step CFG schedule from 0.18, fp32, seed 0, against ADM's reference batch; ``--search`` runs the original's CFG search
-from its start table, and is the default for rows whose CFG scale the original's docs do not give), ``probe/<gpt>``
-(the GPT's linear probe: 90 epochs, then evaluation of the last checkpoint). The released weights come from the Hub.
+step CFG schedule from 0.18, seed 0, against ADM's reference batch; the published GPT-B on XL-XXL setting is CFG 1.75
+at fp32; rows whose CFG scale the original's docs do not give run the original's CFG search from its start table at
+fp16, the training precision its searching scripts sample at; ``--search`` searches a row with a published scale too,
+at that row's precision), ``probe/<gpt>`` (the GPT's linear probe: 90 epochs at the published global batch of 8192 =
+128 per BatchNorm x 64 GPUs, reached on any number of processes by gradient accumulation, lr 0.1 x 8192 / 256 = 3.2,
+then evaluation of the last checkpoint). The released weights come from the Hub.
 
 Data: ``VAL_PATH`` (256-px val images, from ``scripts/val.sh --sample-dir results/reconstructions/img_data``; default
 ``results/reconstructions/img_data/val_imagenet``), ``GT_VAL_NPZ_PATH`` (its npz, the rFID reference),
@@ -34,6 +37,7 @@ from utils.released import GPTS, TOKENIZERS
 
 REPO = Path(__file__).resolve().parents[1]
 EXIT_MISSING = 2
+PRECISION_NAMES = {"none": "fp32", "fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 
 
 @dataclass
@@ -53,11 +57,16 @@ def rows() -> dict[str, Row]:
                                     settings={"image_size": 256, "precision": "none", "per_proc_batch_size": 32})
     for g in GPTS.values():
         out[f"gfid/{g.name}"] = Row(f"gfid/{g.name}", "gfid", {"gfid": g.gfid}, g.tokenizer, g.name, settings={
-            "cfg_schedule": "step", "step_start_ratio": 0.18, "cfg_scale": g.cfg_scale, "precision": "none",
+            "cfg_schedule": "step", "step_start_ratio": 0.18, "cfg_scale": g.cfg_scale,
+            # the published scale was sampled at fp32 (the author's answer); the original's searching scripts
+            # (train_c2i_and_eval*.sh) sample at the training PRECISION, fp16
+            "precision": "none" if g.cfg_scale is not None else "fp16",
             "num_fid_samples": 50_000, "global_seed": 0, "per_proc_batch_size": 16})
     for g in GPTS.values():
         out[f"probe/{g.name}"] = Row(f"probe/{g.name}", "probe", {"acc": g.acc}, g.tokenizer, g.name, settings={
-            "epochs": 90, "blr": 0.1, "batch_size": 128, "ckpt_epoch": 5, "mixed_precision": "fp16"})
+            # "we use 128*64 global batch size" (the original's probe scripts): 64 GPUs x 128
+            "epochs": 90, "blr": 0.1, "batch_size": 128, "global_batch_size": 128 * 64, "ckpt_epoch": 5,
+            "mixed_precision": "fp16"})
     return out
 
 
@@ -147,9 +156,9 @@ def commands(row: Row, inp: Inputs, out: Path, search: bool) -> list[list[str]]:
                inp.gpt_model, "--gpt-ckpt", inp.gpt_ckpt, "--cfg-schedule", s["cfg_schedule"], "--step-start-ratio",
                str(s["step_start_ratio"]), "--precision", s["precision"], "--global-seed", str(s["global_seed"]),
                "--gt-npz-path", inp.gt_npz, "--clear-cache"]
-        if inp.tiny:
+        if inp.tiny:  # CPU: fp32 whatever the row's precision
             cmd += ["--num-classes", str(inp.num_classes), "--num-fid-samples", "60", "--per-proc-batch-size", "30",
-                    "--fid-method", "eigh"]
+                    "--fid-method", "eigh", "--precision", "none"]
         else:
             cmd += ["--num-fid-samples", str(s["num_fid_samples"]), "--per-proc-batch-size",
                     str(s["per_proc_batch_size"])]
@@ -164,11 +173,13 @@ def commands(row: Row, inp: Inputs, out: Path, search: bool) -> list[list[str]]:
               "--ckpt-epoch", str(s["ckpt_epoch"]), "--mixed-precision", s["mixed_precision"]]
     if inp.tiny:
         common += ["--train-path", str(Path(inp.imagenet) / "train"), "--val-path", str(Path(inp.imagenet) / "val"),
-                   "--data-path", inp.imagenet, "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "64",
+                   "--data-path", inp.imagenet, "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "8",
+                   "--global-batch-size", "16",
                    "--num-classes", str(inp.num_classes), "--gpt-num-classes", str(inp.num_classes),
                    "--mixed-precision", "none", "--num-workers", "0"]
     else:
-        common += ["--data-path", inp.imagenet, "--epochs", str(s["epochs"]), "--batch-size", str(s["batch_size"])]
+        common += ["--data-path", inp.imagenet, "--epochs", str(s["epochs"]), "--batch-size", str(s["batch_size"]),
+                   "--global-batch-size", str(s["global_batch_size"])]
     epochs = 2 if inp.tiny else s["epochs"]
     return [["train_lin_probe_gpt.sh", *common],
             ["train_lin_probe_gpt.sh", *common, "--eval", "--lin-probe-ckpt",
@@ -233,11 +244,15 @@ def print_table(table: dict[str, Row]) -> None:
         s = row.settings
         if row.kind == "gfid":
             cfg = f"CFG {s['cfg_scale']}" if s["cfg_scale"] is not None else "CFG search"
-            detail = f"{cfg}, step from {s['step_start_ratio']}, fp32, {s['num_fid_samples']:,} samples, seed 0"
+            precision = PRECISION_NAMES[s["precision"]]
+            detail = (f"{cfg} at {precision}, step from {s['step_start_ratio']}, {s['num_fid_samples']:,} samples, "
+                      "seed 0")
         elif row.kind == "rfid":
             detail = "ImageNet val 256, fp32, rFID + rsFID + LPIPS"
         else:
-            detail = f"{s['epochs']} epochs, blr {s['blr']}, batch {s['batch_size']}/GPU, {s['mixed_precision']}"
+            g, b = s["global_batch_size"], s["batch_size"]
+            detail = (f"{s['epochs']} epochs, global batch {g:,} ({b} per BatchNorm x {g // b} processes x "
+                      f"accumulation steps), lr {s['blr'] * g / 256:g}, {s['mixed_precision']}")
         print(f"{name:<30} {paper:<28} {detail}")
 
 

@@ -6,15 +6,24 @@ What the original's two probes share (MAE ``main_linprobe.py``):
   trunc-normal with std 0.01, its bias keeps PyTorch's default init; plain BatchNorm (no SyncBN) under DDP;
 * LARS: momentum 0.9, trust coefficient 0.001, weight decay (default 0); trust-ratio scaling and weight decay only for
   tensors with ndim > 1 (the head weight), the bias gets plain momentum SGD;
-* lr = blr * batch_per_gpu * world_size / 256 with blr 0.1, set every iteration from the fractional epoch: linear
-  warm-up from 0 over 10 epochs, then half-cosine to min_lr 0 at the last epoch (90 in all);
+* lr = blr * global_batch / 256 with blr 0.1 (the original: global batch = batch_per_gpu * world_size), set every
+  optimiser step from the fractional epoch: linear warm-up from 0 over 10 epochs, then half-cosine to min_lr 0 at the
+  last epoch (90 in all);
 * cross-entropy; top-1 / top-5 accuracy = correct / total, counts all-reduced across ranks.
 
 Features are produced per batch by ``feature_fn(images)`` under ``no_grad`` (the extractor is never trained); with
 ``feature_fn=None`` the loader yields features directly (pre-extracted tensors).
+
+Global batch. The published probes ran 128 images per GPU on 64 GPUs: one optimiser step over 8192 images, whose
+BatchNorm normalised each GPU's 128 on its own. Here a step may be accumulated over micro-batches
+(:class:`ProbeBatchSampler` + ``train_linear_probe(accum_steps=...)``): each global batch is cut into the same chunks
+the original's 64 ranks took (``DistributedSampler`` strides), every chunk goes through the BatchNorm alone, the
+gradients are averaged, and only the first chunk of each step updates the running statistics (the original's rank 0,
+whose buffers DDP broadcasts). So one step equals the original's 64-GPU step on any number of processes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -107,34 +116,56 @@ def _dist_on() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+@contextlib.contextmanager
+def _running_stats_frozen(module: nn.Module):
+    """BatchNorm layers normalise with the batch's statistics but leave their running buffers (and the batch count)
+    alone inside the block: the micro-batches after a step's first stand for the original's ranks 1.., whose running
+    statistics DDP overwrote with rank 0's."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
 def train_linear_probe(head: nn.Module, loader: Iterable, cfg: ProbeConfig | None = None,
                        feature_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
                        device: str | torch.device = "cpu", batch_per_gpu: int | None = None,
                        start_epoch: int = 0, optimizer: torch.optim.Optimizer | None = None,
                        on_epoch_end: Callable[[int, nn.Module, torch.optim.Optimizer, int], None] | None = None,
                        log: Callable[[str], None] | None = None, set_epoch: Callable[[int], None] | None = None,
-                       progress: bool = False) -> list[dict]:
-    """Train ``head`` for ``cfg.epochs`` epochs; returns per-epoch {epoch, loss, lr}.
+                       progress: bool = False, accum_steps: int = 1) -> list[dict]:
+    """Train ``head`` for ``cfg.epochs`` epochs; returns per-epoch {epoch, loss, lr, steps}.
 
-    ``batch_per_gpu`` (default: the loader's ``batch_size``) and the world size give the absolute lr. Under an
-    initialised process group of size > 1 the head is wrapped in DDP. ``on_epoch_end(epoch, head, optimizer, steps)``
-    is the place to checkpoint; ``set_epoch`` is called with the epoch number first (DistributedSampler.set_epoch).
-    ``progress`` shows a tqdm bar over all iterations (the drivers: on rank 0).
+    One optimiser step takes ``accum_steps`` consecutive batches of the loader (micro-batches; leftovers at the end of
+    an epoch that do not fill a step are skipped, as a ``drop_last`` loader does). Each micro-batch passes the head on
+    its own (its own BatchNorm statistics; only the step's first updates the running ones), the loss is the mean of
+    the micro-batch means, so the gradient equals DDP's average over as many ranks. ``batch_per_gpu`` (default: the
+    loader's ``batch_size``) x ``accum_steps`` x the world size is the global batch that sets the absolute lr. Under
+    an initialised process group of size > 1 the head is wrapped in DDP (gradients all-reduced once per step).
+    ``on_epoch_end(epoch, head, optimizer, steps)`` is the place to checkpoint; ``set_epoch`` is called with the
+    epoch number first (the sampler's ``set_epoch``). ``progress`` shows a tqdm bar over all optimiser steps.
     """
     cfg = cfg or ProbeConfig()
+    if accum_steps < 1:
+        raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
     device = torch.device(device)
     head = head.to(device)
     world = dist.get_world_size() if _dist_on() else 1
     bpg = batch_per_gpu or getattr(loader, "batch_size", None)
     if not bpg:
         raise ValueError("batch_per_gpu is needed when the loader has no batch_size attribute")
-    base_lr = cfg.lr(bpg, world)
+    base_lr = cfg.lr(bpg * accum_steps, world)
     model = head
-    if _dist_on():
+    ddp = _dist_on()
+    if ddp:
         model = nn.parallel.DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None)
     opt = optimizer or LARS(head.parameters(), lr=base_lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                             trust_coefficient=cfg.trust_coefficient)
-    n_iter = len(loader)  # type: ignore[arg-type]
+    n_iter = len(loader) // accum_steps  # type: ignore[arg-type]  # optimiser steps per epoch
     history, steps = [], start_epoch * n_iter
     bar = tqdm(total=cfg.epochs * n_iter, initial=steps, disable=not progress, desc="linear probe", dynamic_ncols=True)
     for epoch in range(start_epoch, cfg.epochs):
@@ -143,22 +174,31 @@ def train_linear_probe(head: nn.Module, loader: Iterable, cfg: ProbeConfig | Non
         model.train()
         total_loss, count = 0.0, 0
         lr = base_lr
-        for it, (x, y) in enumerate(loader):
-            lr = lr_at(it / n_iter + epoch, base_lr, cfg)
-            for group in opt.param_groups:
-                group["lr"] = lr
+        for i, (x, y) in enumerate(loader):
+            if i >= n_iter * accum_steps:
+                break  # not a whole global batch
+            it, micro = divmod(i, accum_steps)
+            if micro == 0:
+                lr = lr_at(it / n_iter + epoch, base_lr, cfg)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                opt.zero_grad(set_to_none=True)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if feature_fn is not None:
                 with torch.no_grad():
                     x = feature_fn(x)
-            loss = F.cross_entropy(model(x.float()), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            last = micro == accum_steps - 1
+            # DDP all-reduces only on the step's last micro-batch; the others accumulate locally
+            with (model.no_sync() if ddp and not last else contextlib.nullcontext()), \
+                    (_running_stats_frozen(head) if micro > 0 else contextlib.nullcontext()):
+                loss = F.cross_entropy(model(x.float()), y)
+                (loss / accum_steps).backward()
             total_loss += float(loss.detach()) * len(y)
             count += len(y)
-            steps += 1
-            bar.update(1)
+            if last:
+                opt.step()
+                steps += 1
+                bar.update(1)
         rec = {"epoch": epoch, "loss": total_loss / max(count, 1), "lr": lr, "steps": steps}
         history.append(rec)
         if log is not None:
@@ -167,6 +207,61 @@ def train_linear_probe(head: nn.Module, loader: Iterable, cfg: ProbeConfig | Non
             on_epoch_end(epoch, head, opt, steps)
     bar.close()
     return history
+
+
+class ProbeBatchSampler(torch.utils.data.Sampler):
+    """This process's micro-batches of the probe's training data, as dataset index lists (a ``batch_sampler``).
+
+    Epoch ``e`` draws the permutation ``DistributedSampler(shuffle=True, seed=seed)`` draws (``randperm(N)`` seeded
+    by ``seed + e``) and cuts it into global batches of ``global_batch`` (the incomplete last one is dropped). A global
+    batch splits into ``global_batch // micro_batch`` chunks by stride, chunk ``j`` = positions ``j, j + C, j + 2C, ..``
+    (``C`` chunks): the batches of the original's ``C`` ranks (its DistributedSampler gives each rank every
+    ``C``-th index, its drop_last DataLoader cuts them into batches). Process ``rank`` of ``world`` takes chunks
+    ``a * world + rank`` for ``a = 0 .. accum_steps - 1``. So the chunks of a step, and the BatchNorm batches, do not
+    depend on the number of processes, and with ``global_batch = micro_batch * world`` each process gets exactly the
+    original's per-rank batches.
+    """
+
+    def __init__(self, dataset_len: int, micro_batch: int, global_batch: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, shuffle: bool = True):
+        if micro_batch < 1 or global_batch % (micro_batch * world_size):
+            raise ValueError(f"the global batch {global_batch} must be a multiple of the batch per process "
+                             f"{micro_batch} x {world_size} processes")
+        self.n, self.micro, self.global_batch = dataset_len, micro_batch, global_batch
+        self.rank, self.world, self.seed, self.shuffle, self.epoch = rank, world_size, seed, shuffle, 0
+        self.chunks = global_batch // micro_batch
+        self.accum_steps = self.chunks // world_size
+        self.steps_per_epoch = dataset_len // global_batch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.n)
+        for step in range(self.steps_per_epoch):
+            block = order[step * self.global_batch:(step + 1) * self.global_batch]
+            for a in range(self.accum_steps):
+                yield block[a * self.world + self.rank::self.chunks].tolist()
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch * self.accum_steps
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Indices ``rank, rank + world, ...`` of a dataset in order: disjoint shards covering every index exactly once
+    (``DistributedSampler`` pads the last round with duplicates when ``world`` does not divide the set)."""
+
+    def __init__(self, dataset_len: int, rank: int = 0, world_size: int = 1):
+        self.indices = range(rank, dataset_len, world_size)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 @torch.no_grad()
@@ -269,11 +364,17 @@ def add_probe_args(p) -> None:
     p.add_argument("--val-path", default=None, help="validation ImageFolder (default: DATA/ILSVRC2012_img_val)")
     p.add_argument("--save-path", default="results/lin_probe", help="parent folder of the experiment")
     p.add_argument("--sub-exp-dir", default="probe", help="experiment folder name")
-    p.add_argument("--batch-size", type=int, default=512, help="images per GPU (the lr scales with it)")
+    p.add_argument("--batch-size", type=int, default=512,
+                   help="images per process and forward pass: the batch each BatchNorm normalises (the original's "
+                        "batch per GPU)")
+    p.add_argument("--global-batch-size", type=int, default=None,
+                   help="images per optimiser step over all processes (default: --batch-size x processes, the "
+                        "original's); larger values accumulate gradients over micro-batches of --batch-size. The "
+                        "published probes: 8192 (128 x 64 GPUs)")
     p.add_argument("--image-size", type=int, default=None, help="must equal the model's image size (default: it)")
     p.add_argument("--epochs", type=int, default=90, help="total epochs (10 warm-up + cosine)")
     p.add_argument("--warmup-epochs", type=int, default=10, help="linear warm-up epochs")
-    p.add_argument("--blr", type=float, default=0.1, help="base lr; lr = blr * batch * world / 256")
+    p.add_argument("--blr", type=float, default=0.1, help="base lr; lr = blr * global batch / 256")
     p.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
     p.add_argument("--min-lr", type=float, default=0.0, help="lr at the end of the cosine decay")
     p.add_argument("--weight-decay", type=float, default=0.0, help="LARS weight decay")
@@ -286,7 +387,7 @@ def add_probe_args(p) -> None:
     p.add_argument("--eval", action="store_true", help="only evaluate the last checkpoint (or print the result)")
     p.add_argument("--lin-probe-ckpt", default=None, help="with --eval: the probe checkpoint to evaluate")
     p.add_argument("--dist-eval", action="store_true",
-                   help="accepted; evaluation is always split over the processes (each image counted once)")
+                   help="accepted; evaluation is always split over the processes, each image counted exactly once")
     p.add_argument("--no-tf32", action="store_true", help="keep TF32 off on CUDA (the original turns it on)")
     p.add_argument("--global-seed", type=int, default=0, help="seed of the data order and augmentation")
     p.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N")
@@ -319,18 +420,26 @@ def run_probe(args, feature_fn: Callable[[torch.Tensor], torch.Tensor], dim: int
         with torch.autocast(d.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             return feature_fn(x).float()
 
-    def loader(root: Path, train: bool):
-        ds = EpochAugmentedFolder(root, image_size, args.global_seed) if train else ImageFolderDataset(root, image_size)
-        sampler = torch.utils.data.DistributedSampler(ds, d.world_size, d.rank, shuffle=train, seed=args.global_seed,
-                                                      drop_last=train) if d.distributed else None
+    global_batch = args.global_batch_size or args.batch_size * d.world_size
+    if global_batch % (args.batch_size * d.world_size):
+        raise ValueError(f"--global-batch-size {global_batch} must be a multiple of --batch-size {args.batch_size} x "
+                         f"{d.world_size} process(es)")
+    accum_steps = global_batch // (args.batch_size * d.world_size)
 
-        def collate(batch):
-            x, y, _, _ = collate_skip_bad(batch)
-            return x, y
-        return torch.utils.data.DataLoader(ds, batch_size=args.batch_size, sampler=sampler,
-                                           shuffle=train and sampler is None, drop_last=train,
-                                           num_workers=args.num_workers, collate_fn=collate,
-                                           generator=torch.Generator().manual_seed(args.global_seed)), sampler
+    def collate(batch):
+        x, y, _, _ = collate_skip_bad(batch)
+        return x, y
+
+    def train_loader_of(root: Path):
+        ds = EpochAugmentedFolder(root, image_size, args.global_seed)
+        sampler = ProbeBatchSampler(len(ds), args.batch_size, global_batch, d.rank, d.world_size, args.global_seed)
+        return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=args.num_workers,
+                                           collate_fn=collate), sampler
+
+    def val_loader_of(root: Path):
+        ds = ImageFolderDataset(root, image_size)
+        return torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=args.num_workers,
+                                           sampler=ShardSampler(len(ds), d.rank, d.world_size), collate_fn=collate)
 
     head = LinearProbeHead(dim, args.num_classes)
     last = ckpt_dir / f"{cfg.epochs - 1:04d}.pt"
@@ -345,7 +454,14 @@ def run_probe(args, feature_fn: Callable[[torch.Tensor], torch.Tensor], dim: int
                        trust_coefficient=cfg.trust_coefficient)
             opt.load_state_dict(state["optimizer"])
     if not args.eval and not last.exists():
-        train_loader, sampler = loader(train_root, True)
+        train_loader, sampler = train_loader_of(train_root)
+        if sampler.steps_per_epoch == 0:
+            raise ValueError(f"{train_root} has {sampler.n} training images, fewer than one global batch "
+                             f"({global_batch}): lower --global-batch-size / --batch-size")
+        if d.is_main:
+            print(f"[lin_probe] global batch {global_batch} = {args.batch_size} per BatchNorm x {d.world_size} "
+                  f"process(es) x {accum_steps} accumulation step(s); {sampler.steps_per_epoch} steps per epoch; "
+                  f"lr {cfg.lr(global_batch):g}")
 
         def save(epoch, model, optimizer, steps):
             if d.is_main and ((epoch % args.ckpt_epoch == 0 and epoch > 0) or epoch == cfg.epochs - 1):
@@ -353,15 +469,16 @@ def run_probe(args, feature_fn: Callable[[torch.Tensor], torch.Tensor], dim: int
                              "epoch": epoch, "args": vars(args)}, ckpt_dir / f"{epoch:04d}.pt")
         def set_epoch(epoch: int) -> None:
             train_loader.dataset.set_epoch(epoch)
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-        train_linear_probe(head, train_loader, cfg, feature_fn=features, device=d.device, start_epoch=start_epoch,
+            sampler.set_epoch(epoch)
+        train_linear_probe(head, train_loader, cfg, feature_fn=features, device=d.device,
+                           batch_per_gpu=args.batch_size, accum_steps=accum_steps, start_epoch=start_epoch,
                            optimizer=opt, on_epoch_end=save, set_epoch=set_epoch,
                            log=print if d.is_main else None, progress=d.is_main)
         barrier()
-    val_loader, _ = loader(val_root, False)
+    val_loader = val_loader_of(val_root)
     result = evaluate_linear_probe(head, val_loader, feature_fn=features, device=d.device)
     result.update({"feature_dim": dim, "epochs": cfg.epochs, "world_size": d.world_size, "batch_size": args.batch_size,
+                   "global_batch_size": global_batch, "accum_steps": accum_steps, "lr": cfg.lr(global_batch),
                    "tf32": not args.no_tf32 and d.device.type == "cuda", "seed": args.global_seed,
                    **(extra_settings or {})})
     if d.is_main:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 
 import pytest
 import torch
@@ -49,6 +50,41 @@ def test_quick_chain_on_cpu_runs_every_part(tmp_path):
     text = readme.read_text()
     assert "old" not in text and "| sampling | ok |" in text and "| GPT-tiny fp32 | 4 | static |" in text
     assert text.endswith("after\n")
+
+
+def without_browser_env(tmp_path) -> dict:
+    """A user's machine as far as the browser test can tell: no chromium / chromedriver on PATH (an empty folder;
+    the interpreter is started by its full path) and no GIGATOK_REQUIRE_BROWSER (which CI sets)."""
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    env = child_env(PATH=str(tmp_path / "bin"))
+    env.pop("GIGATOK_REQUIRE_BROWSER", None)
+    return env
+
+
+def test_without_chromium_the_cuda_part_sees_only_cuda_skips_and_the_browser_test_skips(tmp_path):
+    """The README's test command on a machine without Chromium (CI installs it, so the suite there cannot show
+    this): the device check's `pytest -m cuda` run must not report the browser module (its skip has no CUDA reason),
+    and a plain run skips the browser test with its reason instead of failing."""
+    env = without_browser_env(tmp_path)
+    browser, cuda = "tests/autoregressive/test_demo_browser.py", "tests/test_cuda.py"
+    junit = tmp_path / "junit.xml"
+    # the selection device_check's tests part makes (benchmarks/device_check.py part_tests)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rA", "-p", "no:cacheprovider",
+                           f"--junitxml={junit}", browser, cuda], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cases = list(ET.parse(junit).getroot().iter("testcase"))
+    assert cases and not any("test_demo_browser" in f"{c.get('classname')}::{c.get('name')}" for c in cases)
+    messages = [c.find("skipped").get("message") for c in cases]  # child_env hides any GPU: all skip
+    assert all(m and "CUDA" in m for m in messages), messages
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", browser], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "1 skipped" in proc.stdout and "needs Debian's chromium and chromium-driver" in proc.stdout
+    # CI's setting turns the missing browser into a failure, not a skip
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", browser], cwd=REPO,
+                          env={**env, "GIGATOK_REQUIRE_BROWSER": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "GIGATOK_REQUIRE_BROWSER=1 (CI) but the browser test needs" in proc.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report of a part failing for want of CUDA")

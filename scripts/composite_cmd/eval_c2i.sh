@@ -10,5 +10,6 @@ CFG_SCALE=${CFG_SCALE:-1.0}
 TOP_K=${TOP_K:-0}
 [[ "${VAL_ONLY:-False}" != "False" ]] && SKIP_FID=True
 source "$(dirname "${BASH_SOURCE[0]}")/lm_common.sh"
+require_gfid_reference
 sample_fid --cfg-scale "$CFG_SCALE" --top-k "$TOP_K"
 val_loss

@@ -9,8 +9,9 @@
 #   USE_QK_NORM (False), GPT_2D (False: the 2D-RoPE GPT for 2D tokenizers), DATASET (imagenet | imagenet_code),
 #   DATAPATH, CODEPATH, GPT_CKPT (default: derived below)
 # Evaluation: CFG_SCHEDULE (step), CFG_START_RATIO (0.18), EVAL_BATCH_PER_GPU, VAL_PATH
-#   (IMGNET_ROOT/ILSVRC2012_img_val), VAL_CODE_PATH (held-out codes instead of images), GT_NPZ_PATH, EVAL_PYTHON_PATH,
-#   SKIP_FID (False), SKIP_VAL_LOSS (False)
+#   (IMGNET_ROOT/ILSVRC2012_img_val), VAL_CODE_PATH (held-out codes instead of images), GT_NPZ_PATH
+#   (PROJECT_ROOT/VIRTUAL_imagenet256_labeled.npz, as the original; the scripts that compute a gFID check it before
+#   they launch anything), EVAL_PYTHON_PATH, SKIP_FID (False), SKIP_VAL_LOSS (False)
 # Paths: PROJECT_ROOT (.), IMGNET_ROOT, SAVE_PATH ($PROJECT_ROOT/results/gpt)
 # Extra flags: TRAIN_EXTRA_ARGS, SAMPLE_EXTRA_ARGS, VAL_EXTRA_ARGS (word-split), e.g. TRAIN_EXTRA_ARGS="--ema".
 set -euo pipefail
@@ -42,7 +43,6 @@ CFG_SCHEDULE=${CFG_SCHEDULE:-step}
 CFG_START_RATIO=${CFG_START_RATIO:-0.18}
 VAL_PATH=${VAL_PATH:-${IMGNET_ROOT}/ILSVRC2012_img_val/}
 VAL_CODE_PATH=${VAL_CODE_PATH:-}
-GT_NPZ_PATH=${GT_NPZ_PATH:-}
 EVAL_PYTHON_PATH=${EVAL_PYTHON_PATH:-}
 SKIP_FID=${SKIP_FID:-False}
 SKIP_VAL_LOSS=${SKIP_VAL_LOSS:-False}
@@ -88,8 +88,7 @@ train_lm() {  # train_lm ENTRY_SCRIPT
 
 sample_fid() {  # sample_fid EXTRA_FLAGS... : 50k samples + ADM evaluator via the sampling script
   [[ "$SKIP_FID" == "True" ]] && { echo "SKIP_FID=True: no sampling / gFID"; return 0; }
-  local eval=()
-  [[ -n "$GT_NPZ_PATH" ]] && eval+=(--gt-npz-path "$GT_NPZ_PATH")
+  local eval=(--gt-npz-path "$GT_NPZ_PATH")
   [[ -n "$EVAL_PYTHON_PATH" ]] && eval+=(--eval-python-path "$EVAL_PYTHON_PATH")
   bash "$SCRIPTS/sample_c2i_search_cfg.sh" --quant-way vq \
     --sample-dir "${PROJECT_ROOT}/results/gpt/quan_eval/${LM_EXP_DIR}/${LM_EVAL_ITER}" --vq-ckpt "$VQ_CKPT" \

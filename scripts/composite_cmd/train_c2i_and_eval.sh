@@ -5,6 +5,7 @@
 #   LM_EXP_DIR=GPT_B_on_XLXXL GT_NPZ_PATH=VIRTUAL_imagenet256_labeled.npz bash scripts/composite_cmd/train_c2i_and_eval.sh
 EVAL_BATCH_PER_GPU=${EVAL_BATCH_PER_GPU:-32}
 source "$(dirname "${BASH_SOURCE[0]}")/lm_common.sh"
+require_gfid_reference
 train_lm train_c2i.sh
 sample_fid --search
 val_loss

@@ -7,6 +7,7 @@
 EVAL_BATCH_PER_GPU=${EVAL_BATCH_PER_GPU:-16}
 CFG_SCHEDULE=step
 source "$(dirname "${BASH_SOURCE[0]}")/lm_common.sh"
+require_gfid_reference
 train_lm train_c2i_fsdp.sh
 sample_fid --search
 val_loss

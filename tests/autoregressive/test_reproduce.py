@@ -33,7 +33,14 @@ def test_list_shows_every_row_of_the_model_table():
     names = [line.split()[0] for line in proc.stdout.splitlines()[1:]]
     assert len(TOKENIZERS) == 5 and len(GPTS) == 8
     assert names == [f"rfid/{t}" for t in TOKENIZERS] + [f"gfid/{g}" for g in GPTS] + [f"probe/{g}" for g in GPTS]
-    assert "gfid/GPT-B_VQ_XLXXL" in proc.stdout and "CFG 1.75, step from 0.18, fp32, 50,000 samples" in proc.stdout
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
+    assert "CFG 1.75 at fp32, step from 0.18, 50,000 samples" in lines["gfid/GPT-B_VQ_XLXXL"]
+    # the rows without a published scale: the original's search at its training precision
+    assert "CFG search at fp16, step from 0.18" in lines["gfid/GPT-XXL_VQ_XLXXL"]
+    assert sum("CFG search at fp16" in line for line in lines.values()) == 7
+    for g in GPTS:  # the published probe batch, 128 x 64 GPUs, on any number of processes
+        assert "global batch 8,192 (128 per BatchNorm x 64 processes x accumulation steps), lr 3.2, fp16" in \
+            lines[f"probe/{g}"]
 
 
 @pytest.mark.parametrize("name", sorted(rows()))
@@ -51,7 +58,21 @@ def test_the_gfid_row_of_the_docs_and_a_searched_row(capsys):
     assert cmd[cmd.index("--cfg-scale") + 1] == "1.75" and cmd[cmd.index("--step-start-ratio") + 1] == "0.18"
     assert cmd[cmd.index("--precision") + 1] == "none" and cmd[cmd.index("--num-fid-samples") + 1] == "50000"
     assert "--search" in reproduce(["gfid/GPT-B_VQ_XLXXL", "--dry-run", "--search"])["commands"][0]
-    assert "--search" in reproduce(["gfid/GPT-XXL_VQ_XLXXL", "--dry-run"])["commands"][0]  # CFG not published
+    searched = reproduce(["gfid/GPT-XXL_VQ_XLXXL", "--dry-run"])["commands"][0]
+    assert "--search" in searched and "--cfg-scale" not in searched  # CFG not published
+    assert searched[searched.index("--precision") + 1] == "fp16"  # as the original's searching scripts
+    assert reproduce(["gfid/GPT-B_VQ_XLXXL", "--dry-run", "--search"])["commands"][0][
+        cmd.index("--precision") + 1] == "none"  # the published row keeps its fp32 when searched
+
+
+def test_the_probe_rows_run_the_published_global_batch():
+    train, evaluate = reproduce(["probe/GPT-B_VQ_XLXXL", "--dry-run"])["commands"]
+    for cmd in (train, evaluate):
+        assert cmd[cmd.index("--batch-size") + 1] == "128" and cmd[cmd.index("--global-batch-size") + 1] == "8192"
+        assert cmd[cmd.index("--blr") + 1] == "0.1"  # lr = 0.1 x 8192 / 256 = 3.2 in the driver
+    from autoregressive.lin_probe import parse_args
+    args = parse_args(train[1:])
+    assert args.global_batch_size == 8192 and args.batch_size == 128
 
 
 def test_unknown_row_and_missing_data_are_one_clear_message(tmp_path, monkeypatch):

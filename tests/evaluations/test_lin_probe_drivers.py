@@ -48,6 +48,7 @@ def _common(root, name):
 def test_tokenizer_probe_trains_checkpoints_and_reevaluates(setup):
     args = _common(setup, "tok") + ["--model-config", str(TINY), "--vq-ckpt", str(setup / "tok.pt")]
     result = tok_probe(args)
+    assert (result["global_batch_size"], result["accum_steps"]) == (4, 1)  # the original's: batch x processes
     exp = setup / "out" / "tok"
     # as the original: epoch % 2 == 0 and epoch > 0, and the last epoch
     assert sorted(p.name for p in (exp / "checkpoints").glob("*.pt")) == ["0002.pt", "0004.pt", "0005.pt"]
@@ -62,8 +63,11 @@ def test_tokenizer_probe_trains_checkpoints_and_reevaluates(setup):
 def test_gpt_probe_uses_middle_layer_features(setup):
     args = _common(setup, "gpt") + ["--tok-config", str(TINY), "--vq-ckpt", str(setup / "tok.pt"),
                                     "--gpt-model", "GPT-tiny", "--gpt-ckpt", str(setup / "gpt.pt"),
-                                    "--gpt-num-classes", "10"]
+                                    "--gpt-num-classes", "10", "--global-batch-size", "8"]
     result = gpt_probe(args)
     assert result["feature_layer"] == len(GPT_models["GPT-tiny"](vocab_size=8, block_size=4).layers) // 2
+    # 8 images per step as 2 accumulated batches of 4, lr = blr x 8 / 256
+    assert (result["global_batch_size"], result["accum_steps"]) == (8, 2) and result["lr"] == pytest.approx(0.8)
+    assert torch.load(setup / "out" / "gpt" / "checkpoints" / "0005.pt", weights_only=True)["steps"] == 12
     assert result["total"] == 8 and 0.0 <= result["top1"] <= 1.0
     assert (setup / "out" / "gpt" / "checkpoints" / "0005.pt").is_file()
