@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from autoregressive.extract_codes import code_dirs
 from autoregressive.val_loss import main as val_main
 from utils.checkpoint import save_atomic
+from utils.config import ConfigError
 
 from test_train_c2i import N_CLASSES, TINY_TOK, make_ar_data
 from testlib import threads, tiny_gpt, torchrun
@@ -84,7 +85,7 @@ def test_code_folder_matches_direct_computation_and_records(data):
 def test_mismatched_tokenizer_is_a_clear_error(data, tmp_path):
     bad = save_atomic({"model": data["model"].state_dict(), "gpt_config": {**GPT_CFG, "vocab_size": 16384}},
                       tmp_path / "checkpoints" / "0000001.pt")
-    with pytest.raises(SystemExit, match="vocab_size=16384"):
+    with pytest.raises(ConfigError, match="vocab_size=16384"):
         val_main(["--gpt-ckpt", str(bad), "--tok-config", str(TINY_TOK), "--code-path", str(data["val_codes"]),
                   "--device", "cpu", "--num-workers", "0"])
 
