@@ -110,8 +110,9 @@ def settle_tokenizer_config(vq_ckpt: str | os.PathLike | None, given: Any = None
     if stored is not None:
         if given is not None:
             ours, theirs = architecture(stored), architecture(given)
-            differ = [f"{key}: {theirs[key]!r} (the checkpoint has {ours[key]!r})" for key in ours if
-                      ours[key] != theirs.get(key)]
+            missing = "(not set)"  # the two model classes take different arguments
+            differ = [f"{key}: {theirs.get(key, missing)!r} (the checkpoint has {ours.get(key, missing)!r})"
+                      for key in [*ours, *(k for k in theirs if k not in ours)] if ours.get(key) != theirs.get(key)]
             if differ:
                 raise ConfigError(f"the tokenizer checkpoint {text} stores its config, and {flag} {given} builds "
                                   f"another model: {'; '.join(differ[:5])}"
