@@ -30,6 +30,7 @@ import torch
 from utils.checkpoint import (
     CheckpointError,
     check_state_dict,
+    describe_checkpoint,
     load_checkpoint_file,
     resolve_checkpoint,
     select_state_dict,
@@ -106,10 +107,11 @@ def identify(kind: str, config: str | None, name: str, ckpt: Mapping) -> tuple[s
         found = "gpt" if (kind == "gpt" or (kind == "auto" and _looks_like_gpt(config))) else "tokenizer"
         return found, _gpt_config(config) if found == "gpt" else _tokenizer_config(config)
     candidates = []
-    if isinstance(ckpt.get("gpt_config"), Mapping):
-        candidates.append(("gpt", lambda: _gpt_config(dict(ckpt["gpt_config"]))))
-    if isinstance(ckpt.get("config"), Mapping) and "model" in ckpt["config"]:
-        candidates.append(("tokenizer", lambda: _tokenizer_config(dict(ckpt["config"]))))
+    description = describe_checkpoint(ckpt, name)  # the checkpoint's own record, read as every loader reads it
+    if description.kind == "gpt" and not description.partial:
+        candidates.append(("gpt", lambda: _gpt_config(dict(description.config))))
+    if description.kind == "tokenizer":
+        candidates.append(("tokenizer", lambda: _tokenizer_config(dict(description.config))))
     if find_tokenizer(name) is not None:
         candidates.append(("tokenizer", lambda: _tokenizer_config(find_tokenizer(name).name)))
     if find_gpt(name) is not None:

@@ -6,6 +6,8 @@ ADM centre crop enlarged by ``--crop-range`` (10 views), or the centre crop and 
 Files are written atomically (labels last), so ``--resume`` after a kill skips exactly the finished images.
 Runs alone or under torchrun (each rank takes every world_size-th image). The weights are the checkpoint's
 ``model`` entry, as the original (``--use-ema`` for ``ema``); TF32 is on for CUDA as the original (``--no-tf32``).
+A tokenizer checkpoint that stores its config (a training checkpoint, a ``save_pretrained`` folder) needs no
+``--model-config`` (given, it must build the same model); ``--image-size`` defaults to the tokenizer's.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import torch
 from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
-from tokenizer import load_tokenizer, read_tokenizer_config
+from tokenizer import load_tokenizer, read_tokenizer_config, settle_tokenizer_config, tokenizer_info
 from utils.checkpoint import resolve_checkpoint, sha256_file
 from utils.data import ImageFolderDataset, center_crop_arr, collate_skip_bad, to_model_range
 from utils.distributed import barrier, finish, init_distributed
@@ -57,12 +59,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-path", required=True, help="ImageFolder-style image tree (e.g. ILSVRC2012_img_train)")
     p.add_argument("--code-path", required=True, help="output folder for the code and label files")
     p.add_argument("--dataset", default="imagenet", help="dataset name used in the output folder names")
-    p.add_argument("--image-size", type=int, default=256, help="crop size; must match the tokenizer")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="crop size; must match the tokenizer (default: the tokenizer's)")
     p.add_argument("--ten-crop", action="store_true", help="10 views (ten-crop) instead of centre crop + mirror")
     p.add_argument("--crop-range", type=float, default=1.1, help="ten-crop source size = image-size * crop-range")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch and process")
     p.add_argument("--num-workers", type=int, default=4, help="DataLoader workers per process")
-    p.add_argument("--model-config", "--tok-config", dest="model_config", required=True, help="tokenizer YAML")
+    p.add_argument("--model-config", "--tok-config", dest="model_config", default=None,
+                   help="tokenizer YAML (default: the checkpoint's stored config, or the released model's YAML)")
     p.add_argument("--vq-ckpt", required=True, help="tokenizer weights (local file, released name, hf://...)")
     p.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family")
     p.add_argument("--resume", action="store_true", help="skip images whose code and label files both exist")
@@ -84,14 +88,17 @@ def main(argv=None) -> dict:
     dist = init_distributed(args.device)
     args.device = str(dist.device)
     configure_tf32(dist.device, not args.no_tf32)
-    cfg = read_tokenizer_config(args.model_config)
     if dist.is_main:
         resolve_checkpoint(args.vq_ckpt)
     barrier()
     ckpt = resolve_checkpoint(args.vq_ckpt)
+    args.model_config = settle_tokenizer_config(args.vq_ckpt, args.model_config, flag="--model-config")
+    cfg = read_tokenizer_config(args.model_config)
+    args.image_size = args.image_size or tokenizer_info(cfg)["image_size"]
+    config_label = f"stored in {args.vq_ckpt}" if isinstance(args.model_config, dict) else str(args.model_config)
     ckpt_sha256 = sha256_file(ckpt)
     entry = "ema" if args.use_ema else "model"
-    identity = {"vq_ckpt_sha256": ckpt_sha256, "tokenizer_config": str(args.model_config), "weights_entry": entry,
+    identity = {"vq_ckpt_sha256": ckpt_sha256, "tokenizer_config": config_label, "weights_entry": entry,
                 "image_size": args.image_size, "ten_crop": args.ten_crop,
                 "crop_range": args.crop_range if args.ten_crop else None,
                 "precision": "none" if args.precision == "fp32" else args.precision}
@@ -136,7 +143,7 @@ def main(argv=None) -> dict:
         print(f"[extract_codes] rank {dist.rank}: skipped unreadable image {dataset.items[i][0]}")
     barrier()
     summary = {"images": len(dataset), "written_by_rank0": written, "views": 10 if args.ten_crop else 2,
-               "tokens": model.num_tokens, "classes": dataset.classes, "tokenizer_config": str(args.model_config),
+               "tokens": model.num_tokens, "classes": dataset.classes, "tokenizer_config": config_label,
                "vq_ckpt": str(args.vq_ckpt), "codebook_size": model.codebook_size, "tf32": not args.no_tf32,
                "device": args.device, **identity}
     if dist.is_main:

@@ -5,16 +5,24 @@ import json
 import os
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import torch
 
 from autoregressive.models.gpt import GPT_models, ModelArgs, Transformer
-from utils.checkpoint import PRETRAINED_WEIGHTS, load_weights
+from utils.checkpoint import (
+    PRETRAINED_WEIGHTS,
+    ModelDescription,
+    is_checkpoint_file,
+    load_weights,
+    read_model_description,
+    settle_flags,
+)
 from utils.config import ConfigError, check_keys, load_config, to_plain
 from utils.pretrained import GPT_CONFIG, pretrained_folder
 
-__all__ = ["load_gpt", "build_gpt", "gpt_config_of", "add_variant_flags", "GPT_CHECKPOINT_ENTRIES"]
+__all__ = ["load_gpt", "build_gpt", "gpt_config_of", "add_variant_flags", "GPT_CHECKPOINT_ENTRIES", "GPT_FLAGS",
+           "gpt_description", "settle_gpt_flags", "gpt_build_config"]
 
 # The original samplers read checkpoint["model"], else ["module"] (DeepSpeed), else ["state_dict"];
 # an "ema" entry, if a file had one, is ignored by them, so it is ignored here too.
@@ -34,6 +42,9 @@ def _parse(name_or_config: Any, model_kwargs: dict) -> tuple[str, dict, Optional
             raise ConfigError(f"{str(folder / GPT_CONFIG)!r} is not valid JSON: {exc}") from exc
         name, kwargs, _ = _parse(stored, model_kwargs)
         return name, kwargs, str(folder / PRETRAINED_WEIGHTS)
+    if is_checkpoint_file(name_or_config):  # a checkpoint that stores its model (e.g. a GPT training checkpoint)
+        name, kwargs = _from_description(gpt_description(name_or_config), model_kwargs)
+        return name, kwargs, os.fspath(name_or_config)
     if isinstance(name_or_config, str) and not Path(name_or_config).exists():
         from utils.released import find_gpt
         released = find_gpt(name_or_config)
@@ -82,7 +93,11 @@ def load_gpt(name_or_config: Any, checkpoint: Optional[str | os.PathLike] = None
     :class:`~autoregressive.models.gpt.ModelArgs` fields (optionally under a ``gpt:`` section, and optionally a
     ``gpt_ckpt``). ``model_kwargs`` override the config (e.g. ``vocab_size=16384, block_size=256``).
     ``name_or_config`` may also be a released GPT's name (``"GPT-B_VQ_XLXXL"``) or a ``save_pretrained`` folder /
-    ``hf://OWNER/REPO`` (its ``config.json`` and ``model.safetensors``).
+    ``hf://OWNER/REPO`` (its ``config.json`` and ``model.safetensors``), or a checkpoint file that describes its model
+    (a training checkpoint's ``gpt_config``: ``load_gpt("exp/checkpoints/0001000.pt")``); then ``checkpoint``
+    defaults to that file and ``model_kwargs`` must agree with the stored config (a ConfigError names the
+    disagreement), except the training-only ones (dropout, init). A file that stores no config (a released file,
+    bare weights) still needs its preset, as before.
     ``checkpoint`` is a local file, a released file name on the Hub (``GPT_B256_e300_VQ_XLXXL.pt``) or
     ``hf://OWNER/REPO/FILE``; the weights come from its ``model`` entry (else ``module``, else ``state_dict``,
     else the file is a bare state dict), with ``module.`` / ``_orig_mod.`` prefixes stripped. Any missing,
@@ -116,3 +131,81 @@ def add_variant_flags(parser) -> None:
     parser.add_argument("--simple-adaLN", action="store_true",
                         help="the original's simple adaLN (one shared modulation Linear plus a per-block offset; "
                              "unused by the released GPTs); not implemented here: building the model raises")
+
+
+# ----- checkpoints that describe their model -------------------------------------------------------------------------
+# Model arguments that only matter while training (dropout, init): a caller may set them freely on a described
+# checkpoint. Every other argument changes the weights' shapes or the outputs and must agree with the checkpoint.
+TRAINING_ONLY_ARGS = {"token_dropout_p", "attn_dropout_p", "resid_dropout_p", "ffn_dropout_p", "drop_path_rate",
+                      "class_dropout_prob", "initializer_range", "use_flash_attn"}
+
+# The GPT model flags of the entry points: (flag, argparse attribute, gpt_config key, default). The default applies
+# only when neither the flag nor the checkpoint gives the value (a released file or a bare state dict): as before.
+GPT_FLAGS = (
+    ("--gpt-model", "gpt_model", "gpt_model", "GPT-B"),
+    ("--num-classes", "num_classes", "num_classes", 1000),
+    ("--cls-token-num", "cls_token_num", "cls_token_num", 1),
+    ("--qk-norm", "qk_norm", "use_qk_norm", False),
+    ("--gpt-2d", "gpt_2d", "gpt_2d", False),
+)
+
+
+def gpt_description(checkpoint: str | os.PathLike) -> ModelDescription:
+    """What a GPT checkpoint says about its model (:func:`utils.checkpoint.read_model_description`). A released
+    file named as on the Hub (``GPT_B256_e300_VQ_XLXXL.pt``, not a local path) is not read: released files are
+    described by the name registry and the flags, as they always were."""
+    from utils.released import find_gpt
+
+    text = os.fspath(checkpoint)
+    if not Path(text).exists() and find_gpt(Path(text).name) is not None and "/" not in text:
+        return ModelDescription(text, 0)
+    return read_model_description(checkpoint)
+
+
+def _from_description(description: ModelDescription, model_kwargs: Mapping) -> tuple[str, dict]:
+    """(preset, constructor kwargs) of a described GPT checkpoint; ``model_kwargs`` must agree with it except on
+    :data:`TRAINING_ONLY_ARGS`."""
+    source = description.source
+    if description.kind == "tokenizer":
+        raise ConfigError(f"{source!r} is a tokenizer checkpoint (it stores a tokenizer config): load it with "
+                          "tokenizer.load_tokenizer")
+    if description.kind != "gpt":
+        raise ConfigError(f"{source!r} stores no GPT config (a released file or bare weights): name the model, "
+                          f"e.g. load_gpt('GPT-B', {source!r}, vocab_size=16384, block_size=256, num_classes=1000)")
+    config = dict(description.config)
+    check_keys(config, _ARG_NAMES | {"gpt_model"}, f"{source}: gpt_config")
+    name = config.pop("gpt_model")
+    if name not in GPT_models:
+        raise ConfigError(f"{source!r} stores gpt_model={name!r}, which is not a preset ({sorted(GPT_models)})")
+    clashes = [f"{key}={value!r} (the checkpoint has {config[key]!r})" for key, value in model_kwargs.items()
+               if key in config and key not in TRAINING_ONLY_ARGS and value != config[key]]
+    if clashes:
+        raise ConfigError(f"the GPT checkpoint {source} describes its model, and the given arguments contradict it: "
+                          f"{'; '.join(clashes)}")
+    return name, {**config, **model_kwargs}
+
+
+def settle_gpt_flags(args: Any, checkpoint: str | os.PathLike,
+                     flags: Iterable[tuple[str, str, str, Any]] = GPT_FLAGS) -> ModelDescription:
+    """Fill the entry point's GPT model flags (:data:`GPT_FLAGS`, None = not given) from the checkpoint's stored
+    config, or refuse one that contradicts it (one ConfigError naming the flag, the checkpoint's value and the given
+    one); a checkpoint without a config keeps the flags and their old defaults. Returns the description."""
+    description = gpt_description(checkpoint)
+    stored = description.config if description.kind == "gpt" else None
+    settle_flags(args, stored, flags, os.fspath(checkpoint))
+    return description
+
+
+def gpt_build_config(args: Any, description: ModelDescription, vocab_size: int, block_size: int,
+                     tokenizer_label: str = "the tokenizer", num_classes_attr: str = "num_classes") -> dict:
+    """The ``load_gpt`` config of an entry point: the checkpoint's stored model arguments, the settled flags (see
+    :func:`settle_gpt_flags`) and the tokenizer's vocabulary and token count, which must be the ones the GPT was
+    trained with."""
+    stored = dict(description.config) if description.kind == "gpt" else {}
+    for key, value in (("vocab_size", vocab_size), ("block_size", block_size)):
+        if key in stored and int(stored[key]) != int(value):
+            raise ConfigError(f"the GPT checkpoint {description.source} was trained with {key}={stored[key]}, but "
+                              f"{tokenizer_label} gives {key}={value}: use the tokenizer the GPT was trained on")
+    return {**stored, "gpt_model": args.gpt_model, "vocab_size": int(vocab_size), "block_size": int(block_size),
+            "num_classes": int(getattr(args, num_classes_attr)), "cls_token_num": int(args.cls_token_num),
+            "use_qk_norm": bool(args.qk_norm), "gpt_2d": bool(args.gpt_2d)}

@@ -137,13 +137,36 @@ def missing_inputs(row: Row, inp: Inputs) -> list[str]:
 
 # ----- the commands ----------------------------------------------------------------------------------------------
 
+def describes_itself(checkpoint: str | None, kind: str) -> bool:
+    """A local checkpoint that stores its ``kind`` ("gpt" / "tokenizer") config: its commands need no model flags.
+    Released files (Hub names) store none, so their rows keep every flag."""
+    if checkpoint is None or not Path(checkpoint).is_file():
+        return False
+    from utils.checkpoint import CheckpointError, read_model_description
+    try:
+        description = read_model_description(checkpoint)
+    except CheckpointError:
+        return False  # the driver reports the file itself
+    return description.kind == kind and not description.partial
+
+
+def model_flags(inp: Inputs, tokenizer_flag: str, num_classes_flag: str | None = None) -> list[str]:
+    """The model flags a row's command needs: none for what a checkpoint describes itself."""
+    flags = [] if describes_itself(inp.vq_ckpt, "tokenizer") else [tokenizer_flag, inp.tok_config]
+    if num_classes_flag is None:
+        return flags
+    if not describes_itself(inp.gpt_ckpt, "gpt"):
+        flags += ["--gpt-model", inp.gpt_model] + ([num_classes_flag, str(inp.num_classes)] if inp.tiny else [])
+    return flags
+
+
 def commands(row: Row, inp: Inputs, out: Path, search: bool) -> list[list[str]]:
     """The entry-script command lines of the row, in order (``bash scripts/<script> ...``)."""
     s, safe = row.settings, row.name.split("/", 1)[1]
     if row.kind == "rfid":
         cmd = ["reconstruction.sh", "--data-path", inp.val_path, "--image-size", str(inp.image_size), "--quant-way",
                "vq", "--sample-dir", str(out / "rfid"), "--run-name", safe, "--vq-ckpt", inp.vq_ckpt,
-               "--model-config", inp.tok_config, "--gt-npz-path", inp.val_npz, "--precision", s["precision"],
+               *model_flags(inp, "--model-config"), "--gt-npz-path", inp.val_npz, "--precision", s["precision"],
                "--per-proc-batch-size", str(s["per_proc_batch_size"]), "--clear-cache"]
         if not inp.tiny:
             cmd.append("--lpips")  # the tiny chain runs offline: no VGG weights
@@ -152,13 +175,13 @@ def commands(row: Row, inp: Inputs, out: Path, search: bool) -> list[list[str]]:
         return [cmd]
     if row.kind == "gfid":
         cmd = ["sample_c2i_search_cfg.sh", "--quant-way", "vq", "--image-size", str(inp.image_size), "--sample-dir",
-               str(out / "gfid" / safe), "--vq-ckpt", inp.vq_ckpt, "--tok-config", inp.tok_config, "--gpt-model",
-               inp.gpt_model, "--gpt-ckpt", inp.gpt_ckpt, "--cfg-schedule", s["cfg_schedule"], "--step-start-ratio",
+               str(out / "gfid" / safe), "--vq-ckpt", inp.vq_ckpt, *model_flags(inp, "--tok-config", "--num-classes"),
+               "--gpt-ckpt", inp.gpt_ckpt, "--cfg-schedule", s["cfg_schedule"], "--step-start-ratio",
                str(s["step_start_ratio"]), "--precision", s["precision"], "--global-seed", str(s["global_seed"]),
                "--gt-npz-path", inp.gt_npz, "--clear-cache"]
         if inp.tiny:  # CPU: fp32 whatever the row's precision
-            cmd += ["--num-classes", str(inp.num_classes), "--num-fid-samples", "60", "--per-proc-batch-size", "30",
-                    "--fid-method", "eigh", "--precision", "none"]
+            cmd += ["--num-fid-samples", "60", "--per-proc-batch-size", "30", "--fid-method", "eigh", "--precision",
+                    "none"]
         else:
             cmd += ["--num-fid-samples", str(s["num_fid_samples"]), "--per-proc-batch-size",
                     str(s["per_proc_batch_size"])]
@@ -168,14 +191,13 @@ def commands(row: Row, inp: Inputs, out: Path, search: bool) -> list[list[str]]:
             cmd += ["--cfg-scale", str(s["cfg_scale"])]
         return [cmd]
     exp = out / "probe"
-    common = ["--save-path", str(exp), "--sub-exp-dir", safe, "--model-config", inp.tok_config, "--vq-ckpt",
-              inp.vq_ckpt, "--gpt-model", inp.gpt_model, "--gpt-ckpt", inp.gpt_ckpt, "--blr", str(s["blr"]),
+    common = ["--save-path", str(exp), "--sub-exp-dir", safe, *model_flags(inp, "--model-config", "--gpt-num-classes"),
+              "--vq-ckpt", inp.vq_ckpt, "--gpt-ckpt", inp.gpt_ckpt, "--blr", str(s["blr"]),
               "--ckpt-epoch", str(s["ckpt_epoch"]), "--mixed-precision", s["mixed_precision"]]
     if inp.tiny:
         common += ["--train-path", str(Path(inp.imagenet) / "train"), "--val-path", str(Path(inp.imagenet) / "val"),
                    "--data-path", inp.imagenet, "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "8",
-                   "--global-batch-size", "16",
-                   "--num-classes", str(inp.num_classes), "--gpt-num-classes", str(inp.num_classes),
+                   "--global-batch-size", "16", "--num-classes", str(inp.num_classes),
                    "--mixed-precision", "none", "--num-workers", "0"]
     else:
         common += ["--data-path", inp.imagenet, "--epochs", str(s["epochs"]), "--batch-size", str(s["batch_size"]),

@@ -15,6 +15,12 @@ TF32 matmuls are on for CUDA, as the original's samplers (``--no-tf32`` turns th
 Image ``i``'s class and random numbers come from generators seeded by ``(global seed, i)``, so the images do not
 depend on the number of processes or the batch size. ``sample_settings.json`` records everything needed to
 reproduce a folder (settings, world size, checkpoints and their sha256).
+
+A checkpoint that describes its model (a training checkpoint's ``gpt_config``, a tokenizer training checkpoint's
+``config``, a ``save_pretrained`` folder) needs no model flags: ``--gpt-ckpt ... --vq-ckpt ...`` suffice. The model
+flags (``--gpt-model``, ``--num-classes``, ``--cls-token-num``, ``--qk-norm``, ``--gpt-2d``, ``--tok-config``) stay
+as optional checks: one that contradicts the checkpoint is an error naming both values. Released files store no
+config: for them the flags and their defaults apply as before.
 """
 from __future__ import annotations
 
@@ -32,10 +38,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from autoregressive import cfg_search, generate, load_gpt
+from autoregressive.loading import gpt_build_config, settle_gpt_flags
 from autoregressive.models.generate import sample_generators
 from autoregressive.models.gpt import CPU_KERNELS
 from autoregressive.models.static_decode import ATTENTION_KERNELS, COMPILE_MODES, StaticDecoder, packed_kernel
-from tokenizer import load_tokenizer
+from tokenizer import load_tokenizer, settle_tokenizer_config, tokenizer_info
 from utils.checkpoint import CheckpointError, resolve_checkpoint, sha256_file
 from utils.data import to_uint8
 from utils.distributed import barrier, finish, init_distributed
@@ -49,15 +56,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--mode", choices=["visualize", "fid"], default="visualize", help="class grids or gFID samples")
     g = p.add_argument_group("models")
-    g.add_argument("--gpt-model", default="GPT-B", help="GPT preset (GPT-B, GPT-L, GPT-XL, GPT-XXL, ...)")
+    g.add_argument("--gpt-model", default=None,
+                   help="GPT preset (GPT-B, GPT-L, GPT-XL, GPT-XXL, ...; default: the checkpoint's, else GPT-B)")
     g.add_argument("--gpt-ckpt", required=True, help="GPT weights: local file, released name or hf://OWNER/REPO/FILE")
     g.add_argument("--gpt-type", choices=["c2i"], default="c2i", help="only class-conditional models exist")
-    g.add_argument("--cls-token-num", type=int, default=1, help="class-condition tokens")
-    g.add_argument("--qk-norm", action="store_true", help="the GPT was trained with QK-norm (not the released ones)")
-    g.add_argument("--gpt-2d", action="store_true", help="the GPT is the 2D-RoPE variant (GPT_models_2d)")
-    g.add_argument("--num-classes", type=int, default=1000, help="classes the GPT was trained with")
+    g.add_argument("--cls-token-num", type=int, default=None, help="class-condition tokens (default: the "
+                   "checkpoint's, else 1)")
+    # store_true with default None: "not given" (None) is told apart from "given" (True) to check the checkpoint
+    g.add_argument("--qk-norm", action="store_true", default=None,
+                   help="the GPT was trained with QK-norm (default: as the checkpoint records; released GPTs: off)")
+    g.add_argument("--gpt-2d", action="store_true", default=None,
+                   help="the GPT is the 2D-RoPE variant (default: as the checkpoint records; released GPTs: off)")
+    g.add_argument("--num-classes", type=int, default=None,
+                   help="classes the GPT was trained with (default: the checkpoint's, else 1000)")
     g.add_argument("--vq-ckpt", required=True, help="tokenizer weights")
-    g.add_argument("--tok-config", "--model-config", dest="tok_config", required=True, help="tokenizer YAML")
+    g.add_argument("--tok-config", "--model-config", dest="tok_config", default=None,
+                   help="tokenizer YAML (default: the tokenizer checkpoint's stored config, the released model's "
+                        "YAML, or the one the GPT checkpoint records)")
     g.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family")
     g.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="GPT weight/cache dtype")
     g.add_argument("--decode", choices=["static", "eager"], default="static",
@@ -151,6 +166,22 @@ def fid_labels(seed: int, indices: list[int], num_classes: int) -> torch.Tensor:
     return torch.tensor([int(torch.randint(num_classes, (), generator=g)) for g in gens], dtype=torch.long)
 
 
+def settle_models(args: argparse.Namespace) -> None:
+    """Model flags from the checkpoints: each flag not given takes the checkpoint's value (else its old default), a
+    given one must agree with the checkpoint (one ConfigError names the flag and both values); ``args.tok_config``
+    becomes the tokenizer's config and ``args.gpt_config`` what ``load_gpt`` builds."""
+    description = settle_gpt_flags(args, args.gpt_ckpt)
+    args.tok_config = settle_tokenizer_config(args.vq_ckpt, args.tok_config, description)
+    info = tokenizer_info(args.tok_config)
+    args.gpt_config = gpt_build_config(args, description, info["codebook_size"], info["num_tokens"],
+                                       f"the tokenizer {tokenizer_label(args)}")
+
+
+def tokenizer_label(args: argparse.Namespace) -> str:
+    """The tokenizer config's file, or the checkpoint that stores it, for messages and the CFG search table."""
+    return str(args.tok_config) if isinstance(args.tok_config, (str, Path)) else f"stored in {args.vq_ckpt}"
+
+
 class Sampler:
     """Loaded models plus the sampling settings; ``images(labels, indices)`` -> uint8 NHWC."""
 
@@ -161,12 +192,10 @@ class Sampler:
         if size != self.tok.image_size:
             raise ValueError(f"--image-size {size} does not match the tokenizer's {self.tok.image_size}")
         try:
-            self.gpt = load_gpt(args.gpt_model, resolve_checkpoint(args.gpt_ckpt), device=device,
-                                dtype=storage_dtype(args.precision), vocab_size=self.tok.codebook_size,
-                                block_size=self.tok.num_tokens, num_classes=args.num_classes,
-                                cls_token_num=args.cls_token_num, use_qk_norm=args.qk_norm, gpt_2d=args.gpt_2d)
+            self.gpt = load_gpt(args.gpt_config, resolve_checkpoint(args.gpt_ckpt), device=device,
+                                dtype=storage_dtype(args.precision))
         except CheckpointError as exc:
-            raise CheckpointError(f"{exc}\nThe GPT was built for the tokenizer {args.tok_config} (vocabulary "
+            raise CheckpointError(f"{exc}\nThe GPT was built for the tokenizer {tokenizer_label(args)} (vocabulary "
                                   f"{self.tok.codebook_size}, {self.tok.num_tokens} tokens) and --num-classes "
                                   f"{args.num_classes}; a GPT trained for another tokenizer cannot be used.") from exc
         self.decoder = None
@@ -288,13 +317,21 @@ def run_inputs(args) -> dict:
         args._run_inputs = {
             "gpt_ckpt_sha256": sha256_file(resolve_checkpoint(args.gpt_ckpt)),
             "vq_ckpt_sha256": sha256_file(resolve_checkpoint(args.vq_ckpt)),
-            "tok_config_sha256": sha256_file(args.tok_config), "gpt_model": args.gpt_model,
+            "tok_config_sha256": config_sha256(args.tok_config), "gpt_model": args.gpt_model,
             "num_classes": args.num_classes, "num_fid_samples": args.num_fid_samples, "precision": args.precision,
             "top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature,
             "cfg_interval": args.cfg_interval, "image_size_eval": args.image_size_eval, "seed": args.global_seed,
             "qk_norm": args.qk_norm, "gpt_2d": args.gpt_2d,
             "reference_sha256": sha256_file(ref) if ref and Path(ref).is_file() else None, **decode_inputs(args)}
     return args._run_inputs
+
+
+def config_sha256(config) -> str:
+    """sha256 of a config file, or of a stored config's canonical JSON (a checkpoint that carries its config)."""
+    import hashlib
+    if isinstance(config, (str, Path)):
+        return sha256_file(config)
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def run_key(args) -> str:
@@ -398,7 +435,8 @@ def search(args, sampler: Sampler, dist) -> dict:
         raise ValueError("--search needs --gt-npz-path (the reference batch to compute FID against)")
     start = args.cfg_scale_start
     if start is None:
-        start = cfg_search.empirical_cfg_start(args.gpt_model, args.cfg_schedule, args.tok_config, args.gpt_ckpt)
+        start = cfg_search.empirical_cfg_start(args.gpt_model, args.cfg_schedule, tokenizer_label(args),
+                                               args.gpt_ckpt)
     path, first_start = csv_path(args), start
     if args.cfg_schedule == "rectangular":
         windows = [{"window_start": ws, "window_end": we} for ws, we in cfg_search.rectangular_grid()]
@@ -444,14 +482,15 @@ def plot_search(path: Path) -> Path | None:
 @torch.no_grad()
 def main(argv=None):
     args = parse_args(argv)
-    if args.search and args.mode == "fid":
-        cfg_search.empirical_cfg_start(args.gpt_model, args.cfg_schedule)  # an unsearchable schedule fails here
+    if args.search and args.mode == "fid":  # an unsearchable schedule fails here (the preset does not matter)
+        cfg_search.empirical_cfg_start(args.gpt_model or "GPT-B", args.cfg_schedule)
     dist = init_distributed(args.device)
     args.device = str(dist.device)  # sample_settings.json records the device used, not "auto"
     configure_tf32(dist.device, not args.no_tf32)
     if dist.is_main:  # download once; other ranks then read the Hub cache
         resolve_checkpoint(args.vq_ckpt), resolve_checkpoint(args.gpt_ckpt)
     barrier()
+    settle_models(args)  # before anything reads a model flag
     if args.mode == "visualize":
         parse_class_ids(args.class_idx, args.num_classes)  # fail before loading models
     sampler = Sampler(args, dist.device)

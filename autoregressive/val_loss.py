@@ -1,8 +1,7 @@
 """Validation cross-entropy of a class-conditional GPT on a held-out image folder or code folder.
 
     python -m autoregressive.val_loss --gpt-ckpt results/gpt/run/checkpoints/0010000.pt \
-        --tok-config configs/vq/VQ_XLXXL256.yaml --vq-ckpt VQ_XLXXL256_e300.pt \
-        --data-path $IMGNET_ROOT/ILSVRC2012_img_val
+        --vq-ckpt VQ_XLXXL256_e300.pt --data-path $IMGNET_ROOT/ILSVRC2012_img_val
     GPUS=8 bash scripts/val_loss_c2i.sh ...
 
 Images are ADM centre-cropped and tokenised (as the original); with ``--dataset imagenet_code`` stored codes are
@@ -15,6 +14,10 @@ Reported: ``val_loss``, the token-weighted mean cross-entropy (nats/token) over 
 per position. Rank 0 appends a record to ``<run>/val_results.json`` (a list) and the original's two lines
 ``gpt_iter: <step>`` / ``val_loss: <x>`` to ``<run>/val_results.txt``, ``<run>`` being the folder above the
 checkpoint's ``checkpoints/`` folder.
+
+The GPT's model flags (``--gpt-model``, ``--num-classes``, ``--cls-token-num``, ``--qk-norm``, ``--gpt-2d``) and the
+tokenizer config default to what the checkpoints record (the GPT's ``gpt_config``, the tokenizer checkpoint's
+``config``, the released model's YAML); a flag that contradicts the checkpoint is an error naming both values.
 """
 from __future__ import annotations
 
@@ -29,10 +32,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from autoregressive.loading import add_variant_flags, load_gpt
+from autoregressive.loading import add_variant_flags, gpt_build_config, load_gpt, settle_gpt_flags
 from autoregressive.models.gpt import GPT_models
-from tokenizer import tokenizer_info
-from utils.checkpoint import CheckpointError, load_checkpoint_file, resolve_checkpoint, sha256_file
+from tokenizer import settle_tokenizer_config, tokenizer_info
+from utils.checkpoint import resolve_checkpoint, sha256_file
 from utils.cli import HelpFormatter
 from utils.data import CodeDataset, ImageFolderDataset, collate_skip_bad
 from utils.distributed import barrier, finish, init_distributed
@@ -46,22 +49,25 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="GPT size preset (None: from the checkpoint's gpt_config/args, else GPT-B)")
     p.add_argument("--gpt-type", choices=["c2i"], default="c2i",
                    help="model type; only c2i (class-conditional) is implemented")
-    p.add_argument("--gpt-2d", action="store_true",
+    # store_true with default None: "not given" (None) is told apart from "given" (True) to check the checkpoint
+    p.add_argument("--gpt-2d", action="store_true", default=None,
                    help="the 2D-RoPE GPT (default: as the checkpoint's gpt_config records; the released GPTs are 1D)")
     p.add_argument("--ema", action="store_true", help="evaluate the checkpoint's EMA weights (its 'ema' entry)")
     p.add_argument("--from-fsdp", action="store_true", help="accepted for compatibility (bare state dicts load anyway)")
-    p.add_argument("--cls-token-num", type=int, default=1,
-                   help="condition tokens before the image tokens; must be 1 for c2i (as the original's gpt_1d)")
-    p.add_argument("--qk-norm", action="store_true",
-                   help="the GPT was trained with QK-norm (also switched on when the checkpoint's gpt_config says "
-                        "so; the released GPTs have none)")
+    p.add_argument("--cls-token-num", type=int, default=None,
+                   help="condition tokens before the image tokens; must be 1 for c2i (as the original's gpt_1d; "
+                        "default: the checkpoint's, else 1)")
+    p.add_argument("--qk-norm", action="store_true", default=None,
+                   help="the GPT was trained with QK-norm (default: as the checkpoint's gpt_config records; the "
+                        "released GPTs have none)")
     add_variant_flags(p)
     p.add_argument("--flash-attn", action="store_true", help="accepted; PyTorch picks the attention kernel")
     p.add_argument("--num-classes", type=int, default=None,
                    help="number of class labels (None: from the checkpoint, else 1000)")
     p.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family of the tokenizer; only vq")
-    p.add_argument("--tok-config", "--model-config", dest="tok_config", required=True,
-                   help="tokenizer YAML (vocabulary and length)")
+    p.add_argument("--tok-config", "--model-config", dest="tok_config", default=None,
+                   help="tokenizer YAML (vocabulary and length; default: the tokenizer checkpoint's stored config, "
+                        "the released model's YAML, or the one the GPT checkpoint records)")
     p.add_argument("--vq-ckpt", default=None, help="tokenizer weights (needed for image folders)")
     p.add_argument("--data-path", default=None, help="held-out ImageFolder (e.g. ILSVRC2012_img_val)")
     p.add_argument("--code-path", default=None, help="held-out codes from autoregressive.extract_codes")
@@ -102,24 +108,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _stored_gpt_config(path: Path) -> dict:
-    """The GPT settings a checkpoint records (``gpt_config``, else the training args); {} if it cannot be read
-    (load_gpt then reports the file properly)."""
-    try:
-        ckpt = load_checkpoint_file(path, mmap=True)
-    except CheckpointError:
-        return {}
-    if not isinstance(ckpt, dict):
-        return {}
-    out = dict(ckpt.get("gpt_config") or {})
-    train_args = ckpt.get("args")
-    train_args = vars(train_args) if isinstance(train_args, argparse.Namespace) else (train_args or {})
-    if isinstance(train_args, dict):
-        for key, name in (("gpt_model", "gpt_model"), ("num_classes", "num_classes"),
-                          ("use_qk_norm", "qk_norm"), ("gpt_2d", "gpt_2d")):
-            if key not in out and name in train_args:
-                out[key] = train_args[name]
-    return out
+def settle_models(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(GPT config to build, tokenizer info) with the model flags settled against the checkpoints (see
+    autoregressive.loading.settle_gpt_flags): a flag not given takes the checkpoint's value, a given one must agree;
+    ``args.tok_config`` becomes the tokenizer's config (a path or the stored dict)."""
+    description = settle_gpt_flags(args, args.gpt_ckpt)
+    args.tok_config = settle_tokenizer_config(args.vq_ckpt, args.tok_config, description)
+    tok_info = tokenizer_info(args.tok_config)
+    label = args.tok_config if isinstance(args.tok_config, str) else f"stored in {args.vq_ckpt or args.gpt_ckpt}"
+    cfg = gpt_build_config(args, description, tok_info["codebook_size"], tok_info["num_tokens"],
+                           f"the tokenizer config {label}")
+    # evaluation: the dropout settings of training are off; the original's variant switches are refused when built
+    cfg.update(rope=args.rope, use_adaLN=args.adaLN, use_simple_adaLN=args.simple_adaLN, token_dropout_p=0.0,
+               resid_dropout_p=0.0, ffn_dropout_p=0.0, drop_path_rate=0.0)
+    return cfg, tok_info
 
 
 class _Codes(torch.utils.data.Dataset):
@@ -141,28 +143,16 @@ def main(argv=None) -> dict:
     args.device = str(d.device)  # results record the device used, not "auto"
     device = d.device
     configure_tf32(device, not args.no_tf32)
-    tok_info = tokenizer_info(args.tok_config)
+    if d.is_main:  # download once; other ranks then read the Hub cache
+        resolve_checkpoint(args.gpt_ckpt)
+        if args.vq_ckpt:
+            resolve_checkpoint(args.vq_ckpt)
+    barrier()
+    ckpt_path = resolve_checkpoint(args.gpt_ckpt)
+    cfg, tok_info = settle_models(args)
     image_size = args.image_size or tok_info["image_size"]
     if image_size != tok_info["image_size"]:
         raise SystemExit(f"--image-size {image_size} does not match the tokenizer's {tok_info['image_size']}")
-
-    if d.is_main:
-        resolve_checkpoint(args.gpt_ckpt)
-    barrier()
-    ckpt_path = resolve_checkpoint(args.gpt_ckpt)
-    stored = _stored_gpt_config(ckpt_path)
-    cfg = {"gpt_model": args.gpt_model or stored.get("gpt_model", "GPT-B"),
-           "vocab_size": tok_info["codebook_size"], "block_size": tok_info["num_tokens"],
-           "num_classes": args.num_classes or stored.get("num_classes", 1000),
-           "cls_token_num": args.cls_token_num, "use_qk_norm": bool(args.qk_norm or stored.get("use_qk_norm", False)),
-           "class_dropout_prob": stored.get("class_dropout_prob", 0.1),
-           "gpt_2d": bool(args.gpt_2d or stored.get("gpt_2d", False)),
-           "rope": args.rope, "use_adaLN": args.adaLN, "use_simple_adaLN": args.simple_adaLN,
-           "token_dropout_p": 0.0, "resid_dropout_p": 0.0, "ffn_dropout_p": 0.0, "drop_path_rate": 0.0}
-    for key in ("vocab_size", "block_size"):
-        if key in stored and int(stored[key]) != cfg[key]:
-            raise SystemExit(f"the checkpoint was trained with {key}={stored[key]} but the tokenizer config "
-                             f"{args.tok_config} gives {cfg[key]}")
     if args.ema:
         from utils.checkpoint import load_weights
         model = load_gpt(cfg, None)
@@ -238,7 +228,8 @@ def main(argv=None) -> dict:
         "per_position_loss": (pos_sum / images).tolist(), "precision": args.precision,
         "tf32": device.type == "cuda" and not args.no_tf32,
         "data": str(args.data_path if args.dataset == "imagenet" else args.code_path), "dataset": args.dataset,
-        "tok_config": str(args.tok_config), "vq_ckpt": args.vq_ckpt, "world_size": d.world_size,
+        "tok_config": args.tok_config if isinstance(args.tok_config, dict) else str(args.tok_config),
+        "vq_ckpt": args.vq_ckpt, "world_size": d.world_size,
         "per_proc_batch_size": args.per_proc_batch_size,
     }
     if d.is_main:

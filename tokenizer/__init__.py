@@ -2,19 +2,20 @@
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from utils.checkpoint import PRETRAINED_WEIGHTS, load_weights
+from utils.checkpoint import PRETRAINED_WEIGHTS, is_checkpoint_file, load_weights, read_model_description
 from utils.config import to_plain
 
 from .config import model_args, read_tokenizer_config
 from .models.vq_model import MODEL_CLASSES, VQVitModel2DPlus, VQVitModelPlus
 
 __all__ = ["build_tokenizer", "load_tokenizer", "tokenizer_info", "VQVitModelPlus", "VQVitModel2DPlus",
-           "read_tokenizer_config"]
+           "read_tokenizer_config", "described_config", "settle_tokenizer_config"]
 
 
 def build_tokenizer(config: Any, overrides: list[str] | None = None) -> torch.nn.Module:
@@ -41,11 +42,16 @@ def config_path(name: str) -> Path:
 
 def resolve_released(config: Any, checkpoint: str | os.PathLike | None) -> tuple[Any, Any]:
     """``(config, checkpoint)`` with a released model's name (``VQ_XLXXL256``) or Hub file (``VQ_XLXXL256_e300.pt``)
-    given as ``config`` expanded to its YAML and its Hub file, and a ``save_pretrained`` folder or ``hf://OWNER/REPO``
-    to its ``config.yaml`` and ``model.safetensors``."""
+    given as ``config`` expanded to its YAML and its Hub file, a ``save_pretrained`` folder or ``hf://OWNER/REPO``
+    to its ``config.yaml`` and ``model.safetensors``, and a checkpoint file that stores its config (given as
+    ``config``, or as ``checkpoint`` with ``config=None``) to that config and that file."""
     from utils.pretrained import TOKENIZER_CONFIG, pretrained_folder
     from utils.released import find_tokenizer, unknown_model_message
 
+    if config is None and checkpoint is not None or is_checkpoint_file(config):
+        # a checkpoint that stores its config (a tokenizer training checkpoint's ``config``)
+        source = checkpoint if config is None else config
+        return described_config(source), checkpoint if checkpoint is not None else source
     folder = pretrained_folder(config, "tokenizer")
     if folder is not None:
         return folder / TOKENIZER_CONFIG, checkpoint if checkpoint is not None else folder / PRETRAINED_WEIGHTS
@@ -59,14 +65,84 @@ def resolve_released(config: Any, checkpoint: str | os.PathLike | None) -> tuple
     return config_path(released.name), checkpoint if checkpoint is not None else released.file
 
 
+def described_config(checkpoint: str | os.PathLike) -> dict:
+    """The tokenizer config a checkpoint stores (a training checkpoint's ``config``, a save_pretrained folder's
+    config.yaml); a ConfigError when it stores none (a released file, bare weights) or holds a GPT."""
+    from utils.config import ConfigError
+
+    description = read_model_description(checkpoint)
+    if description.kind == "tokenizer":
+        return description.config
+    if description.kind == "gpt":
+        raise ConfigError(f"{description.source!r} is a GPT checkpoint, not a tokenizer's")
+    raise ConfigError(f"the tokenizer checkpoint {description.source!r} stores no config (a released file or bare "
+                      "weights): give its YAML, e.g. --tok-config configs/vq/<name>.yaml or "
+                      "load_tokenizer('configs/vq/<name>.yaml', checkpoint)")
+
+
+def architecture(config: Any) -> dict:
+    """What a tokenizer config builds: its class and every model argument (the trainer's distillation settings
+    included, which size the distill head). Two configs with the same architecture load the same weights."""
+    cfg = read_tokenizer_config(config)
+    return {"model_cls": str(cfg.model.model_cls), **asdict(model_args(cfg))}
+
+
+def settle_tokenizer_config(vq_ckpt: str | os.PathLike | None, given: Any = None, gpt: Any = None,
+                            flag: str = "--tok-config") -> Any:
+    """The tokenizer config of an entry point (a YAML path or a config dict) for the weights ``vq_ckpt``:
+
+    1. a checkpoint that stores its config (training checkpoint, save_pretrained folder) gives it; ``given`` (the
+       ``flag``'s value) must then build the same architecture, else one ConfigError names the flag, the
+       differing settings and both values;
+    2. otherwise ``given``, else the released model the file belongs to (``VQ_XLXXL256_e300.pt``), else what the
+       GPT checkpoint ``gpt`` (a :class:`~utils.checkpoint.ModelDescription`) records: the tokenizer config it was
+       trained on (format version 1) or the ``tok_config`` path of its training args (version 0).
+    """
+    from utils.config import ConfigError
+    from utils.released import find_tokenizer
+
+    text = None if vq_ckpt is None else os.fspath(vq_ckpt)
+    released = text is not None and not Path(text).exists() and "/" not in text and find_tokenizer(text) is not None
+    stored = None
+    if text is not None and not released:
+        description = read_model_description(text)
+        stored = description.config if description.kind == "tokenizer" else None
+    if stored is not None:
+        if given is not None:
+            ours, theirs = architecture(stored), architecture(given)
+            missing = "(not set)"  # the two model classes take different arguments
+            differ = [f"{key}: {theirs.get(key, missing)!r} (the checkpoint has {ours.get(key, missing)!r})"
+                      for key in [*ours, *(k for k in theirs if k not in ours)] if ours.get(key) != theirs.get(key)]
+            if differ:
+                raise ConfigError(f"the tokenizer checkpoint {text} stores its config, and {flag} {given} builds "
+                                  f"another model: {'; '.join(differ[:5])}"
+                                  f"{f' and {len(differ) - 5} more' if len(differ) > 5 else ''}. Drop {flag} "
+                                  "(the checkpoint's config is used) or give the checkpoint it describes")
+            return given
+        return stored
+    if given is not None:
+        return given
+    if released:
+        return str(config_path(find_tokenizer(text).name))
+    if gpt is not None and gpt.tokenizer_config is not None:
+        return gpt.tokenizer_config
+    trained_on = (gpt.train_args.get("tok_config") or gpt.train_args.get("model_config")) if gpt is not None else None
+    if trained_on and Path(str(trained_on)).is_file():
+        return str(trained_on)
+    where = f"the tokenizer checkpoint {text!r} stores no config" if text else "no tokenizer checkpoint is given"
+    raise ConfigError(f"{flag} is needed: {where}, and the GPT checkpoint does not name its tokenizer's config")
+
+
 def load_tokenizer(config: Any, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                    overrides: list[str] | None = None,
                    entries: tuple[str, ...] = ("ema", "model", "state_dict")) -> torch.nn.Module:
     """Tokenizer with weights from ``checkpoint``, in eval mode on ``device``.
 
     ``config`` may also be a released model's name or Hub file (``load_tokenizer("VQ_XLXXL256")``): its YAML and,
-    when ``checkpoint`` is not given, its weights from the Hub; or a ``save_pretrained`` folder / ``hf://OWNER/REPO``
-    (its ``config.yaml`` and ``model.safetensors``).
+    when ``checkpoint`` is not given, its weights from the Hub; a ``save_pretrained`` folder / ``hf://OWNER/REPO``
+    (its ``config.yaml`` and ``model.safetensors``); or a checkpoint file that stores its config
+    (``load_tokenizer("exp/checkpoints/0000300.pt")``, a training checkpoint's ``config`` entry; ``config=None``
+    with ``checkpoint`` given means the same).
 
     ``checkpoint``: a local .pt/.pth/.safetensors file, a released file name (``VQ_SS256_e100.pt``, fetched
     from the Hub repo ``YuuTennYi/GigaTok``), or ``hf://OWNER/REPO/FILE``. The ``ema`` entry is used when

@@ -11,13 +11,14 @@ import argparse
 import torch
 
 from evaluations.lin_probe import add_probe_args, run_probe
-from tokenizer import load_tokenizer
+from tokenizer import load_tokenizer, settle_tokenizer_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_probe_args(p)
-    p.add_argument("--model-config", "--tok-config", dest="model_config", required=True, help="tokenizer YAML")
+    p.add_argument("--model-config", "--tok-config", dest="model_config", default=None,
+                   help="tokenizer YAML (default: the checkpoint's stored config, or the released model's YAML)")
     p.add_argument("--vq-ckpt", required=True, help="tokenizer weights")
     p.add_argument("--fix-dim", action="store_true", help="features after the encoder's output conv")
     p.add_argument("--from-decoder", action="store_true", help="decoder inner features (1D tokenizers)")
@@ -32,6 +33,8 @@ def main(argv=None) -> dict:
     from utils.distributed import pick_device
     device = pick_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
     args.device = str(device)  # results record the device used, not "auto"
+    # a checkpoint that stores its config needs no --model-config; a given one must build the same model
+    args.model_config = settle_tokenizer_config(args.vq_ckpt, args.model_config, flag="--model-config")
     tok = load_tokenizer(args.model_config, args.vq_ckpt, device=device)
     for q in tok.parameters():
         q.requires_grad_(False)

@@ -4,6 +4,10 @@ Runs alone (``python -m tokenizer.reconstruct``) or under torchrun; each rank ta
 Writes, under ``<sample-dir>/<run-name>/``: ``images/{index:06d}.png`` reconstructions, ``<run-name>.npz``
 (``arr_0`` uint8 NHWC, dataset order), ``compare/`` side-by-side PNGs and ``grid.png`` (``--qualitative``),
 ``metrics.json`` and the resolved ``config.yaml``.
+
+A tokenizer checkpoint that stores its config (a training checkpoint's ``config``, a ``save_pretrained`` folder) needs
+no ``--model-config``; given, it must build the same model (else an error names the differing settings). A released
+file resolves its YAML by name (``VQ_SS256_e100.pt``), as before. ``--image-size`` defaults to the tokenizer's.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from evaluations.recon import LPIPSMetric, psnr, rfid, ssim
-from tokenizer import load_tokenizer, read_tokenizer_config
+from tokenizer import load_tokenizer, read_tokenizer_config, settle_tokenizer_config, tokenizer_info
 from utils.checkpoint import resolve_checkpoint, sha256_file
 from utils.config import save_config
 from utils.data import ImageFolderDataset, collate_skip_bad, to_uint8
@@ -34,13 +38,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family (only VQ is released)")
     p.add_argument("--data-path", required=True,
                    help="image folder: ImageFolder layout (class sub-folders) or a flat folder of images")
-    p.add_argument("--image-size", type=int, default=256, help="centre-crop size; must match the tokenizer")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="centre-crop size; must match the tokenizer (default: the tokenizer's)")
     p.add_argument("--sample-dir", default="results/reconstructions", help="parent folder of the run's outputs")
     p.add_argument("--run-name", default=None, help="output sub-folder name (default: <config>-<checkpoint>)")
     p.add_argument("--vq-ckpt", required=True,
                    help="tokenizer weights: local file, released name (VQ_SS256_e100.pt) or hf://OWNER/REPO/FILE")
-    p.add_argument("--model-config", "--tok-config", dest="model_config", required=True,
-                   help="tokenizer YAML (e.g. configs/vq/VQ_SS256.yaml)")
+    p.add_argument("--model-config", "--tok-config", dest="model_config", default=None,
+                   help="tokenizer YAML (e.g. configs/vq/VQ_SS256.yaml; default: the checkpoint's stored config, or "
+                        "the released model's YAML)")
     p.add_argument("--qualitative", action="store_true", help="also write side-by-side PNGs and grid.png")
     p.add_argument("--qual-num", type=int, default=16,
                    help="images in grid.png with --qualitative (evenly spaced over the dataset)")
@@ -77,12 +83,26 @@ def run_name(args: argparse.Namespace, ckpt_sha256: str) -> str:
     apart."""
     size = f"-size-{args.image_size}" + (f"-size-{args.image_size_eval}" if args.image_size_eval not in
                                          (None, args.image_size) else "")
-    return args.run_name or f"{Path(args.model_config).stem}-{Path(str(args.vq_ckpt)).stem}-{ckpt_sha256[:8]}{size}"
+    return args.run_name or f"{config_name(args)}-{Path(str(args.vq_ckpt)).stem}-{ckpt_sha256[:8]}{size}"
+
+
+def config_name(args: argparse.Namespace) -> str:
+    """The config file's stem; for a config stored in the checkpoint, the experiment folder's name
+    (``<exp>/checkpoints/0000300.pt`` -> ``<exp>``'s name)."""
+    if not isinstance(args.model_config, dict):
+        return Path(args.model_config).stem
+    ckpt = Path(str(args.vq_ckpt))
+    return ckpt.parent.parent.name if ckpt.parent.name == "checkpoints" and ckpt.parent.parent.name else "stored"
+
+
+def config_label(args: argparse.Namespace) -> str:
+    """What metrics.json records as the config: its file, or the checkpoint that stores it."""
+    return f"stored in {args.vq_ckpt}" if isinstance(args.model_config, dict) else str(args.model_config)
 
 
 def result_inputs(args: argparse.Namespace, ckpt_sha256: str) -> dict:
     """What decides a reconstruction result; a folder holding another result is never overwritten."""
-    return {"checkpoint_sha256": ckpt_sha256, "config": str(args.model_config),
+    return {"checkpoint_sha256": ckpt_sha256, "config": config_label(args),
             "config_overrides": list(args.config_overrides), "data_path": str(args.data_path),
             "image_size": args.image_size, "image_size_eval": args.image_size_eval or args.image_size,
             "max_images": args.max_images, "precision": args.precision}
@@ -111,11 +131,13 @@ def main(argv=None) -> dict:
     args.device = str(dist.device)  # metrics.json records the device used, not "auto"
     configure_tf32(dist.device, not args.no_tf32)
 
-    cfg = read_tokenizer_config(args.model_config, args.config_overrides)
     if dist.is_main:  # download once, then every rank reads the cached file
         ckpt_path = resolve_checkpoint(args.vq_ckpt)
     barrier()
     ckpt_path = resolve_checkpoint(args.vq_ckpt)
+    args.model_config = settle_tokenizer_config(args.vq_ckpt, args.model_config, flag="--model-config")
+    cfg = read_tokenizer_config(args.model_config, args.config_overrides)
+    args.image_size = args.image_size or tokenizer_info(cfg)["image_size"]
     ckpt_sha256 = sha256_file(ckpt_path)
     inputs = result_inputs(args, ckpt_sha256)
     model = load_tokenizer(cfg, ckpt_path, device=dist.device)
@@ -215,7 +237,7 @@ def main(argv=None) -> dict:
             "images_per_second": all_idx.numel() / max(elapsed, 1e-9),
             "checkpoint": str(args.vq_ckpt), "checkpoint_path": str(ckpt_path),
             "checkpoint_sha256": ckpt_sha256, "inputs": inputs,
-            "config": str(args.model_config), "config_overrides": args.config_overrides,
+            "config": config_label(args), "config_overrides": args.config_overrides,
             "data_path": str(args.data_path), "image_size": args.image_size, "image_size_eval": eval_size,
             "precision": args.precision,
             "device": str(dist.device), "world_size": dist.world_size, "npz": str(npz_path),

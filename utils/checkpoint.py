@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -296,3 +297,209 @@ def prune_step_checkpoints(folder: str | os.PathLike, milestone_step: int, miles
         path.unlink(missing_ok=True)
         removed.append(path)
     return removed
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# what a checkpoint says about its model (``format_version``)
+# --------------------------------------------------------------------------------------------------------------------
+# Version 0: files written before ``format_version`` existed. This project's trainers already stored the model's
+# description then (GPT: ``gpt_config``; tokenizer: ``config``, the YAML as a dict); the original's checkpoints store
+# only their training ``args``, from which a partial GPT description is read. Version 1 adds ``format_version`` and,
+# in GPT checkpoints, the tokenizer's config (``tokenizer_config``). save_pretrained folders record their version in
+# the safetensors header (metadata ``format_version``), so config.yaml / config.json stay plain model configs.
+
+# The newest layout this code reads and writes. Training checkpoints: 0 = files written before the number existed
+# (the launch's args, the GPT's gpt_config, the tokenizer's config/run_settings/rank_states); 1 = "args" holds every
+# resolved setting, the model is described by gpt_config (+ tokenizer_config) or config, no RNG or sampler state.
+FORMAT_VERSION = 1
+SAFETENSORS_VERSION_KEY = "format_version"
+# GPT settings the original's training args name differently from the model arguments (args name -> model argument)
+_GPT_ARG_NAMES = {"gpt_model": "gpt_model", "num_classes": "num_classes", "qk_norm": "use_qk_norm",
+                  "gpt_2d": "gpt_2d", "cls_token_num": "cls_token_num", "class_dropout_prob": "class_dropout_prob"}
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """The model a checkpoint describes. ``config`` is None for a file that stores none (a released file, a bare
+    state dict): such a file is built from a name, a config or flags, as before checkpoints described themselves."""
+    source: str                                 # the file or folder read, for messages
+    format_version: int                         # 0: written before format_version existed
+    kind: str | None = None                     # "gpt", "tokenizer", or None when nothing is stored
+    config: dict | None = None                  # GPT: gpt_model + model arguments; tokenizer: its YAML as a dict
+    partial: bool = False                       # config pieced together from training args: only some keys
+    tokenizer_config: dict | None = None        # GPT checkpoints (version 1): the tokenizer the GPT was trained on
+    train_args: dict = field(default_factory=dict)  # the stored training arguments as a plain dict ({} if none)
+
+
+def is_checkpoint_file(spec: Any) -> bool:
+    """``spec`` names one weights file (local ``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt`` / ``.safetensors``, or
+    ``hf://OWNER/REPO/FILE``) rather than a config, a preset or a released model's name."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return False
+    text = os.fspath(spec)
+    if text.startswith("hf://"):
+        return len(text[len("hf://"):].split("/")) >= 3 and text.endswith(WEIGHT_SUFFIXES)
+    return Path(text).expanduser().is_file() and text.endswith(WEIGHT_SUFFIXES)
+
+
+def _plain_args(args: Any) -> dict:
+    if isinstance(args, argparse.Namespace):
+        return dict(vars(args))
+    return dict(args) if isinstance(args, Mapping) else {}
+
+
+def _describe_v0(ckpt: Mapping, source: str, version: int = 0) -> ModelDescription:
+    """Version 0 (and the keys version 1 shares with it): ``gpt_config`` or ``config``, else the original's args."""
+    train_args = _plain_args(ckpt.get("args"))
+    if isinstance(ckpt.get("gpt_config"), Mapping):
+        return ModelDescription(source, version, "gpt", dict(ckpt["gpt_config"]), train_args=train_args)
+    config = ckpt.get("config")
+    if isinstance(config, Mapping) and isinstance(config.get("model"), Mapping):
+        return ModelDescription(source, version, "tokenizer", dict(config), train_args=train_args)
+    # The original GPT trainer: only its argparse settings. They name the preset and a few model arguments, but not
+    # the vocabulary or sequence length (those came from the tokenizer), so the description is partial.
+    from_args = {model_key: train_args[arg] for arg, model_key in _GPT_ARG_NAMES.items() if arg in train_args}
+    if "gpt_model" in from_args:
+        return ModelDescription(source, version, "gpt", from_args, partial=True, train_args=train_args)
+    return ModelDescription(source, version, train_args=train_args)
+
+
+def _describe_v1(ckpt: Mapping, source: str) -> ModelDescription:
+    """Version 1: version 0's keys, plus the tokenizer config a GPT was trained on."""
+    found = _describe_v0(ckpt, source, version=1)
+    tokenizer_config = ckpt.get("tokenizer_config")
+    if isinstance(tokenizer_config, Mapping):
+        found = replace(found, tokenizer_config=dict(tokenizer_config))
+    return found
+
+
+_DESCRIBE = {0: _describe_v0, 1: _describe_v1}  # one reader per format version
+
+
+def format_version_of(ckpt: Mapping, source: str = "<checkpoint>") -> int:
+    """The checkpoint's ``format_version`` (0 when absent); a version newer than this code reads is an error."""
+    version = ckpt.get("format_version", 0)
+    if isinstance(version, torch.Tensor):  # never written so, but a state dict may hold anything
+        version = int(version)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise CheckpointError(f"checkpoint {source!r} has format_version={version!r}, not a version number")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {source!r} has format_version {version}; this gigatok reads versions up to "
+                              f"{FORMAT_VERSION}: update gigatok to read it")
+    return version
+
+
+def describe_checkpoint(ckpt: Mapping, source: str = "<checkpoint>") -> ModelDescription:
+    """The model description stored in an already-read checkpoint dict (see :class:`ModelDescription`)."""
+    if _is_state_dict(ckpt):
+        return ModelDescription(source, 0)  # bare weights: nothing stored
+    version = format_version_of(ckpt, source)
+    return _DESCRIBE[version](ckpt, source)
+
+
+def read_model_description(checkpoint: str | os.PathLike, default_repo: str = DEFAULT_HUB_REPO) -> ModelDescription:
+    """What the checkpoint ``checkpoint`` (anything :func:`resolve_checkpoint` takes) says about its model: a
+    training checkpoint its ``gpt_config`` / ``config`` (and version 1 a GPT's ``tokenizer_config``); a
+    ``save_pretrained`` folder its config.json (GPT) or config.yaml (tokenizer). Reading is as safe as loading the
+    weights (``weights_only``, memory-mapped) and never builds a model."""
+    folder = _pretrained_folder_of(checkpoint)
+    if folder is not None:
+        return _describe_folder(folder)
+    path = resolve_checkpoint(checkpoint, default_repo=default_repo)
+    if path.suffix == ".safetensors":  # a bare weights file: maybe the weights of a save_pretrained folder
+        if path.name == PRETRAINED_WEIGHTS and any((path.parent / name).is_file() for name in _FOLDER_CONFIGS):
+            return _describe_folder(path.parent)
+        return ModelDescription(str(path), _safetensors_version(path))
+    return describe_checkpoint(load_checkpoint_file(path, mmap=True), str(path))
+
+
+_FOLDER_CONFIGS = {"config.json": "gpt", "config.yaml": "tokenizer"}  # as utils.pretrained.KINDS
+
+
+def _pretrained_folder_of(spec: str | os.PathLike) -> Path | None:
+    """A local ``save_pretrained`` folder, or the local snapshot of ``hf://OWNER/REPO``; None for anything else."""
+    text = os.fspath(spec)
+    if text.startswith("hf://"):
+        parts = text[len("hf://"):].split("/")
+        if len(parts) == 2 and all(parts):
+            weights = _hub_download(text[len("hf://"):], PRETRAINED_WEIGHTS, text)
+            for name in _FOLDER_CONFIGS:
+                try:
+                    _hub_download(text[len("hf://"):], name, text)
+                except CheckpointError:
+                    continue
+            return weights.parent
+        return None
+    path = Path(text).expanduser()
+    return path if path.is_dir() and (path / PRETRAINED_WEIGHTS).is_file() else None
+
+
+def _safetensors_version(path: Path) -> int:
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"could not read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+    return format_version_of({"format_version": int(metadata.get(SAFETENSORS_VERSION_KEY, 0))}, str(path))
+
+
+def _describe_folder(folder: Path) -> ModelDescription:
+    """A save_pretrained folder: its config file is the description; the version is in the weights' header."""
+    import json
+
+    import yaml
+
+    version = _safetensors_version(folder / PRETRAINED_WEIGHTS)
+    for name, kind in _FOLDER_CONFIGS.items():
+        config_file = folder / name
+        if not config_file.is_file():
+            continue
+        try:
+            text = config_file.read_text()
+            config = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise CheckpointError(f"{str(config_file)!r} is not readable: {exc}") from exc
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{str(config_file)!r} holds a {type(config).__name__}, not a config mapping")
+        return ModelDescription(str(folder), version, kind, config)
+    return ModelDescription(str(folder), version)
+
+
+def settle_flags(args: argparse.Namespace, stored: Mapping[str, Any] | None,
+                 flags: Iterable[tuple[str, str, str, Any]], source: str) -> list[str]:
+    """Fill command-line model flags from a checkpoint's stored description, and refuse flags that contradict it.
+
+    ``flags``: ``(flag, attribute of args, key in stored, default)``; an attribute that is None was not given. A
+    stored key wins over the default; a given flag must equal the stored value. Every contradiction is named in
+    one ConfigError (flag, checkpoint value, given value), so a wrong model is never built silently. Returns the
+    flags taken from the checkpoint (for a log line).
+    """
+    from utils.config import ConfigError
+
+    stored = stored or {}
+    taken, clashes = [], []
+    for flag, attr, key, default in flags:
+        given = getattr(args, attr, None)
+        if key not in stored or stored[key] is None:
+            setattr(args, attr, default if given is None else given)
+            continue
+        value = stored[key]
+        if given is None:
+            setattr(args, attr, value)
+            taken.append(flag)
+        elif not _same_setting(given, value):
+            clashes.append(f"{flag} {given!r} (the checkpoint has {key}={value!r})")
+    if clashes:
+        raise ConfigError(f"the checkpoint {source} describes its model, and "
+                          f"{'this flag contradicts' if len(clashes) == 1 else 'these flags contradict'} it: "
+                          f"{'; '.join(clashes)}. Drop the flag (the checkpoint's value is used) or give the "
+                          "checkpoint it describes")
+    return taken
+
+
+def _same_setting(given: Any, stored: Any) -> bool:
+    """Equal as settings: 10 == 10.0 and True == True, but never True == 1 (a bool flag against a count)."""
+    if isinstance(given, bool) or isinstance(stored, bool):
+        return isinstance(given, bool) and isinstance(stored, bool) and given == stored
+    return given == stored

@@ -4,7 +4,8 @@ One folder layout for tokenizers and GPTs, so that a trained or converted model 
 TiTok users expect (``model.save_pretrained(dir)``, ``model.push_to_hub("you/name")``) and read back by the same
 loaders as any checkpoint (``load_tokenizer(dir)``, ``load_gpt("hf://you/name")``):
 
-* ``model.safetensors``: the weights (the state dict the loaders select from a training checkpoint);
+* ``model.safetensors``: the weights (the state dict the loaders select from a training checkpoint), with the
+  folder's ``format_version`` in its header metadata (folders written before it existed read as version 0);
 * ``config.yaml`` (tokenizer: the tokenizer config) or ``config.json`` (GPT: ``gpt_model`` + model arguments);
 * ``README.md``: a model card (kind, architecture, metrics, training settings, licence);
 * ``metrics.json`` when metrics are given.
@@ -19,7 +20,13 @@ from typing import Any, Mapping
 
 import torch
 
-from utils.checkpoint import PRETRAINED_WEIGHTS, CheckpointError, _hub_download
+from utils.checkpoint import (
+    FORMAT_VERSION,
+    PRETRAINED_WEIGHTS,
+    SAFETENSORS_VERSION_KEY,
+    CheckpointError,
+    _hub_download,
+)
 
 TOKENIZER_CONFIG = "config.yaml"
 GPT_CONFIG = "config.json"
@@ -86,7 +93,9 @@ def write_folder(folder: str | os.PathLike, kind: str, state_dict: Mapping[str, 
             metrics = json.loads(Path(metrics).read_text())
         except (OSError, ValueError) as exc:
             raise ValueError(f"metrics file {str(metrics)!r} is not readable JSON: {exc}") from exc
-    save_file(_unshared(state_dict), str(folder / PRETRAINED_WEIGHTS), metadata={"format": "pt", "gigatok": kind})
+    # The format version lives in the weights' header, so config.yaml / config.json stay plain model configs.
+    save_file(_unshared(state_dict), str(folder / PRETRAINED_WEIGHTS),
+              metadata={"format": "pt", "gigatok": kind, SAFETENSORS_VERSION_KEY: str(FORMAT_VERSION)})
     config = json.loads(json.dumps(dict(config), default=str))  # plain containers
     if kind == "tokenizer":
         import yaml

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from utils import training
 from utils.checkpoint import (
+    FORMAT_VERSION,
     CheckpointError,
     load_checkpoint_file,
     prune_step_checkpoints,
@@ -41,11 +42,6 @@ from utils.lr import LRSchedule, set_lr
 from utils.plot_run import plot_run_quietly
 from utils.settings import as_record, resume_changes
 from utils.train_data import StepBatchSampler, collate_samples, mix_seed
-
-# Version of the training checkpoint layout. 0: files written before it existed (the args of the launch, the GPT's
-# gpt_config, the tokenizer's config/run_settings/rank_states); 1: "args" holds every setting, the model is
-# described by gpt_config (+ tokenizer_config) or config, and no RNG or sampler state is stored.
-FORMAT_VERSION = 1
 
 
 class Trainer:

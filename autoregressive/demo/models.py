@@ -93,7 +93,7 @@ def _newest_checkpoint(folder: Path) -> Path | None:
 
 def quickstart_models(root: str | os.PathLike) -> tuple[list[TokenizerChoice], list[GeneratorChoice]]:
     """The tokenizers and GPTs a ``scripts/quickstart.sh`` run left in ``root`` (newest checkpoint of each run)."""
-    from utils.checkpoint import load_checkpoint_file
+    from utils.checkpoint import read_model_description
     root = Path(root)
     toks: list[TokenizerChoice] = []
     for exp in sorted((root / "tokenizer").glob("*")):
@@ -108,10 +108,10 @@ def quickstart_models(root: str | os.PathLike) -> tuple[list[TokenizerChoice], l
         ckpt = _newest_checkpoint(exp)
         if ckpt is None or not toks:
             continue
-        stored = load_checkpoint_file(ckpt, mmap=True)
-        config = dict(stored.get("gpt_config") or {})
-        if not config:
+        description = read_model_description(ckpt)  # the GPT the checkpoint describes (its gpt_config)
+        if description.kind != "gpt" or description.partial:
             continue
+        config = dict(description.config)
         vq = (exp / "vq_ckpt.txt").read_text().strip() if (exp / "vq_ckpt.txt").is_file() else ""
         tok = next((t for t in toks if vq and Path(t.checkpoint).resolve() == Path(vq).resolve()), toks[-1])
         n = int(config.get("num_classes", 10))
@@ -393,11 +393,17 @@ def write_settings(path: Path, choice: GeneratorChoice, req: SampleRequest, devi
             "cfg_schedule_kwargs": schedule_kwargs(req.cfg_schedule, req.window_start), "device": str(device),
             "images": files}
     if isinstance(choice.gpt, dict) and choice.gpt_checkpoint and choice.tokenizer.checkpoint:
+        from utils.checkpoint import read_model_description
+
+        # checkpoints that describe their model need no model flags; others name the preset, classes and YAML
+        gpt_flags = "" if read_model_description(choice.gpt_checkpoint).kind == "gpt" else (
+            f"--gpt-model {choice.gpt['gpt_model']} --num-classes {choice.num_classes} ")
+        tok_flags = "" if read_model_description(choice.tokenizer.checkpoint).kind == "tokenizer" else (
+            f"--tok-config {choice.tokenizer.config} ")
         info["command"] = (
             f"python -m autoregressive.sample_c2i --mode visualize --decode eager --precision none "
-            f"--gpt-model {choice.gpt['gpt_model']} --gpt-ckpt {choice.gpt_checkpoint} "
-            f"--tok-config {choice.tokenizer.config} --vq-ckpt {choice.tokenizer.checkpoint} "
-            f"--num-classes {choice.num_classes} --class-idx {req.class_id} --qual-num {req.num_images} "
+            f"{gpt_flags}--gpt-ckpt {choice.gpt_checkpoint} {tok_flags}--vq-ckpt {choice.tokenizer.checkpoint} "
+            f"--class-idx {req.class_id} --qual-num {req.num_images} "
             f"--cfg-scale {req.cfg_scale} --cfg-schedule {req.cfg_schedule} --step-start-ratio {req.window_start} "
             f"--top-k {req.top_k} --top-p {req.top_p} --temperature {req.temperature} --global-seed {req.seed}")
     path.write_text(json.dumps(info, indent=2))

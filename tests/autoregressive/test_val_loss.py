@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from autoregressive.extract_codes import code_dirs
 from autoregressive.val_loss import main as val_main
 from utils.checkpoint import save_atomic
+from utils.config import ConfigError
 
 from test_train_c2i import N_CLASSES, TINY_TOK, make_ar_data
 from testlib import threads, tiny_gpt, torchrun
@@ -84,9 +85,28 @@ def test_code_folder_matches_direct_computation_and_records(data):
 def test_mismatched_tokenizer_is_a_clear_error(data, tmp_path):
     bad = save_atomic({"model": data["model"].state_dict(), "gpt_config": {**GPT_CFG, "vocab_size": 16384}},
                       tmp_path / "checkpoints" / "0000001.pt")
-    with pytest.raises(SystemExit, match="vocab_size=16384"):
+    with pytest.raises(ConfigError, match="vocab_size=16384"):
         val_main(["--gpt-ckpt", str(bad), "--tok-config", str(TINY_TOK), "--code-path", str(data["val_codes"]),
                   "--device", "cpu", "--num-workers", "0"])
+
+
+def test_a_described_checkpoint_needs_no_model_flags(data, tmp_path):
+    """A version-1 GPT checkpoint stores its tokenizer's config: the loss needs only --gpt-ckpt and the codes; a flag
+    that contradicts the checkpoint is one error naming both values."""
+    from tokenizer import read_tokenizer_config
+    from utils.config import to_plain
+
+    ckpt = save_atomic({"model": data["model"].state_dict(), "steps": 5, "format_version": 1,
+                        "args": {"gpt_model": "GPT-tiny"}, "gpt_config": GPT_CFG,
+                        "tokenizer_config": to_plain(read_tokenizer_config(TINY_TOK))},
+                       tmp_path / "run" / "checkpoints" / "0000005.pt")
+    common = ["--gpt-ckpt", str(ckpt), "--code-path", str(data["val_codes"]), "--device", "cpu", "--num-workers",
+              "0", "--precision", "none", "--per-proc-batch-size", "5", "--no-txt"]
+    res = val_main(common)
+    assert res["val_loss"] == pytest.approx(reference(data["model"], data["val_codes"], 5)[0], rel=1e-6)
+    assert res["gpt_model"] == "GPT-tiny" and res["tok_config"]["model"]["model_cls"] == "VQVitModelPlus"
+    with pytest.raises(ConfigError, match=r"--gpt-model 'GPT-B' \(the checkpoint has gpt_model='GPT-tiny'\)"):
+        val_main([*common, "--gpt-model", "GPT-B"])
 
 
 @pytest.mark.slow

@@ -203,3 +203,51 @@ def test_released_tokenizer_by_name(tmp_path, monkeypatch, tiny_ckpt):
             load_tokenizer(name)
     with pytest.raises(ValueError, match="did you mean VQ_SS256"):
         load_tokenizer("VQ_SS265")
+
+
+# ----- checkpoints that describe their model -------------------------------------------------------------------------
+
+def test_load_tokenizer_from_a_training_checkpoint_alone(tmp_path, tiny_model):
+    """tokenizer/train.py's checkpoint stores the YAML as ``config``: no config argument needed, with or without
+    format_version (version 0: today's files)."""
+    import argparse
+
+    from utils.config import to_plain
+
+    config = to_plain(tiny_model.source_config)
+    for version in (None, 1):
+        ckpt = {"model": tiny_model.state_dict(), "optimizer": {}, "discriminator": {}, "optimizer_disc": {},
+                "steps": 300, "args": argparse.Namespace(lr=1e-4), "config": config, "run_settings": {}}
+        if version is not None:
+            ckpt["format_version"] = version
+        path = save_atomic(ckpt, tmp_path / f"v{version}" / "checkpoints" / "0000300.pt")
+        assert _same_weights(load_tokenizer(path), tiny_model)
+        assert _same_weights(load_tokenizer(str(path)), tiny_model)
+        assert _same_weights(load_tokenizer(None, path), tiny_model)  # config=None: the checkpoint's
+        assert _same_weights(load_tokenizer(TINY, path), tiny_model)  # the old call form is unchanged
+
+
+def test_a_file_without_a_config_still_needs_one(tmp_path, tiny_ckpt, tiny_model):
+    with pytest.raises(ConfigError, match="stores no config .*give its YAML"):
+        load_tokenizer(tiny_ckpt)
+    gpt = save_atomic({"model": {"w": torch.zeros(1)}, "gpt_config": {"gpt_model": "GPT-tiny"}}, tmp_path / "g.pt")
+    with pytest.raises(ConfigError, match="is a GPT checkpoint"):
+        load_tokenizer(gpt)
+
+
+def test_settle_tokenizer_config(tmp_path, tiny_model, tiny_ckpt):
+    """The entry points' --tok-config: the checkpoint's stored config (a given YAML must build the same model), the
+    given YAML for a file without one, the released YAML by the file's name (as before), else an error."""
+    from tokenizer import config_path, settle_tokenizer_config
+    from utils.config import to_plain
+
+    stored = to_plain(tiny_model.source_config)
+    described = save_atomic({"model": tiny_model.state_dict(), "config": stored}, tmp_path / "described.pt")
+    assert settle_tokenizer_config(described) == stored
+    assert settle_tokenizer_config(described, str(TINY)) == str(TINY)  # agrees: the given file is kept
+    with pytest.raises(ConfigError, match=r"--model-config .*VQ_tiny32_2d.yaml builds another model: model_cls"):
+        settle_tokenizer_config(described, str(CONFIGS / "VQ_tiny32_2d.yaml"), flag="--model-config")
+    assert settle_tokenizer_config(tiny_ckpt, str(TINY)) == str(TINY)
+    assert settle_tokenizer_config("VQ_SS256_e100.pt") == str(config_path("VQ_SS256"))  # not read: the registry
+    with pytest.raises(ConfigError, match="--tok-config is needed"):
+        settle_tokenizer_config(tiny_ckpt)

@@ -202,3 +202,76 @@ def test_unreadable_files_say_why_without_unsafe_advice(tmp_path):
     with pytest.raises(CheckpointError, match=r"pickles the Python type .*PickledThing") as info:
         load_checkpoint_file(pickled)
     assert "weights_only" not in str(info.value)
+
+
+# ----- stored model descriptions (format_version) ----------------------------------------------------------------
+
+def test_model_description_of_each_format_version(tmp_path):
+    import argparse
+
+    from utils.checkpoint import FORMAT_VERSION, read_model_description
+
+    gpt_config = {"gpt_model": "GPT-tiny", "vocab_size": 64, "block_size": 16, "num_classes": 10}
+    weights = {"w": torch.zeros(2)}
+    v0 = save_atomic({"model": weights, "gpt_config": gpt_config, "args": {"tok_config": "t.yaml"}}, tmp_path / "a.pt")
+    found = read_model_description(v0)
+    assert (found.kind, found.config, found.format_version, found.partial) == ("gpt", gpt_config, 0, False)
+    assert found.train_args == {"tok_config": "t.yaml"} and found.tokenizer_config is None
+    v1 = save_atomic({"model": weights, "gpt_config": gpt_config, "format_version": 1,
+                      "tokenizer_config": {"model": {"model_cls": "VQVitModelPlus"}}}, tmp_path / "b.pt")
+    found = read_model_description(v1)
+    assert found.format_version == 1 and found.tokenizer_config == {"model": {"model_cls": "VQVitModelPlus"}}
+    tok = save_atomic({"model": weights, "config": {"model": {"model_cls": "X"}}, "format_version": 1,
+                       "args": argparse.Namespace(lr=1.0)}, tmp_path / "c.pt")
+    found = read_model_description(tok)
+    assert (found.kind, found.config, found.train_args) == ("tokenizer", {"model": {"model_cls": "X"}}, {"lr": 1.0})
+    # the original's GPT checkpoints: only argparse settings, read as a partial description
+    orig = save_atomic({"model": weights, "args": argparse.Namespace(gpt_model="GPT-B", qk_norm=False, lr=1.0)},
+                       tmp_path / "d.pt")
+    found = read_model_description(orig)
+    assert found.partial and found.config == {"gpt_model": "GPT-B", "use_qk_norm": False}
+    for bare in (save_atomic(weights, tmp_path / "e.pt"), save_atomic({"model": weights}, tmp_path / "f.pt")):
+        found = read_model_description(bare)
+        assert found.kind is None and found.config is None and found.format_version == 0
+    newer = save_atomic({"model": weights, "format_version": FORMAT_VERSION + 1}, tmp_path / "g.pt")
+    with pytest.raises(CheckpointError, match=f"format_version {FORMAT_VERSION + 1}; this gigatok reads versions up "
+                                              f"to {FORMAT_VERSION}"):
+        read_model_description(newer)
+
+
+def test_save_pretrained_folders_record_their_version(tmp_path):
+    from safetensors.torch import save_file
+
+    from utils.checkpoint import read_model_description
+
+    from testlib import tiny_gpt
+
+    folder = tiny_gpt().save_pretrained(tmp_path / "gpt")
+    found = read_model_description(folder)
+    assert (found.kind, found.format_version, found.config["gpt_model"]) == ("gpt", 1, "GPT-tiny")
+    assert read_model_description(folder / "model.safetensors").config == found.config
+    # a folder written before format_version existed: no version in the weights' header
+    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    assert read_model_description(folder).format_version == 0
+
+
+def test_settle_flags_fills_checks_and_names_every_contradiction():
+    import argparse
+
+    from utils.checkpoint import settle_flags
+    from utils.config import ConfigError
+
+    flags = [("--size", "size", "size", 3), ("--deep", "deep", "deep", False), ("--name", "name", "name", "x")]
+    args = argparse.Namespace(size=None, deep=None, name=None)
+    assert settle_flags(args, {"size": 5, "deep": True}, flags, "ck.pt") == ["--size", "--deep"]
+    assert (args.size, args.deep, args.name) == (5, True, "x")  # stored values, else the default
+    args = argparse.Namespace(size=5, deep=None, name="y")
+    settle_flags(args, {"size": 5, "deep": False}, flags, "ck.pt")  # agreeing flags; name not stored: the flag's
+    assert (args.size, args.deep, args.name) == (5, False, "y")
+    args = argparse.Namespace(size=4, deep=True, name=None)
+    with pytest.raises(ConfigError, match=r"ck.pt describes its model, and these flags contradict it: --size 4 \(the "
+                                          r"checkpoint has size=5\); --deep True \(the checkpoint has deep=1\)"):
+        settle_flags(args, {"size": 5, "deep": 1}, flags, "ck.pt")  # a bool flag never equals a count
+    args = argparse.Namespace(size=None, deep=None, name=None)
+    settle_flags(args, None, flags, "released.pt")  # nothing stored: the defaults, as before
+    assert (args.size, args.deep, args.name) == (3, False, "x")
