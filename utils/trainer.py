@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from utils.checkpoint import (
     select_state_dict,
     strip_prefixes,
 )
+from utils.cli import EXIT_REQUEUE
 from utils.config import ConfigError
 from utils.distributed import barrier, gather_objects, init_distributed
 from utils.ema import EMA
@@ -57,6 +59,7 @@ class Trainer:
         self.lock = None
         self.last_checkpoint: Path | None = None
         self.window_extras: dict[str, Any] = {}  # last values logged as they are (e.g. a second LR)
+        self.stop_signals = training.StopSignals()  # SIGTERM / SIGUSR1: checkpoint the step, exit for a requeue
 
     # ----- what a trainer implements (the first five), and may override ------------------------------------------
     def build_data(self) -> torch.utils.data.Dataset:  # keyed by (index, epoch)
@@ -123,6 +126,7 @@ class Trainer:
         self.dist = init_distributed(settings.device)
         self.device = self.dist.device
         self.run_log = RunLog(self.dist.is_main, name=f"gigatok.train.{self.kind}")
+        self.stop_signals.install()
         self.settings = settings = dataclasses.replace(settings, device=str(self.device))  # recorded: not "auto"
         training.configure_tf32(self.device, settings.tf32)
         self.amp_dtype = training.autocast_dtype(settings.mixed_precision)
@@ -316,6 +320,17 @@ class Trainer:
         self.log(f"loaded {', '.join(loaded)} from {path}; continuing at step {steps}")
         return steps
 
+    # ----- preemption --------------------------------------------------------------------------------------------
+    def _stop_for_requeue(self, done: int) -> None:
+        if self.last_checkpoint is None or int(Path(self.last_checkpoint).stem) != done:
+            self.save_checkpoint(done)
+        received = self.stop_signals.received
+        name = signal.Signals(received).name if received else "a stop signal (another rank)"
+        message = (f"{name} at step {done} of {self.stop_step}: checkpoint {self.last_checkpoint} written; run the "
+                   f"same command again to continue (exit code {EXIT_REQUEUE} asks the scheduler to requeue)")
+        self.log(f"preempted: {message}")
+        raise training.Preempted(message)
+
     # ----- the loop -----------------------------------------------------------------------------------------------
     def reseed(self, step: int) -> None:
         """Every model-side random stream of ``step`` is a function of (seed, rank, step)."""
@@ -338,27 +353,28 @@ class Trainer:
                                              collate_fn=collate_samples, pin_memory=self.device.type == "cuda")
         batches = iter(loader)
         meter, skipped, last_record = WindowMeter(), [], {}
-        bar = tqdm(total=self.stop_step, initial=start, disable=not self.dist.is_main or not settings.progress,
-                   desc="train", dynamic_ncols=True)
-        window_start, window_steps = time.time(), 0
-        for step in range(start, self.stop_step):
-            training.check_launcher(self.watch)
-            micro_batches = [next(batches) for _ in range(accum)]
-            skipped += [name for batch in micro_batches for name in batch[3]]
-            self.reseed(step)
-            lr = set_lr(self.optimizer, self.lr_at(step))
-            self.optimizer.zero_grad(set_to_none=True)
-            meter.add(self.train_step(step, micro_batches))
-            done, window_steps = step + 1, window_steps + 1
-            bar.update(1)
-            if done % settings.log_every == 0 or done == self.stop_step:
-                last_record = self._log_window(done, meter, lr, window_steps, time.time() - window_start, skipped)
-                bar.set_postfix(loss=f"{last_record[self.loss_key]:.4f}")
-                skipped, window_start, window_steps = [], time.time(), 0
-            if (settings.ckpt_every > 0 and done % settings.ckpt_every == 0) or (
-                    done == self.stop_step and settings.final_checkpoint):
-                self.save_checkpoint(done)
-        bar.close()
+        with tqdm(total=self.stop_step, initial=start, disable=not self.dist.is_main or not settings.progress,
+                  desc="train", dynamic_ncols=True) as bar:  # closed also when a step raises
+            window_start, window_steps = time.time(), 0
+            for step in range(start, self.stop_step):
+                training.check_launcher(self.watch)
+                micro_batches = [next(batches) for _ in range(accum)]
+                skipped += [name for batch in micro_batches for name in batch[3]]
+                self.reseed(step)
+                lr = set_lr(self.optimizer, self.lr_at(step))
+                self.optimizer.zero_grad(set_to_none=True)
+                meter.add(self.train_step(step, micro_batches))
+                done, window_steps = step + 1, window_steps + 1
+                bar.update(1)
+                if done % settings.log_every == 0 or done == self.stop_step:
+                    last_record = self._log_window(done, meter, lr, window_steps, time.time() - window_start, skipped)
+                    bar.set_postfix(loss=f"{last_record[self.loss_key]:.4f}")
+                    skipped, window_start, window_steps = [], time.time(), 0
+                if (settings.ckpt_every > 0 and done % settings.ckpt_every == 0) or (
+                        done == self.stop_step and settings.final_checkpoint):
+                    self.save_checkpoint(done)
+                if done < self.stop_step and self.stop_signals.requested(self.device):
+                    self._stop_for_requeue(done)
         self.log(f"Done! {self.stop_step} steps; last checkpoint {self.last_checkpoint}")
         return {**result, "steps": self.stop_step, "checkpoint": str(self.last_checkpoint or "") or None,
                 "last_log": last_record}
@@ -388,6 +404,7 @@ class Trainer:
         return record
 
     def close(self) -> None:
+        self.stop_signals.restore()
         if self.run_log is not None:
             self.run_log.close()
         if self.lock is not None:

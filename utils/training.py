@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,11 @@ EXIT_DIVERGED = 3  # = utils.cli.EXIT_DIVERGED
 
 class LauncherGone(RuntimeError):
     """The torchrun launcher of this worker died; the worker stops instead of training on unsupervised."""
+
+
+class Preempted(RuntimeError):
+    """A stop signal (SIGTERM / SIGUSR1) arrived: the current step was checkpointed; the run exits with
+    ``utils.cli.EXIT_REQUEUE`` so that a scheduler requeues it, and the same command resumes."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -229,6 +235,38 @@ def check_optimizer_state(ckpt: dict, path: Path, allow_reset: bool, log: Callab
     log(f"WARNING: {path} has no optimizer state; AdamW restarts from zero moments"
         + (" (--reset-optimizer)" if allow_reset else ""))
     return False
+
+
+# ----- stop signals ---------------------------------------------------------------------------------------------------
+
+class StopSignals:
+    """SIGTERM (what SLURM, torchrun and a dying launcher send) and SIGUSR1 (SLURM's usual warning before the time
+    limit) only note that a stop was asked for; the training loop then finishes its step, checkpoints it and exits
+    with ``utils.cli.EXIT_REQUEUE`` (see :class:`Preempted`)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        def note(signum, _frame):
+            self.received = signum
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, note)
+            except ValueError:  # not the main thread (a trainer driven from a thread): signals keep their effect
+                return
+
+    def requested(self, device: torch.device) -> bool:
+        """Whether any rank received a stop signal (collective under torchrun: every rank stops at the same step)."""
+        return bool(any_rank(self.received is not None, None, device))
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
 
 # ----- one run per folder, workers that die with their launcher ------------------------------------------------------

@@ -419,3 +419,41 @@ def test_version0_checkpoint_resumes_exactly(ar_data, tmp_path, single_thread):
     for key in ("model", "ema"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     assert b["format_version"] == 1 and b["args"]["exp_name"] == "old"
+
+
+def _metrics_lines(path: Path) -> int:
+    try:
+        return len(path.read_text().splitlines())
+    except OSError:
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
+def test_stop_signal_checkpoints_the_current_step_and_the_rerun_is_exact(ar_data, tmp_path, single_thread,
+                                                                         signame):
+    """SIGTERM (a scheduler's stop) or SIGUSR1 (SLURM's warning before the time limit): the step in progress finishes,
+    a checkpoint of it is written, the lock is released and the run exits with 75 (requeue); the same command then
+    ends bit-identical to an uninterrupted run."""
+    T, extra = 40, ("--ckpt-every", "1000", "--mixed-precision", "none", "--ema")
+    train_main(train_args(ar_data, tmp_path, "ref", T, *extra))
+    args = train_args(ar_data, tmp_path, "pre", T, *extra)
+    proc = subprocess.Popen([sys.executable, "-m", "autoregressive.train_c2i", *args], cwd=REPO, env=child_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while _metrics_lines(tmp_path / "pre" / "metrics.jsonl") < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(getattr(signal, signame))
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75, stderr[-2000:]
+    assert f"[train_c2i] preempted: {signame} at step" in stderr.strip().splitlines()[-1]
+    saved = sorted(int(p.stem) for p in (tmp_path / "pre" / "checkpoints").glob("*.pt"))
+    assert len(saved) == 1 and 3 <= saved[0] < T, saved
+    assert not (tmp_path / "pre" / ".lock").exists()
+    train_main(args)
+    a = load_checkpoint_file(tmp_path / "ref" / "checkpoints" / f"{T:07d}.pt")
+    b = load_checkpoint_file(tmp_path / "pre" / "checkpoints" / f"{T:07d}.pt")
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    ref, res = losses(tmp_path / "ref"), losses(tmp_path / "pre")
+    assert [res[s]["train_loss"] for s in range(1, T + 1)] == [ref[s]["train_loss"] for s in range(1, T + 1)]
