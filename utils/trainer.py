@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from utils import sharded_checkpoint as sharded
 from utils import training
 from utils.checkpoint import (
     FORMAT_VERSION,
@@ -230,26 +231,29 @@ class Trainer:
 
     # ----- checkpoints --------------------------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> Path:
+        """``%07d.pt`` (the full state, gathered on rank 0) or, with ``--checkpoint-format sharded``, a ``%07d/``
+        folder in which every rank writes its own shards (:mod:`utils.sharded_checkpoint`). Collective."""
         if not training.weights_finite(self.raw_model, self.device):
             raise training.TrainingDiverged(f"non-finite weights at step {step}: checkpoint not written; last good "
                                             f"checkpoint: {self.last_checkpoint or 'none'}")
-        model_state, optimizer_state = training.full_state_dicts(self.raw_model, self.optimizer)
-        ema_state = self.ema.state_dict(self.raw_model, keep=self.dist.is_main) if self.ema is not None else None
-        extra = self.extra_state()
-        folder = self.checkpoint_dir(step)
-        path = folder / f"{step:07d}.pt"
-        if self.dist.is_main:
-            settings = self.settings
-            ckpt = {"format_version": FORMAT_VERSION, "kind": self.kind, "steps": step, "args": as_record(settings),
-                    **self.model_record(), "model": model_state, "optimizer": optimizer_state,
-                    "scaler": self.scaler.state_dict(), **extra,
-                    "trainer_state": {"epoch": step // self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch,
-                                      "dataset_len": len(self.dataset), "world_size": self.dist.world_size,
-                                      "global_batch_size": settings.global_batch_size, "seed": settings.global_seed,
-                                      "total_steps": self.total_steps}}
-            if ema_state is not None:
-                ckpt["ema"] = ema_state
-            save_atomic(ckpt, path)
+        settings, folder, main = self.settings, self.checkpoint_dir(step), self.dist.is_main
+        meta = {"format_version": FORMAT_VERSION, "kind": self.kind, "steps": step, "args": as_record(settings),
+                **self.model_record(), "scaler": self.scaler.state_dict(), **self.extra_state(),
+                "trainer_state": {"epoch": step // self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch,
+                                  "dataset_len": len(self.dataset), "world_size": self.dist.world_size,
+                                  "global_batch_size": settings.global_batch_size, "seed": settings.global_seed,
+                                  "total_steps": self.total_steps}}
+        if settings.checkpoint_format == "sharded":
+            path = sharded.save_sharded(folder / f"{step:07d}", sharded.training_state(
+                self.raw_model, self.optimizer, self.ema.shadow if self.ema is not None else None), meta, main)
+        else:
+            model_state, optimizer_state = training.full_state_dicts(self.raw_model, self.optimizer)
+            ema_state = self.ema.state_dict(self.raw_model, keep=main) if self.ema is not None else None
+            path = folder / f"{step:07d}.pt"
+            if main:
+                save_atomic({**meta, "model": model_state, "optimizer": optimizer_state,
+                             **({"ema": ema_state} if ema_state is not None else {})}, path)
+        if main:
             self.log(f"Saved checkpoint to {path}")
             if not self.in_cooldown(step):  # as the original, a cool-down keeps every checkpoint
                 for removed in prune_step_checkpoints(folder, settings.milestone_step, settings.milestone_start,
@@ -273,7 +277,8 @@ class Trainer:
                               "--no-auto-resume to continue it, or choose another experiment name")
         for path in candidates:
             try:
-                ckpt = load_checkpoint_file(path, mmap=True)
+                ckpt = sharded.read_meta(path) if sharded.is_sharded_checkpoint(path) else \
+                    load_checkpoint_file(path, mmap=True)
             except CheckpointError as exc:
                 self.log(f"WARNING: skipping unreadable checkpoint: {exc}")
                 continue
@@ -296,16 +301,15 @@ class Trainer:
 
     def _load(self, ckpt: dict, path: Path, exact: bool) -> int:
         settings = self.settings
-        weights = strip_prefixes(select_state_dict(ckpt, str(path), self.weights_entries))
-        training.load_model_state(self.raw_model, weights, self.fsdp, source=str(path))
-        loaded = ["model"]
-        if self.ema is not None:
-            self.ema.load_state_dict(strip_prefixes(ckpt["ema"]) if "ema" in ckpt else weights)
-            loaded.append("ema" if "ema" in ckpt else "ema (from the model)")
-        if training.check_optimizer_state(ckpt, path, settings.reset_optimizer, self.log):
-            state = training.optimizer_state_by_name(ckpt["optimizer"], self.optimizer, self.raw_model)
-            training.load_optimizer_state(self.raw_model, self.optimizer, state)
-            loaded.append("optimizer")
+        if sharded.is_sharded_checkpoint(path):  # every rank reads its own shards, resharded to this run's layout
+            with_ema = self.ema is not None and ckpt["args"].get("ema", False)
+            sharded.load_sharded(path, self.raw_model, self.optimizer, self.ema.shadow if with_ema else None)
+            loaded = ["model", "optimizer", *(["ema"] if with_ema else [])]
+            if self.ema is not None and not with_ema:
+                self.ema.load_state_dict(dict(self.raw_model.named_parameters()))
+                loaded.append("ema (from the model)")
+        else:
+            loaded = self._load_full(ckpt, path)
         if exact and ckpt.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
         loaded += self.load_extra_state(ckpt, path, exact)
@@ -319,6 +323,19 @@ class Trainer:
                      "after the resume differs from the uninterrupted run's")
         self.log(f"loaded {', '.join(loaded)} from {path}; continuing at step {steps}")
         return steps
+
+    def _load_full(self, ckpt: dict, path: Path) -> list[str]:
+        weights = strip_prefixes(select_state_dict(ckpt, str(path), self.weights_entries))
+        training.load_model_state(self.raw_model, weights, self.fsdp, source=str(path))
+        loaded = ["model"]
+        if self.ema is not None:
+            self.ema.load_state_dict(strip_prefixes(ckpt["ema"]) if "ema" in ckpt else weights)
+            loaded.append("ema" if "ema" in ckpt else "ema (from the model)")
+        if training.check_optimizer_state(ckpt, path, self.settings.reset_optimizer, self.log):
+            state = training.optimizer_state_by_name(ckpt["optimizer"], self.optimizer, self.raw_model)
+            training.load_optimizer_state(self.raw_model, self.optimizer, state)
+            loaded.append("optimizer")
+        return loaded
 
     # ----- preemption --------------------------------------------------------------------------------------------
     def _stop_for_requeue(self, done: int) -> None:

@@ -408,6 +408,11 @@ class TrainSettings:
                                  schedule_only=True, group="compute")
     device: str = setting("auto", "auto (CUDA, else Apple MPS, else CPU), cpu, cuda", yaml=False,
                           schedule_only=True, group="compute")
+    checkpoint_format: str = setting("full", "full: one %%07d.pt per checkpoint, gathered on rank 0; sharded: a "
+                                             "%%07d/ folder in which every rank writes its own shards "
+                                             "(torch.distributed.checkpoint; no gather, resumes on any number of "
+                                             "processes; for large FSDP runs)", choices=["full", "sharded"],
+                                     yaml=False, schedule_only=True, group="checkpoints")
     log_every: int = setting(500, "steps between log lines and metric records (means over the window and ranks)",
                              schedule_only=True, group="checkpoints")
     ckpt_every: int = setting(5000, "steps between checkpoints", schedule_only=True, group="checkpoints")

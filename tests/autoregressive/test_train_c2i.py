@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -457,3 +458,55 @@ def test_stop_signal_checkpoints_the_current_step_and_the_rerun_is_exact(ar_data
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     ref, res = losses(tmp_path / "ref"), losses(tmp_path / "pre")
     assert [res[s]["train_loss"] for s in range(1, T + 1)] == [ref[s]["train_loss"] for s in range(1, T + 1)]
+
+
+def _copy_checkpoint(source: Path, experiment: Path) -> None:
+    (experiment / "checkpoints").mkdir(parents=True)
+    shutil.copytree(source, experiment / "checkpoints" / source.name)
+
+
+@pytest.mark.slow
+def test_sharded_checkpoints_resume_on_another_process_count_and_consolidate(ar_data, tmp_path):
+    """--checkpoint-format sharded (torch.distributed.checkpoint): every rank writes its shards into checkpoints/%07d/;
+    a run resumes from it on another number of processes and another wrapping (FSDP 2 -> 1 process, 1 -> FSDP 2,
+    DDP 2 -> 1), ending where the uninterrupted run ends up to float reduction order; load_gpt and convert_checkpoint
+    read the folder as one checkpoint. No dropout, so that the per-rank random streams play no part."""
+    from autoregressive.convert_checkpoint import main as convert
+
+    extra = ("--ckpt-every", "3", "--ema", "--mixed-precision", "none", "--lr-scheduler", "const", "--dropout-p", "0",
+             "--token-dropout-p", "0", "--class-dropout-prob", "0", "--checkpoint-format", "sharded")
+
+    def final(name: str) -> dict:
+        return load_checkpoint_file(tmp_path / name / "checkpoints" / "0000006")
+
+    def assert_close(a: dict, b: dict) -> None:
+        for key in ("model", "ema"):
+            for k, v in a[key].items():
+                torch.testing.assert_close(b[key][k], v, rtol=1e-4, atol=1e-5)
+
+    fsdp = ("--data-parallel", "fsdp")
+    torchrun("autoregressive.train_c2i", train_args(ar_data, tmp_path, "fsdp2", 6, *extra, *fsdp))
+    shards = tmp_path / "fsdp2" / "checkpoints" / "0000003"
+    assert sorted(p.name for p in shards.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
+    _copy_checkpoint(shards, tmp_path / "one")
+    with threads(1):
+        train_main(train_args(ar_data, tmp_path, "one", 6, *extra, *fsdp))  # no process group: one unsharded process
+        train_main(train_args(ar_data, tmp_path, "ref1", 6, *extra))
+    assert_close(final("fsdp2"), final("one"))
+    _copy_checkpoint(tmp_path / "ref1" / "checkpoints" / "0000003", tmp_path / "two")
+    torchrun("autoregressive.train_c2i", train_args(ar_data, tmp_path, "two", 6, *extra, *fsdp))
+    assert_close(final("ref1"), final("two"))
+    torchrun("autoregressive.train_c2i", train_args(ar_data, tmp_path, "ddp2", 6, *extra))
+    _copy_checkpoint(tmp_path / "ddp2" / "checkpoints" / "0000003", tmp_path / "ddp_to_one")
+    with threads(1):
+        train_main(train_args(ar_data, tmp_path, "ddp_to_one", 6, *extra))
+    assert_close(final("ddp2"), final("ddp_to_one"))
+    # one checkpoint to every reader: the consolidated dict, load_gpt and a release folder
+    whole = final("fsdp2")
+    assert whole["format_version"] == 1 and set(whole["ema"]) == set(whole["model"])
+    assert all(isinstance(k, str) for k in whole["optimizer"]["state"])
+    model = load_gpt(tmp_path / "fsdp2" / "checkpoints" / "0000006")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in whole["model"].items())
+    convert([str(tmp_path / "fsdp2" / "checkpoints" / "0000006"), str(tmp_path / "release")])
+    released = load_gpt(tmp_path / "release")
+    assert all(torch.equal(released.state_dict()[k], v) for k, v in whole["model"].items())
