@@ -86,7 +86,7 @@ class TokenizerTrainer(Trainer):
         self.optimizer = optimizer_class(groups, **common,
                                          **({"fused": True} if self.fsdp and self.device.type == "cuda" else {}))
         self.optimizer_disc = optimizer_class(self.loss.discriminator.parameters(), **common)
-        self.scaler_disc = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.scaler_disc = training.grad_scaler(self.device, self.amp_dtype)  # the discriminator is not sharded
 
     # ----- checkpoints ------------------------------------------------------------------------------------------
     def model_record(self) -> dict:

@@ -33,8 +33,6 @@ from utils.checkpoint import (
     load_checkpoint_file,
     prune_step_checkpoints,
     save_atomic,
-    select_state_dict,
-    strip_prefixes,
 )
 from utils.cli import EXIT_REQUEUE
 from utils.config import ConfigError
@@ -145,12 +143,7 @@ class Trainer:
         self.model = self._wrap(self.raw_model)
         self.ema = EMA(self.raw_model, settings.ema_decay) if settings.ema else None
         self.build_optimizers()
-        fp16 = self.amp_dtype == torch.float16
-        if self.fsdp:
-            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-            self.scaler = ShardedGradScaler(device=self.device.type, enabled=fp16)
-        else:
-            self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.scaler = training.grad_scaler(self.device, self.amp_dtype, self.fsdp)
         self.start_step = self._resume()
         self._open_logs(self.start_step)
         mode = (settings.data_parallel if self.fsdp else "ddp") if self.dist.distributed else "single process"
@@ -309,7 +302,8 @@ class Trainer:
                 self.ema.load_state_dict(dict(self.raw_model.named_parameters()))
                 loaded.append("ema (from the model)")
         else:
-            loaded = self._load_full(ckpt, path)
+            loaded = training.load_full_checkpoint(ckpt, path, self.raw_model, self.optimizer, self.ema, self.fsdp,
+                                                   self.weights_entries, settings.reset_optimizer, self.log)
         if exact and ckpt.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
         loaded += self.load_extra_state(ckpt, path, exact)
@@ -323,19 +317,6 @@ class Trainer:
                      "after the resume differs from the uninterrupted run's")
         self.log(f"loaded {', '.join(loaded)} from {path}; continuing at step {steps}")
         return steps
-
-    def _load_full(self, ckpt: dict, path: Path) -> list[str]:
-        weights = strip_prefixes(select_state_dict(ckpt, str(path), self.weights_entries))
-        training.load_model_state(self.raw_model, weights, self.fsdp, source=str(path))
-        loaded = ["model"]
-        if self.ema is not None:
-            self.ema.load_state_dict(strip_prefixes(ckpt["ema"]) if "ema" in ckpt else weights)
-            loaded.append("ema" if "ema" in ckpt else "ema (from the model)")
-        if training.check_optimizer_state(ckpt, path, self.settings.reset_optimizer, self.log):
-            state = training.optimizer_state_by_name(ckpt["optimizer"], self.optimizer, self.raw_model)
-            training.load_optimizer_state(self.raw_model, self.optimizer, state)
-            loaded.append("optimizer")
-        return loaded
 
     # ----- preemption --------------------------------------------------------------------------------------------
     def _stop_for_requeue(self, done: int) -> None:

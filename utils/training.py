@@ -62,6 +62,14 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
+def grad_scaler(device: torch.device, amp_dtype: torch.dtype | None, fsdp: bool = False):
+    """A GradScaler, enabled for fp16 only; under FSDP2 the sharded one (found-inf agreed across ranks)."""
+    if fsdp:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+        return ShardedGradScaler(device=device.type, enabled=amp_dtype == torch.float16)
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+
 def configure_tf32(device: torch.device, enabled: bool) -> None:
     """TF32 matmuls and convolutions on CUDA (the original's trainers turn them on); nothing to do elsewhere."""
     if device.type == "cuda":
@@ -210,6 +218,26 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
 
     set_optimizer_state_dict(model, optimizer, copy.deepcopy(state),
                              options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def load_full_checkpoint(ckpt: dict, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: Any,
+                         fsdp: bool, entries: tuple[str, ...], reset_optimizer: bool,
+                         log: Callable[[str], None]) -> list[str]:
+    """Weights (the first of ``entries`` present), EMA (the model's weights when the file has none) and optimiser
+    state (position- or name-keyed; see :func:`check_optimizer_state`) from a full checkpoint; returns what it
+    loaded."""
+    from utils.checkpoint import select_state_dict, strip_prefixes
+
+    weights = strip_prefixes(select_state_dict(ckpt, str(path), entries))
+    load_model_state(model, weights, fsdp, source=str(path))
+    loaded = ["model"]
+    if ema is not None:
+        ema.load_state_dict(strip_prefixes(ckpt["ema"]) if "ema" in ckpt else weights)
+        loaded.append("ema" if "ema" in ckpt else "ema (from the model)")
+    if check_optimizer_state(ckpt, path, reset_optimizer, log):
+        load_optimizer_state(model, optimizer, optimizer_state_by_name(ckpt["optimizer"], optimizer, model))
+        loaded.append("optimizer")
+    return loaded
 
 
 def original_fsdp_optimizer_shards(checkpoint: Path) -> list[Path]:

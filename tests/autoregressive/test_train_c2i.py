@@ -378,10 +378,21 @@ def test_2d_gpt_on_the_quickstart_2d_tokenizer_through_the_script(tmp_path):
     assert gpt.positional_embedding is None and gpt.block_size == tok.num_tokens
     codes = generate(gpt, torch.tensor([0, 3]), tok.num_tokens, cfg_scale=2.0, top_k=1, sample_logits=False)
     assert codes.shape == (2, tok.num_tokens) and int(codes.max()) < tok.codebook_size
-    res = val_main(["--gpt-ckpt", str(path), "--tok-config", str(tok_cfg), "--code-path", str(tmp_path / "codes"),
-                    "--device", "cpu", "--num-workers", "0", "--precision", "none", "--no-txt",
-                    "--out-json", str(tmp_path / "val.json")])
+    # the checkpoint describes its model: validation loss and the sampling script need no model flags
+    res = val_main(["--gpt-ckpt", str(path), "--code-path", str(tmp_path / "codes"), "--device", "cpu",
+                    "--num-workers", "0", "--precision", "none", "--no-txt", "--out-json", str(tmp_path / "val.json")])
     assert math.isfinite(res["val_loss"]) and res["num_images"] == 4 * N_CLASSES
+    proc = subprocess.run(["bash", "scripts/sample_c2i.sh", "--gpt-ckpt", str(path), "--vq-ckpt", str(tok_ckpt),
+                           "--mode", "visualize", "--class-idx", "0,3", "--qual-num", "2", "--precision", "none",
+                           "--device", "cpu", "--sample-dir", str(tmp_path / "samples")],
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((tmp_path / "samples").rglob("multi_class_grid.png"))) == 1
+    # a flag that contradicts the checkpoint is one clear error
+    proc = subprocess.run(["bash", "scripts/sample_c2i.sh", "--gpt-ckpt", str(path), "--vq-ckpt", str(tok_ckpt),
+                           "--num-classes", "1000", "--device", "cpu", "--sample-dir", str(tmp_path / "bad")],
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--num-classes" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
 
 
 def test_resume_with_changed_training_arguments_is_refused(ar_data, tmp_path, single_thread):
