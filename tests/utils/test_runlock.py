@@ -60,3 +60,15 @@ def test_lock_timeout_from_the_environment(monkeypatch):
     monkeypatch.setenv("GIGATOK_LOCK_TIMEOUT", "soon")
     with pytest.raises(ConfigError, match="GIGATOK_LOCK_TIMEOUT must be a number"):
         lock_timeout()
+
+
+def test_a_dead_process_lock_on_this_host_is_taken_over_at_once(tmp_path):
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "started": "x"}))
+    messages = []
+    lock = ExperimentLock(tmp_path, messages.append, timeout=600)
+    lock.acquire()
+    lock.release()
+    assert f"taking over the stale lock {tmp_path / '.lock'} of pid {int(dead.stdout)}" in messages[0]
