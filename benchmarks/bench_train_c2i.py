@@ -26,12 +26,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_tokenizer import count_flops, measure_gemm_flops, peak_memory_mb, time_steps  # noqa: E402
 
 from autoregressive.models.gpt import GPT_models  # noqa: E402
-from utils.training import param_groups  # noqa: E402
 from tokenizer import tokenizer_info  # noqa: E402
 from utils.cli import HelpFormatter  # noqa: E402
 from utils.distributed import pick_device  # noqa: E402
 from utils.ema import EMA  # noqa: E402
-from utils.training import PRECISIONS  # noqa: E402
+from utils.training import PRECISIONS, param_groups  # noqa: E402
 
 
 def main(argv=None) -> dict:
