@@ -33,6 +33,8 @@ from utils.checkpoint import (
     load_checkpoint_file,
     prune_step_checkpoints,
     save_atomic,
+    select_state_dict,
+    strip_prefixes,
 )
 from utils.cli import EXIT_REQUEUE
 from utils.config import ConfigError
@@ -90,9 +92,13 @@ class Trainer:
     def load_extra_state(self, ckpt: dict, path: Path, exact: bool) -> list[str]:  # returns what was loaded
         return []
 
-    def initial_checkpoint(self) -> tuple[Path, bool] | None:
-        """Weights a new experiment starts from, and whether the start continues at that checkpoint's step."""
+    def initial_checkpoint(self) -> tuple[Path, bool, bool] | None:
+        """What a new experiment starts from: (checkpoint, whether the run continues at its step, whether only its
+        weights are taken: a fine-tune with a fresh discriminator and optimisers)."""
         return None
+
+    def adapt_weights(self, weights: dict) -> dict:  # a fine-tune's starting weights, made to fit the model
+        return weights
 
     def config_changes(self, ckpt: dict) -> list[str]:  # resume differences outside the settings
         return []
@@ -289,8 +295,17 @@ class Trainer:
         start = self.initial_checkpoint()
         if start is None:
             return 0
-        path, exact = start
-        return self._load(load_checkpoint_file(path, mmap=True), path, exact=exact)
+        path, exact, weights_only = start
+        ckpt = load_checkpoint_file(path, mmap=True)
+        if not weights_only:
+            return self._load(ckpt, path, exact=exact)
+        weights = self.adapt_weights(strip_prefixes(select_state_dict(ckpt, str(path), self.weights_entries)))
+        training.load_model_state(self.raw_model, weights, self.fsdp, source=str(path))
+        if self.ema is not None:
+            self.ema.load_state_dict(weights)
+        self.log(f"fine-tuning from {path}: loaded the model weights{' (also as the EMA)' if self.ema else ''}; "
+                 "new: optimiser state, step 0" + (", discriminator" if self.kind == "tokenizer" else ""))
+        return 0
 
     def _load(self, ckpt: dict, path: Path, exact: bool) -> int:
         settings = self.settings
