@@ -79,6 +79,82 @@ def code_rates(per_image_dir: Path, packed_dir: Path, n: int) -> dict:
     return out
 
 
+def make_jpegs(root: Path, n: int, seed: int = 0) -> Path:
+    """``n`` ImageNet-like JPEGs (about 500 x 375, smooth content plus noise, quality 90) in two classes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        folder = root / f"n{i % 2:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        h, w = int(rng.integers(330, 420)), int(rng.integers(450, 520))
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (w + h) + 64], -1)
+        arr = np.clip(base + rng.normal(0, 18, (h, w, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"img{i:05d}.JPEG", quality=90)
+    return root
+
+
+def decode_torchvision(data: bytes):
+    """JPEG bytes -> RGB PIL image through torchvision.io's libjpeg-turbo decoder (other formats: PIL)."""
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if data[:2] != b"\xff\xd8":
+        import io
+
+        from utils.data import to_rgb
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return to_rgb(img)
+    tensor = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    return Image.fromarray(tensor.permute(1, 2, 0).numpy())
+
+
+def image_rates(folder: Path, shards: Path, n: int) -> dict:
+    """Decode + training augmentation per second (one core) through the training dataset (files, tar shards) and from
+    bytes in memory (PIL vs torchvision.io), decode alone, and whether torchvision's decoder gives PIL's pixels."""
+    import io
+
+    from PIL import Image
+
+    from utils.data import train_transform
+    from utils.train_data import AugmentedImageFolder
+
+    out: dict = {}
+    for name, source in (("imagefolder_pil", folder), ("tar_shards_pil", shards)):
+        ds = AugmentedImageFolder(source, 256)
+        ds[(0, 0)]  # warm up (opens the Arrow files)
+        start = time.perf_counter()
+        for i in range(n):
+            ds[(i, 0)]
+        out[name] = n / (time.perf_counter() - start)
+    files = [p for p in sorted(folder.rglob("*.JPEG"))][:n]
+    blobs = [p.read_bytes() for p in files]
+    for name, decode in (("decode_only_pil", None), ("decode_only_torchvision", decode_torchvision),
+                         ("bytes_pil", None), ("bytes_torchvision", decode_torchvision)):
+        import random
+
+        start = time.perf_counter()
+        for i, data in enumerate(blobs):
+            if decode is None:
+                with Image.open(io.BytesIO(data)) as img:
+                    img.load()
+                    img = img.convert("RGB")
+            else:
+                img = decode(data)
+            if name.startswith("bytes"):
+                train_transform(img, 256, random.Random(i))
+        out[name] = n / (time.perf_counter() - start)
+    same = 0
+    for data in blobs:
+        with Image.open(io.BytesIO(data)) as img:
+            pil = np.asarray(img.convert("RGB"))
+        same += int(np.array_equal(pil, np.asarray(decode_torchvision(data))))
+    out["torchvision_identical_pixels"] = f"{same}/{len(blobs)}"
+    return out
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--codes", type=int, default=2000, help="rows written per code layout")
@@ -107,6 +183,21 @@ def main(argv=None) -> dict:
         for name, rate in rates.items():
             print(f"  {name}: {rate:,.0f} samples/s per core -> {args.gpu_codes_per_s / rate:.2f} cores per GPU at "
                   f"{args.gpu_codes_per_s:,.0f} samples/s")
+        if args.images:
+            from utils.make_shards import make_shards
+
+            folder = make_jpegs(Path(tmp) / "jpegs", args.images)
+            make_shards(folder, Path(tmp) / "wds", "tar", per_shard=max(1, args.images // 4))
+            rates = image_rates(folder, Path(tmp) / "wds", args.images)
+            results["images"] = rates
+            print(f"images ({args.images} JPEGs of ~500 x 375, random-resized crop to 256 + flip, per core):")
+            for name, rate in rates.items():
+                if isinstance(rate, str):
+                    print(f"  {name}: {rate}")
+                    continue
+                feed = "" if name.startswith("decode_only") else \
+                    f" -> {args.gpu_images_per_s / rate:.1f} cores per GPU at {args.gpu_images_per_s:,.0f} images/s"
+                print(f"  {name}: {rate:,.1f} images/s{feed}")
     return results
 
 
