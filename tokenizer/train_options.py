@@ -17,7 +17,8 @@ LOSS_NETS = "loss networks"
 class TokenizerTrainSettings(TrainSettings):
     default_wandb_project: ClassVar[str] = "vqvit_imagenet_train"  # the original's
 
-    data_path: str | None = setting(None, "ImageFolder root (class sub-folders) or a flat image folder", yaml=False,
+    data_path: str | None = setting(None, "ImageFolder root (class sub-folders), a flat image folder, or tar "
+                                          "shards / parquet / hf://NAME[:SPLIT] (utils.shards)", yaml=False,
                                     schedule_only=True, required=True, group="experiment")
     dataset: str = setting("imagenet", "both read an ImageFolder tree (the original only knows 'imagenet')",
                            choices=["imagenet", "imagefolder"], yaml=False, group="experiment")
