@@ -154,7 +154,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--code-path", required=True, help="output folder for the code and label files")
     p.add_argument("--dataset", default="imagenet", help="dataset name used in the output folder names")
     p.add_argument("--image-size", type=int, default=None,
-                   help="crop size; must match the tokenizer (default: the tokenizer's)")
+                   help="crop size (default: the tokenizer's; another size runs the tokenizer at that size, its "
+                        "position tables resampled: see Detailed_instructions, 'Fine-tuning on your own images')")
     p.add_argument("--ten-crop", action="store_true", help="10 views (ten-crop) instead of centre crop + mirror")
     p.add_argument("--crop-range", type=float, default=1.1, help="ten-crop source size = image-size * crop-range")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch and process")
@@ -209,9 +210,10 @@ def main(argv=None) -> dict:
             if key in old and old[key] != value:
                 raise ValueError(f"--resume into {args.code_path}: its codes were extracted with {key}={old[key]!r}, "
                                  f"this run has {value!r}; use another --code-path (or the same tokenizer and crops)")
-    model = load_tokenizer(cfg, ckpt, device=dist.device, entries=(entry,))
-    if model.image_size != args.image_size:
-        raise ValueError(f"--image-size {args.image_size} does not match the tokenizer's {model.image_size}")
+    # another --image-size than the tokenizer's: its position tables are resampled (tokenizer.resolution)
+    native = tokenizer_info(cfg)["image_size"]
+    model = load_tokenizer(cfg, ckpt, device=dist.device, entries=(entry,),
+                           image_size=args.image_size if args.image_size != native else None)
     view_fn = view_transform(args.image_size, args.ten_crop, args.crop_range)
     dataset = ImageFolderDataset(args.data_path, args.image_size, transform=view_fn)
     n_images = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))

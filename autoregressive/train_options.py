@@ -69,6 +69,14 @@ class GPTTrainSettings(TrainSettings):
                                      flags=("--tok-config", "--model-config"), required=True, group=TOKENIZER)
     vq_ckpt: str | None = setting(None, "tokenizer weights (needed with --dataset imagenet)", schedule_only=True,
                                   group=TOKENIZER)
+    init_from: str | None = setting(None, "fine-tune: start a new experiment from these GPT weights, a released "
+                                          "GPT's name (GPT-B_VQ_XLXXL), a checkpoint or a save_pretrained folder; "
+                                          "weights only (fresh optimiser, step 0); with another --num-classes the "
+                                          "class rows are new (or taken from --class-map)",
+                                    schedule_only=True, group=MODEL)
+    class_map: str | None = setting(None, "with --init-from and another class set: a JSON file {new class id: "
+                                          "class id of the starting GPT} whose rows are copied (others are new)",
+                                    group=MODEL)
     iterations: int | None = setting(None, "total steps T of the schedule (None: T from --epochs, else the "
                                            "original's 1,500,000)", flags=("--iterations", "--max-steps"),
                                      schedule_only=True, group="length")

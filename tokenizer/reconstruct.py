@@ -39,7 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-path", required=True,
                    help="image folder: ImageFolder layout (class sub-folders) or a flat folder of images")
     p.add_argument("--image-size", type=int, default=None,
-                   help="centre-crop size; must match the tokenizer (default: the tokenizer's)")
+                   help="centre-crop size (default: the tokenizer's; another size runs the tokenizer at that size, "
+                        "its position tables resampled)")
     p.add_argument("--sample-dir", default="results/reconstructions", help="parent folder of the run's outputs")
     p.add_argument("--run-name", default=None, help="output sub-folder name (default: <config>-<checkpoint>)")
     p.add_argument("--vq-ckpt", required=True,
@@ -137,12 +138,13 @@ def main(argv=None) -> dict:
     ckpt_path = resolve_checkpoint(args.vq_ckpt)
     args.model_config = settle_tokenizer_config(args.vq_ckpt, args.model_config, flag="--model-config")
     cfg = read_tokenizer_config(args.model_config, args.config_overrides)
-    args.image_size = args.image_size or tokenizer_info(cfg)["image_size"]
+    native = tokenizer_info(cfg)["image_size"]
+    args.image_size = args.image_size or native
     ckpt_sha256 = sha256_file(ckpt_path)
     inputs = result_inputs(args, ckpt_sha256)
-    model = load_tokenizer(cfg, ckpt_path, device=dist.device)
-    if args.image_size != model.image_size:
-        raise ValueError(f"--image-size {args.image_size} does not match the tokenizer's {model.image_size}")
+    # another --image-size than the tokenizer's: its position tables are resampled (tokenizer.resolution)
+    model = load_tokenizer(cfg, ckpt_path, device=dist.device,
+                           image_size=args.image_size if args.image_size != native else None)
 
     out_dir = Path(args.sample_dir) / run_name(args, ckpt_sha256)
     img_dir = out_dir / "images"
