@@ -52,6 +52,22 @@ launcher_argv() {
                 --shutdown-timeout="${PREEMPT_GRACE:-300}" -m "$module" "$@")
 }
 
+# wait_child PID : sets WAIT_RC to the exit status of the background child PID. A trapped signal makes `wait` return
+# early (128 + signal) while the child runs on, so the traps set GIGATOK_TRAPPED and the wait is repeated; a repeat
+# that finds the child already collected (127) keeps the status before it.
+wait_child() {
+  local pid=$1 rc=
+  while :; do
+    GIGATOK_TRAPPED=0
+    local before=$rc
+    rc=0
+    wait "$pid" || rc=$?
+    if [[ $rc == 127 && -n "$before" ]]; then rc=$before; break; fi
+    [[ $GIGATOK_TRAPPED == 1 && $rc -gt 128 ]] || break
+  done
+  WAIT_RC=$rc
+}
+
 # launch MODULE ARGS... : run a python module on every process of this node.
 launch() {
   local module=$1; shift
@@ -76,7 +92,7 @@ _launch_torchrun() {
   if [[ -n "${SLURM_STEP_ID:-}" ]]; then
     # Inside a SLURM job step, slurmstepd signals every process of the step (the agent included), so relaying
     # here would hand the agent each signal twice; the shell only has to survive to report the exit code.
-    for sig in "${GIGATOK_SIGNALS[@]}"; do trap ':' "$sig"; done
+    for sig in "${GIGATOK_SIGNALS[@]}"; do trap 'GIGATOK_TRAPPED=1' "$sig"; done
     "${LAUNCH_ARGV[@]}" &
     pid=$!
   else
@@ -86,14 +102,10 @@ _launch_torchrun() {
     command -v setsid >/dev/null && session=(setsid)
     "${session[@]}" "${LAUNCH_ARGV[@]}" &
     pid=$!
-    for sig in "${GIGATOK_SIGNALS[@]}"; do trap "kill -s $sig \$pid 2>/dev/null" "$sig"; done
+    for sig in "${GIGATOK_SIGNALS[@]}"; do trap "GIGATOK_TRAPPED=1; kill -s $sig \$pid 2>/dev/null" "$sig"; done
   fi
-  # wait returns early (status > 128) when a trapped signal arrives; wait again until the agent has exited.
-  while :; do
-    rc=0
-    wait "$pid" || rc=$?
-    kill -0 "$pid" 2>/dev/null || break
-  done
+  wait_child "$pid"
+  rc=$WAIT_RC
   for sig in "${GIGATOK_SIGNALS[@]}"; do trap - "$sig"; done
   unset GIGATOK_ERROR_FILE
   if [[ $rc -ne 0 && -s "$errfile" ]]; then
