@@ -4,7 +4,8 @@
 #   NNODES, NODE_RANK, MASTER_ADDR, PORT  static rendezvous as for torchrun (defaults 1, 0, 127.0.0.1, 55565)
 #   RDZV_ENDPOINT=HOST:PORT  torchrun's c10d rendezvous instead (node ranks assigned by it; NODE_RANK, MASTER_ADDR and
 #     PORT are then unused); RDZV_ID  its job id (default: $SLURM_JOB_ID, else "gigatok")
-#   MAX_RESTARTS  elastic restarts of the worker group after a worker failure (torchrun --max-restarts; default 0)
+#   MAX_RESTARTS  elastic restarts of the worker group after a worker failure (torchrun --max-restarts; default 0);
+#     above 0 the c10d rendezvous is used (on RDZV_ENDPOINT, else MASTER_ADDR:PORT)
 #   PREEMPT_GRACE  seconds torchrun waits for its workers after forwarding SIGTERM/SIGUSR1 before it SIGKILLs them,
 #     enough to finish a step and write a checkpoint (torchrun --shutdown-timeout; default 300)
 #   TORCH_RUN_PATH  torchrun executable (default: python -m torch.distributed.run)
@@ -40,8 +41,14 @@ launcher_argv() {
   LAUNCH_ARGV=("$PYTHON" -m torch.distributed.run)
   [[ -n "${TORCH_RUN_PATH:-}" ]] && LAUNCH_ARGV=("$TORCH_RUN_PATH")
   LAUNCH_ARGV+=(--nnodes="$nnodes" --nproc-per-node="$nproc")
-  if [[ -n "${RDZV_ENDPOINT:-}" ]]; then
-    LAUNCH_ARGV+=(--rdzv-backend=c10d --rdzv-endpoint="$RDZV_ENDPOINT" --rdzv-id="${RDZV_ID:-${SLURM_JOB_ID:-gigatok}}")
+  if [[ -n "${RDZV_ENDPOINT:-}" || "${MAX_RESTARTS:-0}" -gt 0 ]]; then
+    # Elastic restarts need the c10d rendezvous with a store per round: the static rendezvous, and c10d sharing the
+    # agent's store with the workers (torch's default), keep one store for every restart round, so a restarted
+    # rank can read the previous round's dead peer addresses and fail to connect ("Gloo connectFullMesh failed").
+    # Without RDZV_ENDPOINT the c10d store is served on MASTER_ADDR:PORT.
+    export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
+    LAUNCH_ARGV+=(--rdzv-backend=c10d --rdzv-endpoint="${RDZV_ENDPOINT:-${MASTER_ADDR:-127.0.0.1}:${PORT:-55565}}"
+                  --rdzv-id="${RDZV_ID:-${SLURM_JOB_ID:-gigatok}}")
   else
     LAUNCH_ARGV+=(--node-rank="${NODE_RANK:-0}" --master-addr="${MASTER_ADDR:-127.0.0.1}"
                   --master-port="${PORT:-55565}")
