@@ -66,6 +66,11 @@ if ! "$PY" -c "import torch, torchvision" 2>/dev/null || [[ "$previous" != "$tor
     "$TORCH_SPEC" "$TORCHVISION_SPEC"
   echo "$torch_source" > "$VENV/.gigatok-torch-source"
 fi
+# this project was installed as "gigatok" before it took the name gigatok-pytorch (that name belongs to another
+# PyPI project): an editable install of this folder under the old name goes, so that one distribution owns it
+if "$PY" -m pip show gigatok 2>/dev/null | grep -qx "Editable project location: $PWD"; then
+  "$PY" -m pip uninstall --quiet -y gigatok
+fi
 echo "[env_install] installing the project and its dependencies${extras:+ (with the extras $extras)}"
 "$PY" -m pip install --quiet -e ".$extras"
 if [[ "$offline_inception" == 1 ]]; then

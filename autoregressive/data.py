@@ -13,10 +13,11 @@ from typing import Optional
 
 import torch
 
+from autoregressive.packed_codes import PackedCodes, is_packed, packed_dir
 from utils.data import CodeDataset
 from utils.train_data import mix_seed
 
-__all__ = ["TrainCodeDataset", "alternative_code_dirs"]
+__all__ = ["TrainCodeDataset", "alternative_code_dirs", "open_train_codes"]
 
 log = logging.getLogger(__name__)
 
@@ -29,25 +30,43 @@ def alternative_code_dirs(codes_dir: Path, labels_dir: Path) -> Optional[tuple[P
     return alt[0], alt[1]
 
 
+def _alternative_packed(folder: Path) -> Optional[Path]:
+    alt = Path(str(folder).replace("ten_crop/", "ten_crop_105/"))
+    return alt if str(alt) != str(folder) and is_packed(alt) else None
+
+
 class TrainCodeDataset(torch.utils.data.Dataset):
     """Pre-extracted codes: ``(index, epoch)`` -> ``(codes [T] int64, label, index)``.
 
     One of the stored views is picked at random per access (the original's ten-crop augmentation); if the
     ``ten_crop_105`` sibling folder exists, each access reads from it with probability 0.5, as the original.
+    ``codes_dir`` may be a packed folder (``labels_dir=None``); the samples are then the same as from the per-image
+    files of the same extraction.
     """
 
-    def __init__(self, codes_dir: str | os.PathLike, labels_dir: str | os.PathLike, seed: int = 0,
+    def __init__(self, codes_dir: str | os.PathLike, labels_dir: str | os.PathLike | None, seed: int = 0,
                  use_alternative: bool = True):
-        self.base = CodeDataset(codes_dir, labels_dir)
+        packed = labels_dir is None
+        self.base = PackedCodes(codes_dir) if packed else CodeDataset(codes_dir, labels_dir)
         self.seed = seed
         self.alt = None
-        alt = alternative_code_dirs(Path(codes_dir), Path(labels_dir)) if use_alternative else None
-        if alt is not None:
-            other = CodeDataset(*alt)
-            if other.ids == self.base.ids:
+        if not use_alternative:
+            return
+        if packed:
+            alt_dir = _alternative_packed(Path(codes_dir))
+            other = PackedCodes(alt_dir) if alt_dir is not None else None
+        else:
+            alt = alternative_code_dirs(Path(codes_dir), Path(labels_dir))
+            alt_dir, other = (alt[0], CodeDataset(*alt)) if alt is not None else (None, None)
+        if other is not None:
+            if list(other.ids) == list(self.base.ids):
                 self.alt = other
             else:
-                log.warning("ignoring %s: its files differ from %s", alt[0], codes_dir)
+                log.warning("ignoring %s: its images differ from %s", alt_dir, codes_dir)
+
+    @property
+    def packed(self) -> bool:
+        return isinstance(self.base, PackedCodes)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -60,3 +79,14 @@ class TrainCodeDataset(torch.utils.data.Dataset):
             torch.manual_seed(int(torch.randint(2 ** 62, (), generator=g)))
             codes, label = src[index]
         return codes, int(label), index
+
+
+def open_train_codes(code_path: str | os.PathLike, dataset: str, image_size: int, seed: int = 0) -> TrainCodeDataset:
+    """The training codes under ``code_path``: the packed folder ``<dataset><size>_packed`` if it exists (auto-
+    detected), else the original's per-image ``<dataset><size>_codes`` / ``_labels`` files."""
+    from autoregressive.extract_codes import code_dirs
+
+    folder = packed_dir(code_path, dataset, image_size)
+    if is_packed(folder):
+        return TrainCodeDataset(folder, None, seed=seed)
+    return TrainCodeDataset(*code_dirs(code_path, dataset, image_size), seed=seed)

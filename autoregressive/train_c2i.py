@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from autoregressive import train_options
-from autoregressive.data import TrainCodeDataset
+from autoregressive.data import open_train_codes
 from autoregressive.models.gpt import GPT_models
 from tokenizer import read_tokenizer_config, tokenizer_info
 from utils import training
@@ -100,12 +100,12 @@ class GPTTrainer(Trainer):
         self.settings = dataclasses.replace(settings, image_size=self.image_size)  # recorded resolved
         self.tokenizer = None
         if settings.dataset == "imagenet_code":
-            from autoregressive.extract_codes import code_dirs
-            codes_dir, labels_dir = code_dirs(settings.code_path, settings.code_dataset_name, self.image_size)
             self._check_code_settings(Path(settings.code_path))
-            dataset = TrainCodeDataset(codes_dir, labels_dir, seed=settings.global_seed)
+            dataset = open_train_codes(settings.code_path, settings.code_dataset_name, self.image_size,
+                                       seed=settings.global_seed)  # packed codes are auto-detected
             views = " (the ten_crop_105 folder is used with p=0.5)" if dataset.alt is not None else ""
-            self.log(f"dataset: {len(dataset):,} code files in {codes_dir}{views}")
+            self.log(f"dataset: {len(dataset):,} {'packed' if dataset.packed else 'per-image'} codes in "
+                     f"{settings.code_path}{views}")
             return dataset
         from tokenizer import load_tokenizer
         from utils.checkpoint import resolve_checkpoint

@@ -23,9 +23,11 @@ NOT_IMPLEMENTED = "the original's GPT variant (unused by the released GPTs); not
 class GPTTrainSettings(TrainSettings):
     default_wandb_project: ClassVar[str] = "gpt_vqvit_imagenet_train"  # the original's
 
-    code_path: str | None = setting(None, "folder with <dataset><size>_codes/ and _labels/ from "
-                                          "autoregressive.extract_codes", schedule_only=True, group="experiment")
-    data_path: str | None = setting(None, "ImageFolder tree (tokenised on the fly)", schedule_only=True,
+    code_path: str | None = setting(None, "folder with <dataset><size>_codes/ and _labels/ (or _packed/, "
+                                          "auto-detected) from autoregressive.extract_codes", schedule_only=True,
+                                    group="experiment")
+    data_path: str | None = setting(None, "ImageFolder tree, or tar shards / parquet / hf:// (utils.shards), "
+                                          "tokenised on the fly", schedule_only=True,
                                     group="experiment")
     dataset: str = setting("imagenet", "imagenet: images from --data-path; imagenet_code: codes from --code-path",
                            choices=["imagenet", "imagenet_code"], group="experiment")

@@ -37,7 +37,7 @@ from autoregressive.models.gpt import GPT_models
 from tokenizer import settle_tokenizer_config, tokenizer_info
 from utils.checkpoint import resolve_checkpoint, sha256_file
 from utils.cli import HelpFormatter
-from utils.data import CodeDataset, ImageFolderDataset, collate_skip_bad
+from utils.data import ImageFolderDataset, collate_skip_bad
 from utils.distributed import barrier, finish, init_distributed
 from utils.training import PRECISIONS, configure_tf32
 
@@ -125,7 +125,7 @@ def settle_models(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 class _Codes(torch.utils.data.Dataset):
-    def __init__(self, base: CodeDataset):
+    def __init__(self, base: torch.utils.data.Dataset):
         self.base = base
 
     def __len__(self) -> int:
@@ -163,8 +163,9 @@ def main(argv=None) -> dict:
     fwd = torch.compile(model) if args.compile else model
 
     if args.dataset == "imagenet_code":
-        from autoregressive.extract_codes import code_dirs
-        dataset = _Codes(CodeDataset(*code_dirs(args.code_path, args.code_dataset_name, image_size), view=args.view))
+        from autoregressive.packed_codes import open_codes
+        # packed codes (extract_codes --format packed) are auto-detected
+        dataset = _Codes(open_codes(args.code_path, args.code_dataset_name, image_size, view=args.view))
         tokenizer = None
     else:
         from tokenizer import load_tokenizer

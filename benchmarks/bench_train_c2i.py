@@ -26,12 +26,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_tokenizer import count_flops, measure_gemm_flops, peak_memory_mb, time_steps  # noqa: E402
 
 from autoregressive.models.gpt import GPT_models  # noqa: E402
-from autoregressive.train_c2i import param_groups  # noqa: E402
 from tokenizer import tokenizer_info  # noqa: E402
 from utils.cli import HelpFormatter  # noqa: E402
 from utils.distributed import pick_device  # noqa: E402
 from utils.ema import EMA  # noqa: E402
-from utils.training import PRECISIONS  # noqa: E402
+from utils.training import PRECISIONS, param_groups  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -83,7 +82,7 @@ def main(argv=None) -> dict:
     raw = GPT_models[args.gpt_model](vocab_size=vocab, block_size=block, num_classes=args.num_classes).to(device)
     raw.train()
     model = torch.compile(raw) if args.compile else raw
-    opt = torch.optim.AdamW(param_groups(raw, 0.05), lr=1e-4, betas=(0.9, 0.95),
+    opt = torch.optim.AdamW(param_groups(raw, 0.05, lambda _, param: param.dim() < 2), lr=1e-4, betas=(0.9, 0.95),
                             **({"fused": True} if device.type == "cuda" else {}))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ema = EMA(raw) if args.ema else None

@@ -9,7 +9,8 @@ with DataLoader workers (no GPU is involved in cropping).
         --png-dir $VAL_PATH --npz val_imagenet.npz
 
 Order: torchvision ImageFolder order (sorted class folders, sorted files), which is also the order in which the PNG
-folder is read back. PNGs keep the class sub-folder and the source file's stem.
+folder is read back. PNGs keep the class sub-folder and the source file's stem. ``--data-path`` may also be tar
+shards, parquet or ``hf://`` (:mod:`utils.shards`): shard order, PNGs named by class and record key.
 """
 from __future__ import annotations
 
@@ -22,41 +23,45 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.data import center_crop_arr, list_images, to_rgb
+from utils.data import ImageFolderDataset, center_crop_arr
 
 
 class _CropDataset(torch.utils.data.Dataset):
-    def __init__(self, items, image_size: int):
-        self.items, self.image_size = items, image_size
+    """uint8 centre crops, decoded as every other job decodes (``ImageFolderDataset.load_rgb``: files or shards)."""
+
+    def __init__(self, images: ImageFolderDataset, count: int, image_size: int):
+        self.images, self.count, self.image_size = images, count, image_size
 
     def __len__(self):
-        return len(self.items)
+        return self.count
 
     def __getitem__(self, i):
-        path = self.items[i][0]
-        with Image.open(path) as img:
-            img.load()
-            arr = np.asarray(center_crop_arr(to_rgb(img), self.image_size), dtype=np.uint8)
+        arr = np.asarray(center_crop_arr(self.images.load_rgb(i), self.image_size), dtype=np.uint8)
         return torch.from_numpy(arr.copy()), i
+
+
+def _png_name(images: ImageFolderDataset, i: int) -> Path:
+    """Class sub-folder and stem of the source file; for a shard record, the class and the record's key."""
+    name, label = images.items[i]
+    if images.shards is not None:
+        key = str(name).rpartition(":")[2].replace("/", "_")
+        return Path(images.classes[label] if images.classes else "") / f"{key}.png"
+    return Path(name).relative_to(images.root).with_suffix(".png")
 
 
 def build(data_path, npz_path=None, png_dir=None, image_size: int = 256, max_images: int | None = None,
           workers: int = 4, batch_size: int = 64) -> np.ndarray:
-    items, classes = list_images(data_path)
-    if max_images is not None:
-        items = items[:max_images]
-    root = Path(data_path)
-    loader = torch.utils.data.DataLoader(_CropDataset(items, image_size), batch_size=batch_size, shuffle=False,
-                                         num_workers=workers)
-    out = np.empty((len(items), image_size, image_size, 3), np.uint8)
+    images = ImageFolderDataset(data_path, image_size)
+    count = len(images) if max_images is None else min(max_images, len(images))
+    loader = torch.utils.data.DataLoader(_CropDataset(images, count, image_size), batch_size=batch_size,
+                                         shuffle=False, num_workers=workers)
+    out = np.empty((count, image_size, image_size, 3), np.uint8)
     for batch, idx in loader:
         arrays = batch.numpy()
         for a, i in zip(arrays, idx.tolist(), strict=True):
             out[i] = a
             if png_dir is not None:
-                src = items[i][0]
-                rel = src.relative_to(root).with_suffix(".png")
-                dest = Path(png_dir) / rel
+                dest = Path(png_dir) / _png_name(images, i)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(a).save(dest)
     if npz_path is not None:
@@ -68,7 +73,8 @@ def build(data_path, npz_path=None, png_dir=None, image_size: int = 256, max_ima
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m evaluations.make_val_npz", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-path", required=True, help="ImageNet val folder (class sub-folders, or flat)")
+    p.add_argument("--data-path", required=True, help="ImageNet val folder (class sub-folders, or flat), or tar "
+                   "shards / parquet / hf://NAME:validation (utils.shards)")
     p.add_argument("--npz", default=None,
                    help="output npz (arr_0 uint8 NHWC); default SAMPLE_DIR/val_<dataset>.npz with --sample-dir, "
                         "else val_imagenet.npz")

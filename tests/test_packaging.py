@@ -66,11 +66,13 @@ def test_wheel_loads_released_models_outside_the_checkout(tmp_path):
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w",
                     str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=600)
-    wheel = next((tmp_path / "dist").glob("gigatok-*.whl"))
+    wheel = next((tmp_path / "dist").glob("gigatok_pytorch-*.whl"))
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(wheel)], check=True,
                    capture_output=True, timeout=600)
     assert (site / "tokenizer" / "vq_configs" / "VQ_SS256.yaml").is_file()
+    assert (site / "autoregressive" / "demo" / "examples" / "photos" / "chelsea.png").is_file()
+    assert (site / "utils" / "fashion_mnist_data" / "fashion_mnist_subset.npz").is_file()
 
     with torch.device("meta"):
         tok_sd = build_tokenizer(REPO / "configs" / "vq" / "VQ_SS256.yaml").state_dict()
@@ -98,3 +100,17 @@ def test_wheel_loads_released_models_outside_the_checkout(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0 and "LOADED-OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_the_distribution_name_is_not_the_unrelated_pypi_project():
+    """``gigatok`` on PyPI is someone else's text tokenizer: this project installs as ``gigatok-pytorch``, and its
+    runtime data (demo photos, the quickstart's Fashion-MNIST subset) lives in the packages, not under tests/."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert project["project"]["name"] == "gigatok-pytorch"
+    data = project["tool"]["setuptools"]["package-data"]
+    assert "examples/photos/*.png" in data["autoregressive.demo"] and "fashion_mnist_data/*" in data["utils"]
+    import autoregressive.demo.models as demo_models
+    from utils import fashion_mnist
+    assert demo_models.PHOTOS.is_dir() and fashion_mnist.SUBSET.is_file()
+    assert "tests" not in demo_models.PHOTOS.parts and "tests" not in fashion_mnist.SUBSET.parts

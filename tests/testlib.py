@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
 PARITY = DATA / "parity"
 MANIFESTS = DATA / "manifests"
-PHOTOS = DATA / "photos"
+PHOTOS = REPO / "autoregressive" / "demo" / "examples"  # an ImageFolder root: its class "photos"
 CONFIGS = REPO / "configs" / "vq"
 
 for _path in (REPO, REPO / "tests"):

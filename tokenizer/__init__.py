@@ -8,7 +8,13 @@ from typing import Any
 
 import torch
 
-from utils.checkpoint import PRETRAINED_WEIGHTS, is_checkpoint_file, load_weights, read_model_description
+from utils.checkpoint import (
+    PRETRAINED_WEIGHTS,
+    CheckpointError,
+    is_checkpoint_file,
+    load_state_dict_strict,
+    read_model_description,
+)
 from utils.config import to_plain
 
 from .config import model_args, read_tokenizer_config
@@ -135,7 +141,8 @@ def settle_tokenizer_config(vq_ckpt: str | os.PathLike | None, given: Any = None
 
 def load_tokenizer(config: Any, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                    overrides: list[str] | None = None,
-                   entries: tuple[str, ...] = ("ema", "model", "state_dict")) -> torch.nn.Module:
+                   entries: tuple[str, ...] = ("ema", "model", "state_dict"),
+                   image_size: int | None = None) -> torch.nn.Module:
     """Tokenizer with weights from ``checkpoint``, in eval mode on ``device``.
 
     ``config`` may also be a released model's name or Hub file (``load_tokenizer("VQ_XLXXL256")``): its YAML and,
@@ -148,13 +155,36 @@ def load_tokenizer(config: Any, checkpoint: str | os.PathLike | None = None, dev
     from the Hub repo ``YuuTennYi/GigaTok``), or ``hf://OWNER/REPO/FILE``. The ``ema`` entry is used when
     present, else ``model``, else ``state_dict`` (as the original reconstruction script; ``entries`` chooses
     otherwise, e.g. ``("model",)`` as its code extraction); loading is strict.
+
+    ``image_size``: build the model for another image size and resample the checkpoint's grid position tables to it
+    (``tokenizer.resolution``; e.g. a 256-px release at 512 px). Without it, a checkpoint of another resolution than
+    the config's is refused with a message naming both.
     """
+    from utils.checkpoint import load_checkpoint_file, resolve_checkpoint, select_state_dict, strip_prefixes
+
+    from .resolution import resample_position_tables, resolution_mismatch, set_image_size
+
     config, checkpoint = resolve_released(config, checkpoint)
     if checkpoint is None:
         raise ValueError("load_tokenizer needs a checkpoint (or a released model name as the config)")
     context = f"config {config!r}" if isinstance(config, (str, os.PathLike)) else "the given config"
-    model = build_tokenizer(config, overrides)
-    load_weights(model, checkpoint, context=context, entries=entries)
+    cfg = read_tokenizer_config(config, overrides)
+    if image_size is not None:
+        cfg = set_image_size(cfg, image_size)
+    model = build_tokenizer(cfg)
+    path = resolve_checkpoint(checkpoint)
+    state_dict = strip_prefixes(select_state_dict(load_checkpoint_file(path), str(path), entries))
+    if image_size is not None:
+        state_dict = resample_position_tables(state_dict, model)
+    else:
+        mismatch = resolution_mismatch(state_dict, model)
+        if mismatch is not None:
+            down = model.image_size // model.grid_size
+            raise CheckpointError(
+                f"{path} is a tokenizer for {mismatch[0] * down}-px images ({mismatch[0]}x{mismatch[0]} token grid) "
+                f"and {context} builds one for {model.image_size} px: pass image_size={model.image_size} "
+                f"(load_tokenizer) or --image-size {model.image_size} (the scripts) to resample its position tables")
+    load_state_dict_strict(model, state_dict, source=str(path), context=context)
     return model.to(device).eval()
 
 

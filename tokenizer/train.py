@@ -21,10 +21,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from tokenizer import build_tokenizer, read_tokenizer_config, train_options
+from tokenizer import build_tokenizer, read_tokenizer_config, resolve_released, train_options
 from tokenizer.losses import build_loss
+from tokenizer.resolution import resample_position_tables, set_image_size
 from utils import training
-from utils.checkpoint import resolve_checkpoint, strip_prefixes
+from utils.checkpoint import is_checkpoint_file, resolve_checkpoint, strip_prefixes
 from utils.config import ConfigError, load_config, save_config, to_plain
 from utils.distributed import allreduce_grads, any_rank, broadcast_module, gather_objects, is_distributed
 from utils.lr import set_lr
@@ -47,7 +48,18 @@ class TokenizerTrainer(Trainer):
     find_unused_parameters = True
 
     def __init__(self, args: argparse.Namespace):
-        self.config = read_tokenizer_config(args.model_config, args.config_overrides)
+        config, self.init_weights = getattr(args, "model_config", None), None
+        if getattr(args, "init_from", None) and config and is_checkpoint_file(args.init_from):
+            self.init_weights = args.init_from  # weights for the given config
+        elif getattr(args, "init_from", None):  # a release, a described checkpoint or a folder: weights and config
+            init_config, self.init_weights = resolve_released(args.init_from, None)
+            config = config or init_config
+            args.model_config = getattr(args, "model_config", None) or args.init_from
+        if config is None:
+            raise ConfigError("give the tokenizer config (--model-config) or the weights to start from (--init-from)")
+        self.config = read_tokenizer_config(config, args.config_overrides)
+        if getattr(args, "image_size", None):  # explicit: the model is built at this size
+            self.config = read_tokenizer_config(set_image_size(self.config, args.image_size))
         super().__init__(resolve(train_options.TokenizerTrainSettings, args, self.config.get("trainer"),
                                  source="trainer"))
 
@@ -86,7 +98,7 @@ class TokenizerTrainer(Trainer):
         self.optimizer = optimizer_class(groups, **common,
                                          **({"fused": True} if self.fsdp and self.device.type == "cuda" else {}))
         self.optimizer_disc = optimizer_class(self.loss.discriminator.parameters(), **common)
-        self.scaler_disc = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.scaler_disc = training.grad_scaler(self.device, self.amp_dtype)  # the discriminator is not sharded
 
     # ----- checkpoints ------------------------------------------------------------------------------------------
     def model_record(self) -> dict:
@@ -118,12 +130,19 @@ class TokenizerTrainer(Trainer):
             self.loss.lecam_ema.load_state_dict(states[self.dist.rank])
         return loaded
 
-    def initial_checkpoint(self) -> tuple[Path, bool] | None:
-        """--vq-ckpt (at its step unless --finetune), else the config's model.init_ckpt (step 0, as the original)."""
+    def initial_checkpoint(self) -> tuple[Path, bool, bool] | None:
+        """--init-from (weights only, step 0), else --vq-ckpt (at its step unless --finetune), else the config's
+        model.init_ckpt (weights and optimisers, step 0, as the original)."""
+        if self.init_weights is not None:
+            return resolve_checkpoint(self.init_weights), False, True
         start = self.settings.vq_ckpt or self.config.model.get("init_ckpt")
         if not start:
             return None
-        return resolve_checkpoint(start), bool(self.settings.vq_ckpt) and not self.settings.finetune
+        return resolve_checkpoint(start), bool(self.settings.vq_ckpt) and not self.settings.finetune, False
+
+    def adapt_weights(self, weights: dict) -> dict:
+        """A fine-tune at another resolution: the grid position tables resampled to this model's grid."""
+        return resample_position_tables(weights, self.raw_model, self.log)
 
     def config_changes(self, ckpt: dict) -> list[str]:
         """The model and loss sections (the trainer section is compared as settings)."""

@@ -17,19 +17,26 @@ LOSS_NETS = "loss networks"
 class TokenizerTrainSettings(TrainSettings):
     default_wandb_project: ClassVar[str] = "vqvit_imagenet_train"  # the original's
 
-    data_path: str | None = setting(None, "ImageFolder root (class sub-folders) or a flat image folder", yaml=False,
+    data_path: str | None = setting(None, "ImageFolder root (class sub-folders), a flat image folder, or tar "
+                                          "shards / parquet / hf://NAME[:SPLIT] (utils.shards)", yaml=False,
                                     schedule_only=True, required=True, group="experiment")
     dataset: str = setting("imagenet", "both read an ImageFolder tree (the original only knows 'imagenet')",
                            choices=["imagenet", "imagefolder"], yaml=False, group="experiment")
-    model_config: str | None = setting(None, "tokenizer YAML (configs/vq/*.yaml); its content is compared on resume",
+    model_config: str | None = setting(None, "tokenizer YAML (configs/vq/*.yaml); its content is compared on resume "
+                                             "(None with --init-from: the config the weights come with)",
                                        flags=("--model-config", "--tok-config", "--config", "--vq-model"), yaml=False,
-                                       schedule_only=True, required=True, group="experiment")
+                                       schedule_only=True, group="experiment")
+    init_from: str | None = setting(None, "fine-tune: start a new experiment from these weights, a released "
+                                          "tokenizer's name (VQ_BL256), a checkpoint or a save_pretrained folder; "
+                                          "weights only (a fresh discriminator and optimisers, step 0); with "
+                                          "--image-size another resolution (the position tables are resampled)",
+                                    yaml=False, schedule_only=True, group="experiment")
     config_overrides: list = setting([], "dotted config overrides, e.g. trainer.lr=2e-4 (also as trailing "
                                          "arguments)", yaml=False, schedule_only=True, group="experiment")
     exp_index: int | None = setting(None, "prefix %%03d of the default experiment name", yaml=False,
                                     schedule_only=True, group="experiment")
-    image_size: int | None = setting(None, "crop size (None: the model's image size; another size is refused)",
-                                     yaml=False, group="experiment")
+    image_size: int | None = setting(None, "image size of the model and its crops (None: the config's; another "
+                                           "size builds the model at that size)", yaml=False, group="experiment")
     json_path: str | None = setting(None, "not used: the original's non-ImageNet datasets", yaml=False,
                                     schedule_only=True, group="experiment")
     save_path: str = setting("results/tokenizers/vq", "parent folder of experiments",

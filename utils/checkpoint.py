@@ -34,13 +34,15 @@ def resolve_checkpoint(spec: str | os.PathLike, default_repo: str = DEFAULT_HUB_
     * ``hf://OWNER/REPO/path/in/repo.pt`` is fetched from that Hub repository;
     * a bare released file name (``VQ_SS256_e100.pt``) is fetched from ``default_repo``;
     * a ``save_pretrained`` folder, or ``hf://OWNER/REPO`` (a Hub repository holding one), gives its
-      ``model.safetensors``.
+      ``model.safetensors``; a sharded training checkpoint folder is returned as is (``load_checkpoint_file`` reads it).
     Downloads go through ``huggingface_hub`` and its cache, so ``HF_HUB_OFFLINE=1`` works with a
     pre-filled cache.
     """
     text = os.fspath(spec)
     path = Path(text).expanduser()
-    if path.is_file():
+    from utils.sharded_checkpoint import is_sharded_checkpoint
+
+    if path.is_file() or is_sharded_checkpoint(path):
         return path
     if path.is_dir() and (path / PRETRAINED_WEIGHTS).is_file():
         return path / PRETRAINED_WEIGHTS
@@ -84,9 +86,17 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
 
     ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``,
     allowing ``argparse.Namespace`` because the original training scripts store their args in it. ``mmap=True``
-    memory-maps the file (every rank of a node then shares the page cache when resuming).
+    memory-maps the file (every rank of a node then shares the page cache when resuming). A sharded checkpoint folder
+    (``utils.sharded_checkpoint``) is consolidated into the same dict in memory.
     """
     path = Path(path)
+    from utils.sharded_checkpoint import consolidate, is_sharded_checkpoint
+    if is_sharded_checkpoint(path):
+        try:
+            return consolidate(path)
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"could not read the sharded checkpoint {str(path)!r}: {type(exc).__name__}: "
+                                  f"{exc}") from exc
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
     try:
@@ -197,11 +207,14 @@ def load_weights(model: torch.nn.Module, checkpoint: str | os.PathLike, context:
 
 
 def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files of interrupted :func:`save_atomic` writes in ``folder`` (``.<name>.*.tmp``)."""
+    """Delete what interrupted checkpoint writes left in ``folder``: :func:`save_atomic`'s ``.<name>.*.tmp`` files and
+    the staging folders of sharded saves (``.<step>.partial``)."""
+    import shutil
+
     removed = []
-    for tmp in Path(folder).glob(".*.tmp") if Path(folder).is_dir() else []:
+    for tmp in [*Path(folder).glob(".*.tmp"), *Path(folder).glob(".*.partial")] if Path(folder).is_dir() else []:
         try:
-            tmp.unlink()
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
             removed.append(tmp)
         except OSError:
             pass
@@ -263,14 +276,18 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 # step checkpoint folders (``checkpoints/%07d.pt``) shared by the trainers
 # --------------------------------------------------------------------------------------------------------------------
 
-STEP_CKPT_RE = re.compile(r"^(\d+)\.pt$")  # temporary files of interrupted writes (".name.*.tmp") never match
+STEP_CKPT_RE = re.compile(r"^(\d+)(\.pt)?$")  # interrupted writes (".name.*.tmp", ".name.partial") never match
 
 
 def list_step_checkpoints(folder: str | os.PathLike | None) -> list[tuple[int, Path]]:
-    """``%07d.pt`` files of a folder as (step, path), oldest first; [] for a missing folder."""
+    """Complete step checkpoints of a folder as (step, path), oldest first: ``%07d.pt`` files and sharded ``%07d/``
+    folders; [] for a missing folder."""
+    from utils.sharded_checkpoint import is_sharded_checkpoint
+
     if folder is None or not Path(folder).is_dir():
         return []
-    return sorted((int(m.group(1)), p) for p in Path(folder).iterdir() if (m := STEP_CKPT_RE.match(p.name)))
+    return sorted((int(m.group(1)), p) for p in Path(folder).iterdir() if (m := STEP_CKPT_RE.match(p.name))
+                  and (p.is_file() if m.group(2) else is_sharded_checkpoint(p)))
 
 
 def prune_step_checkpoints(folder: str | os.PathLike, milestone_step: int, milestone_start: int,
@@ -291,11 +308,13 @@ def prune_step_checkpoints(folder: str | os.PathLike, milestone_step: int, miles
         drop |= {s for s in others if s < milestones[-1]}
     kept_others = [s for s in others if s not in drop]
     drop |= set(kept_others[:-max_none_milestone_num] if max_none_milestone_num > 0 else kept_others)
+    from utils.sharded_checkpoint import remove_checkpoint
+
     removed = []
-    for s in sorted(drop):
-        path = Path(folder) / f"{s:07d}.pt"
-        path.unlink(missing_ok=True)
-        removed.append(path)
+    for step, path in list_step_checkpoints(folder):
+        if step in drop:
+            remove_checkpoint(path)
+            removed.append(path)
     return removed
 
 
@@ -332,11 +351,16 @@ class ModelDescription:
 
 
 def is_checkpoint_file(spec: Any) -> bool:
-    """``spec`` names one weights file (local ``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt`` / ``.safetensors``, or
-    ``hf://OWNER/REPO/FILE``) rather than a config, a preset or a released model's name."""
+    """``spec`` names one checkpoint (local ``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt`` / ``.safetensors``, a sharded
+    training checkpoint folder, or ``hf://OWNER/REPO/FILE``) rather than a config, a preset or a released model's
+    name."""
+    from utils.sharded_checkpoint import is_sharded_checkpoint
+
     if not isinstance(spec, (str, os.PathLike)):
         return False
     text = os.fspath(spec)
+    if is_sharded_checkpoint(text):
+        return True
     if text.startswith("hf://"):
         return len(text[len("hf://"):].split("/")) >= 3 and text.endswith(WEIGHT_SUFFIXES)
     return Path(text).expanduser().is_file() and text.endswith(WEIGHT_SUFFIXES)

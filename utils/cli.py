@@ -16,8 +16,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 # ----- one-line errors and documented exit codes ---------------------------------------------------------------------
-# 2: bad input (config, checkpoint, data, metric input); 3: training diverged; 4: I/O (disk full, permission).
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO = 2, 3, 4
+# 2: bad input (config, checkpoint, data, metric input); 3: training diverged; 4: I/O (disk full, permission);
+# 75 (EX_TEMPFAIL): preempted (SIGTERM / SIGUSR1): a checkpoint of the current step was written, run it again (requeue).
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO, EXIT_REQUEUE = 2, 3, 4, 75
 _IO_ERRNOS = {28, 13, 30, 122}  # ENOSPC, EACCES, EROFS, EDQUOT
 
 
@@ -33,7 +34,7 @@ def classify(exc: BaseException) -> tuple[int, str] | None:
     """(exit code, one-line message) for the errors a user can act on; None for anything else (a bug: traceback)."""
     import sys
 
-    from utils.training import LauncherGone, TrainingDiverged  # lazily: the kit imports this module's helpers
+    from utils.training import LauncherGone, Preempted, TrainingDiverged  # lazily: the kit imports this module
 
     for e in _chain(exc):
         if isinstance(e, OSError) and e.errno in _IO_ERRNOS or "No space left on device" in str(e):
@@ -43,6 +44,8 @@ def classify(exc: BaseException) -> tuple[int, str] | None:
             return EXIT_IO, f"error: {what}" + (f": {where}" if where else "") + f" ({type(exc).__name__})"
     if isinstance(exc, TrainingDiverged):
         return EXIT_DIVERGED, f"training stopped: {exc}"
+    if isinstance(exc, Preempted):
+        return EXIT_REQUEUE, f"preempted: {exc}"
     if isinstance(exc, LauncherGone):
         return 1, f"stopped: {exc}"
     from utils.checkpoint import CheckpointError

@@ -1,6 +1,7 @@
 """Image datasets and transforms shared by reconstruction, training and code extraction.
 
-Images are read from an ImageFolder-style tree (class sub-folders) or a flat folder. Grayscale, palette and
+Images are read from an ImageFolder-style tree (class sub-folders) or a flat folder, or from tar shards / parquet /
+``hf://`` datasets (:mod:`utils.shards`). Grayscale, palette and
 RGBA images are converted to RGB; an unreadable file is reported by path and skipped instead of killing a
 DataLoader worker.
 """
@@ -93,8 +94,16 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: str | os.PathLike, image_size: int = 256,
                  transform: Callable[[Image.Image], torch.Tensor] | None = None):
-        self.root = Path(root)
-        self.items, self.classes = list_images(root)
+        from utils.shards import ShardSource, is_sharded
+
+        # tar shards / parquet / hf:// (utils.shards): the same items, order and decoding, read from records
+        self.shards = ShardSource(root) if is_sharded(root) else None
+        if self.shards is not None:
+            self.root = self.shards.source
+            self.items, self.classes = self.shards.items, self.shards.classes
+        else:
+            self.root = Path(root)
+            self.items, self.classes = list_images(root)
         self.image_size = image_size
         self.transform = transform or (lambda img: to_model_range(center_crop_arr(img, image_size)))
 
@@ -102,6 +111,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def load_rgb(self, index: int) -> Image.Image:
+        if self.shards is not None:
+            return self.shards.load_rgb(index)
         path = self.items[index][0]
         with Image.open(path) as img:
             img.load()

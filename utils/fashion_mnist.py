@@ -1,4 +1,4 @@
-"""The Fashion-MNIST subset shipped in tests/data (for the offline quickstart and tests) as image folders.
+"""The Fashion-MNIST subset shipped in utils/fashion_mnist_data (for the offline quickstart and tests) as image folders.
 
 ``python -m utils.fashion_mnist OUT_DIR`` writes ``OUT_DIR/{train,val}/<class_id>_<name>/<i>.png`` (RGB PNGs, 28x28),
 an ImageFolder layout every driver of this project reads, and ``OUT_DIR/class_names.txt`` (one name per line, in
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-SUBSET = Path(__file__).resolve().parents[1] / "tests" / "data" / "fashion_mnist" / "fashion_mnist_subset.npz"
+SUBSET = Path(__file__).resolve().parent / "fashion_mnist_data" / "fashion_mnist_subset.npz"  # package data
 
 
 def load_subset(path: str | os.PathLike = SUBSET) -> dict[str, np.ndarray]:

@@ -57,8 +57,10 @@ def pretrained_folder(spec: Any, kind: str) -> Path | None:
         if config.parent != weights.parent:  # pragma: no cover - one snapshot folder per revision
             raise CheckpointError(f"{spec!r}: {config_name} and {PRETRAINED_WEIGHTS} came from different revisions")
         return config.parent
-    if not isinstance(spec, (str, os.PathLike)) or not Path(spec).is_dir():
-        return None
+    from utils.sharded_checkpoint import is_sharded_checkpoint
+
+    if not isinstance(spec, (str, os.PathLike)) or not Path(spec).is_dir() or is_sharded_checkpoint(spec):
+        return None  # a sharded training checkpoint is a checkpoint, read as one (utils.sharded_checkpoint)
     folder = Path(spec)
     missing = [name for name in (config_name, PRETRAINED_WEIGHTS) if not (folder / name).is_file()]
     if missing:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from utils import sharded_checkpoint as sharded
 from utils import training
 from utils.checkpoint import (
     FORMAT_VERSION,
@@ -34,6 +36,7 @@ from utils.checkpoint import (
     select_state_dict,
     strip_prefixes,
 )
+from utils.cli import EXIT_REQUEUE
 from utils.config import ConfigError
 from utils.distributed import barrier, gather_objects, init_distributed
 from utils.ema import EMA
@@ -57,6 +60,7 @@ class Trainer:
         self.lock = None
         self.last_checkpoint: Path | None = None
         self.window_extras: dict[str, Any] = {}  # last values logged as they are (e.g. a second LR)
+        self.stop_signals = training.StopSignals()  # SIGTERM / SIGUSR1: checkpoint the step, exit for a requeue
 
     # ----- what a trainer implements (the first five), and may override ------------------------------------------
     def build_data(self) -> torch.utils.data.Dataset:  # keyed by (index, epoch)
@@ -88,9 +92,13 @@ class Trainer:
     def load_extra_state(self, ckpt: dict, path: Path, exact: bool) -> list[str]:  # returns what was loaded
         return []
 
-    def initial_checkpoint(self) -> tuple[Path, bool] | None:
-        """Weights a new experiment starts from, and whether the start continues at that checkpoint's step."""
+    def initial_checkpoint(self) -> tuple[Path, bool, bool] | None:
+        """What a new experiment starts from: (checkpoint, whether the run continues at its step, whether only its
+        weights are taken: a fine-tune with a fresh discriminator and optimisers)."""
         return None
+
+    def adapt_weights(self, weights: dict) -> dict:  # a fine-tune's starting weights, made to fit the model
+        return weights
 
     def config_changes(self, ckpt: dict) -> list[str]:  # resume differences outside the settings
         return []
@@ -123,6 +131,7 @@ class Trainer:
         self.dist = init_distributed(settings.device)
         self.device = self.dist.device
         self.run_log = RunLog(self.dist.is_main, name=f"gigatok.train.{self.kind}")
+        self.stop_signals.install()
         self.settings = settings = dataclasses.replace(settings, device=str(self.device))  # recorded: not "auto"
         training.configure_tf32(self.device, settings.tf32)
         self.amp_dtype = training.autocast_dtype(settings.mixed_precision)
@@ -140,12 +149,7 @@ class Trainer:
         self.model = self._wrap(self.raw_model)
         self.ema = EMA(self.raw_model, settings.ema_decay) if settings.ema else None
         self.build_optimizers()
-        fp16 = self.amp_dtype == torch.float16
-        if self.fsdp:
-            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-            self.scaler = ShardedGradScaler(device=self.device.type, enabled=fp16)
-        else:
-            self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.scaler = training.grad_scaler(self.device, self.amp_dtype, self.fsdp)
         self.start_step = self._resume()
         self._open_logs(self.start_step)
         mode = (settings.data_parallel if self.fsdp else "ddp") if self.dist.distributed else "single process"
@@ -226,26 +230,29 @@ class Trainer:
 
     # ----- checkpoints --------------------------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> Path:
+        """``%07d.pt`` (the full state, gathered on rank 0) or, with ``--checkpoint-format sharded``, a ``%07d/``
+        folder in which every rank writes its own shards (:mod:`utils.sharded_checkpoint`). Collective."""
         if not training.weights_finite(self.raw_model, self.device):
             raise training.TrainingDiverged(f"non-finite weights at step {step}: checkpoint not written; last good "
                                             f"checkpoint: {self.last_checkpoint or 'none'}")
-        model_state, optimizer_state = training.full_state_dicts(self.raw_model, self.optimizer)
-        ema_state = self.ema.state_dict(self.raw_model, keep=self.dist.is_main) if self.ema is not None else None
-        extra = self.extra_state()
-        folder = self.checkpoint_dir(step)
-        path = folder / f"{step:07d}.pt"
-        if self.dist.is_main:
-            settings = self.settings
-            ckpt = {"format_version": FORMAT_VERSION, "kind": self.kind, "steps": step, "args": as_record(settings),
-                    **self.model_record(), "model": model_state, "optimizer": optimizer_state,
-                    "scaler": self.scaler.state_dict(), **extra,
-                    "trainer_state": {"epoch": step // self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch,
-                                      "dataset_len": len(self.dataset), "world_size": self.dist.world_size,
-                                      "global_batch_size": settings.global_batch_size, "seed": settings.global_seed,
-                                      "total_steps": self.total_steps}}
-            if ema_state is not None:
-                ckpt["ema"] = ema_state
-            save_atomic(ckpt, path)
+        settings, folder, main = self.settings, self.checkpoint_dir(step), self.dist.is_main
+        meta = {"format_version": FORMAT_VERSION, "kind": self.kind, "steps": step, "args": as_record(settings),
+                **self.model_record(), "scaler": self.scaler.state_dict(), **self.extra_state(),
+                "trainer_state": {"epoch": step // self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch,
+                                  "dataset_len": len(self.dataset), "world_size": self.dist.world_size,
+                                  "global_batch_size": settings.global_batch_size, "seed": settings.global_seed,
+                                  "total_steps": self.total_steps}}
+        if settings.checkpoint_format == "sharded":
+            path = sharded.save_sharded(folder / f"{step:07d}", sharded.training_state(
+                self.raw_model, self.optimizer, self.ema.shadow if self.ema is not None else None), meta, main)
+        else:
+            model_state, optimizer_state = training.full_state_dicts(self.raw_model, self.optimizer)
+            ema_state = self.ema.state_dict(self.raw_model, keep=main) if self.ema is not None else None
+            path = folder / f"{step:07d}.pt"
+            if main:
+                save_atomic({**meta, "model": model_state, "optimizer": optimizer_state,
+                             **({"ema": ema_state} if ema_state is not None else {})}, path)
+        if main:
             self.log(f"Saved checkpoint to {path}")
             if not self.in_cooldown(step):  # as the original, a cool-down keeps every checkpoint
                 for removed in prune_step_checkpoints(folder, settings.milestone_step, settings.milestone_start,
@@ -269,7 +276,8 @@ class Trainer:
                               "--no-auto-resume to continue it, or choose another experiment name")
         for path in candidates:
             try:
-                ckpt = load_checkpoint_file(path, mmap=True)
+                ckpt = sharded.read_meta(path) if sharded.is_sharded_checkpoint(path) else \
+                    load_checkpoint_file(path, mmap=True)
             except CheckpointError as exc:
                 self.log(f"WARNING: skipping unreadable checkpoint: {exc}")
                 continue
@@ -287,21 +295,30 @@ class Trainer:
         start = self.initial_checkpoint()
         if start is None:
             return 0
-        path, exact = start
-        return self._load(load_checkpoint_file(path, mmap=True), path, exact=exact)
+        path, exact, weights_only = start
+        ckpt = load_checkpoint_file(path, mmap=True)
+        if not weights_only:
+            return self._load(ckpt, path, exact=exact)
+        weights = self.adapt_weights(strip_prefixes(select_state_dict(ckpt, str(path), self.weights_entries)))
+        training.load_model_state(self.raw_model, weights, self.fsdp, source=str(path))
+        if self.ema is not None:
+            self.ema.load_state_dict(weights)
+        self.log(f"fine-tuning from {path}: loaded the model weights{' (also as the EMA)' if self.ema else ''}; "
+                 "new: optimiser state, step 0" + (", discriminator" if self.kind == "tokenizer" else ""))
+        return 0
 
     def _load(self, ckpt: dict, path: Path, exact: bool) -> int:
         settings = self.settings
-        weights = strip_prefixes(select_state_dict(ckpt, str(path), self.weights_entries))
-        training.load_model_state(self.raw_model, weights, self.fsdp, source=str(path))
-        loaded = ["model"]
-        if self.ema is not None:
-            self.ema.load_state_dict(strip_prefixes(ckpt["ema"]) if "ema" in ckpt else weights)
-            loaded.append("ema" if "ema" in ckpt else "ema (from the model)")
-        if training.check_optimizer_state(ckpt, path, settings.reset_optimizer, self.log):
-            state = training.optimizer_state_by_name(ckpt["optimizer"], self.optimizer, self.raw_model)
-            training.load_optimizer_state(self.raw_model, self.optimizer, state)
-            loaded.append("optimizer")
+        if sharded.is_sharded_checkpoint(path):  # every rank reads its own shards, resharded to this run's layout
+            with_ema = self.ema is not None and ckpt["args"].get("ema", False)
+            sharded.load_sharded(path, self.raw_model, self.optimizer, self.ema.shadow if with_ema else None)
+            loaded = ["model", "optimizer", *(["ema"] if with_ema else [])]
+            if self.ema is not None and not with_ema:
+                self.ema.load_state_dict(dict(self.raw_model.named_parameters()))
+                loaded.append("ema (from the model)")
+        else:
+            loaded = training.load_full_checkpoint(ckpt, path, self.raw_model, self.optimizer, self.ema, self.fsdp,
+                                                   self.weights_entries, settings.reset_optimizer, self.log)
         if exact and ckpt.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
         loaded += self.load_extra_state(ckpt, path, exact)
@@ -315,6 +332,17 @@ class Trainer:
                      "after the resume differs from the uninterrupted run's")
         self.log(f"loaded {', '.join(loaded)} from {path}; continuing at step {steps}")
         return steps
+
+    # ----- preemption --------------------------------------------------------------------------------------------
+    def _stop_for_requeue(self, done: int) -> None:
+        if self.last_checkpoint is None or int(Path(self.last_checkpoint).stem) != done:
+            self.save_checkpoint(done)
+        received = self.stop_signals.received
+        name = signal.Signals(received).name if received else "a stop signal (another rank)"
+        message = (f"{name} at step {done} of {self.stop_step}: checkpoint {self.last_checkpoint} written; run the "
+                   f"same command again to continue (exit code {EXIT_REQUEUE} asks the scheduler to requeue)")
+        self.log(f"preempted: {message}")
+        raise training.Preempted(message)
 
     # ----- the loop -----------------------------------------------------------------------------------------------
     def reseed(self, step: int) -> None:
@@ -338,27 +366,28 @@ class Trainer:
                                              collate_fn=collate_samples, pin_memory=self.device.type == "cuda")
         batches = iter(loader)
         meter, skipped, last_record = WindowMeter(), [], {}
-        bar = tqdm(total=self.stop_step, initial=start, disable=not self.dist.is_main or not settings.progress,
-                   desc="train", dynamic_ncols=True)
-        window_start, window_steps = time.time(), 0
-        for step in range(start, self.stop_step):
-            training.check_launcher(self.watch)
-            micro_batches = [next(batches) for _ in range(accum)]
-            skipped += [name for batch in micro_batches for name in batch[3]]
-            self.reseed(step)
-            lr = set_lr(self.optimizer, self.lr_at(step))
-            self.optimizer.zero_grad(set_to_none=True)
-            meter.add(self.train_step(step, micro_batches))
-            done, window_steps = step + 1, window_steps + 1
-            bar.update(1)
-            if done % settings.log_every == 0 or done == self.stop_step:
-                last_record = self._log_window(done, meter, lr, window_steps, time.time() - window_start, skipped)
-                bar.set_postfix(loss=f"{last_record[self.loss_key]:.4f}")
-                skipped, window_start, window_steps = [], time.time(), 0
-            if (settings.ckpt_every > 0 and done % settings.ckpt_every == 0) or (
-                    done == self.stop_step and settings.final_checkpoint):
-                self.save_checkpoint(done)
-        bar.close()
+        with tqdm(total=self.stop_step, initial=start, disable=not self.dist.is_main or not settings.progress,
+                  desc="train", dynamic_ncols=True) as bar:  # closed also when a step raises
+            window_start, window_steps = time.time(), 0
+            for step in range(start, self.stop_step):
+                training.check_launcher(self.watch)
+                micro_batches = [next(batches) for _ in range(accum)]
+                skipped += [name for batch in micro_batches for name in batch[3]]
+                self.reseed(step)
+                lr = set_lr(self.optimizer, self.lr_at(step))
+                self.optimizer.zero_grad(set_to_none=True)
+                meter.add(self.train_step(step, micro_batches))
+                done, window_steps = step + 1, window_steps + 1
+                bar.update(1)
+                if done % settings.log_every == 0 or done == self.stop_step:
+                    last_record = self._log_window(done, meter, lr, window_steps, time.time() - window_start, skipped)
+                    bar.set_postfix(loss=f"{last_record[self.loss_key]:.4f}")
+                    skipped, window_start, window_steps = [], time.time(), 0
+                if (settings.ckpt_every > 0 and done % settings.ckpt_every == 0) or (
+                        done == self.stop_step and settings.final_checkpoint):
+                    self.save_checkpoint(done)
+                if done < self.stop_step and self.stop_signals.requested(self.device):
+                    self._stop_for_requeue(done)
         self.log(f"Done! {self.stop_step} steps; last checkpoint {self.last_checkpoint}")
         return {**result, "steps": self.stop_step, "checkpoint": str(self.last_checkpoint or "") or None,
                 "last_log": last_record}
@@ -388,6 +417,7 @@ class Trainer:
         return record
 
     def close(self) -> None:
+        self.stop_signals.restore()
         if self.run_log is not None:
             self.run_log.close()
         if self.lock is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,11 @@ class LauncherGone(RuntimeError):
     """The torchrun launcher of this worker died; the worker stops instead of training on unsupervised."""
 
 
+class Preempted(RuntimeError):
+    """A stop signal (SIGTERM / SIGUSR1) arrived: the current step was checkpointed; the run exits with
+    ``utils.cli.EXIT_REQUEUE`` so that a scheduler requeues it, and the same command resumes."""
+
+
 class TrainingDiverged(RuntimeError):
     """A loss, gradient or weight became NaN/inf; the message names the step, the terms and the last good checkpoint."""
 
@@ -54,6 +60,14 @@ def storage_dtype(precision: str) -> torch.dtype:
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def grad_scaler(device: torch.device, amp_dtype: torch.dtype | None, fsdp: bool = False):
+    """A GradScaler, enabled for fp16 only; under FSDP2 the sharded one (found-inf agreed across ranks)."""
+    if fsdp:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+        return ShardedGradScaler(device=device.type, enabled=amp_dtype == torch.float16)
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
 
 def configure_tf32(device: torch.device, enabled: bool) -> None:
@@ -206,6 +220,26 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
                              options=StateDictOptions(full_state_dict=True, strict=False))
 
 
+def load_full_checkpoint(ckpt: dict, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: Any,
+                         fsdp: bool, entries: tuple[str, ...], reset_optimizer: bool,
+                         log: Callable[[str], None]) -> list[str]:
+    """Weights (the first of ``entries`` present), EMA (the model's weights when the file has none) and optimiser
+    state (position- or name-keyed; see :func:`check_optimizer_state`) from a full checkpoint; returns what it
+    loaded."""
+    from utils.checkpoint import select_state_dict, strip_prefixes
+
+    weights = strip_prefixes(select_state_dict(ckpt, str(path), entries))
+    load_model_state(model, weights, fsdp, source=str(path))
+    loaded = ["model"]
+    if ema is not None:
+        ema.load_state_dict(strip_prefixes(ckpt["ema"]) if "ema" in ckpt else weights)
+        loaded.append("ema" if "ema" in ckpt else "ema (from the model)")
+    if check_optimizer_state(ckpt, path, reset_optimizer, log):
+        load_optimizer_state(model, optimizer, optimizer_state_by_name(ckpt["optimizer"], optimizer, model))
+        loaded.append("optimizer")
+    return loaded
+
+
 def original_fsdp_optimizer_shards(checkpoint: Path) -> list[Path]:
     """The per-rank optimiser files the original's FSDP trainers write beside ``checkpoints/<step>.pt``
     (``optim_checkpoints/<step>/optimizer.<rank>-of-<world>.pt``); empty when there are none."""
@@ -229,6 +263,38 @@ def check_optimizer_state(ckpt: dict, path: Path, allow_reset: bool, log: Callab
     log(f"WARNING: {path} has no optimizer state; AdamW restarts from zero moments"
         + (" (--reset-optimizer)" if allow_reset else ""))
     return False
+
+
+# ----- stop signals ---------------------------------------------------------------------------------------------------
+
+class StopSignals:
+    """SIGTERM (what SLURM, torchrun and a dying launcher send) and SIGUSR1 (SLURM's usual warning before the time
+    limit) only note that a stop was asked for; the training loop then finishes its step, checkpoints it and exits
+    with ``utils.cli.EXIT_REQUEUE`` (see :class:`Preempted`)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        def note(signum, _frame):
+            self.received = signum
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, note)
+            except ValueError:  # not the main thread (a trainer driven from a thread): signals keep their effect
+                return
+
+    def requested(self, device: torch.device) -> bool:
+        """Whether any rank received a stop signal (collective under torchrun: every rank stops at the same step)."""
+        return bool(any_rank(self.received is not None, None, device))
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
 
 # ----- one run per folder, workers that die with their launcher ------------------------------------------------------
@@ -370,6 +436,11 @@ class TrainSettings:
                                  schedule_only=True, group="compute")
     device: str = setting("auto", "auto (CUDA, else Apple MPS, else CPU), cpu, cuda", yaml=False,
                           schedule_only=True, group="compute")
+    checkpoint_format: str = setting("full", "full: one %%07d.pt per checkpoint, gathered on rank 0; sharded: a "
+                                             "%%07d/ folder in which every rank writes its own shards "
+                                             "(torch.distributed.checkpoint; no gather, resumes on any number of "
+                                             "processes; for large FSDP runs)", choices=["full", "sharded"],
+                                     yaml=False, schedule_only=True, group="checkpoints")
     log_every: int = setting(500, "steps between log lines and metric records (means over the window and ranks)",
                              schedule_only=True, group="checkpoints")
     ckpt_every: int = setting(5000, "steps between checkpoints", schedule_only=True, group="checkpoints")

@@ -29,7 +29,7 @@ from tokenizer import build_tokenizer, load_tokenizer
 from utils.data import center_crop_arr, to_model_range, to_rgb, to_uint8
 
 REPO = Path(__file__).resolve().parents[2]
-PHOTOS = REPO / "tests" / "data" / "photos" / "photos"
+PHOTOS = Path(__file__).resolve().parent / "examples" / "photos"  # package data (wheel too)
 DEFAULT_QUICKSTART = "results/quickstart"
 QUICKSTART_HINT = ("run `bash scripts/quickstart.sh` (about 6 minutes on 2 CPU cores, offline), or press "
                    "*Make the quickstart models* below, then reload this page")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -377,10 +378,21 @@ def test_2d_gpt_on_the_quickstart_2d_tokenizer_through_the_script(tmp_path):
     assert gpt.positional_embedding is None and gpt.block_size == tok.num_tokens
     codes = generate(gpt, torch.tensor([0, 3]), tok.num_tokens, cfg_scale=2.0, top_k=1, sample_logits=False)
     assert codes.shape == (2, tok.num_tokens) and int(codes.max()) < tok.codebook_size
-    res = val_main(["--gpt-ckpt", str(path), "--tok-config", str(tok_cfg), "--code-path", str(tmp_path / "codes"),
-                    "--device", "cpu", "--num-workers", "0", "--precision", "none", "--no-txt",
-                    "--out-json", str(tmp_path / "val.json")])
+    # the checkpoint describes its model: validation loss and the sampling script need no model flags
+    res = val_main(["--gpt-ckpt", str(path), "--code-path", str(tmp_path / "codes"), "--device", "cpu",
+                    "--num-workers", "0", "--precision", "none", "--no-txt", "--out-json", str(tmp_path / "val.json")])
     assert math.isfinite(res["val_loss"]) and res["num_images"] == 4 * N_CLASSES
+    proc = subprocess.run(["bash", "scripts/sample_c2i.sh", "--gpt-ckpt", str(path), "--vq-ckpt", str(tok_ckpt),
+                           "--mode", "visualize", "--class-idx", "0,3", "--qual-num", "2", "--precision", "none",
+                           "--device", "cpu", "--sample-dir", str(tmp_path / "samples")],
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((tmp_path / "samples").rglob("multi_class_grid.png"))) == 1
+    # a flag that contradicts the checkpoint is one clear error
+    proc = subprocess.run(["bash", "scripts/sample_c2i.sh", "--gpt-ckpt", str(path), "--vq-ckpt", str(tok_ckpt),
+                           "--num-classes", "1000", "--device", "cpu", "--sample-dir", str(tmp_path / "bad")],
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--num-classes" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
 
 
 def test_resume_with_changed_training_arguments_is_refused(ar_data, tmp_path, single_thread):
@@ -419,3 +431,93 @@ def test_version0_checkpoint_resumes_exactly(ar_data, tmp_path, single_thread):
     for key in ("model", "ema"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
     assert b["format_version"] == 1 and b["args"]["exp_name"] == "old"
+
+
+def _metrics_lines(path: Path) -> int:
+    try:
+        return len(path.read_text().splitlines())
+    except OSError:
+        return 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
+def test_stop_signal_checkpoints_the_current_step_and_the_rerun_is_exact(ar_data, tmp_path, single_thread,
+                                                                         signame):
+    """SIGTERM (a scheduler's stop) or SIGUSR1 (SLURM's warning before the time limit): the step in progress finishes,
+    a checkpoint of it is written, the lock is released and the run exits with 75 (requeue); the same command then
+    ends bit-identical to an uninterrupted run."""
+    T, extra = 40, ("--ckpt-every", "1000", "--mixed-precision", "none", "--ema")
+    train_main(train_args(ar_data, tmp_path, "ref", T, *extra))
+    args = train_args(ar_data, tmp_path, "pre", T, *extra)
+    proc = subprocess.Popen([sys.executable, "-m", "autoregressive.train_c2i", *args], cwd=REPO, env=child_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while _metrics_lines(tmp_path / "pre" / "metrics.jsonl") < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(getattr(signal, signame))
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75, stderr[-2000:]
+    assert f"[train_c2i] preempted: {signame} at step" in stderr.strip().splitlines()[-1]
+    saved = sorted(int(p.stem) for p in (tmp_path / "pre" / "checkpoints").glob("*.pt"))
+    assert len(saved) == 1 and 3 <= saved[0] < T, saved
+    assert not (tmp_path / "pre" / ".lock").exists()
+    train_main(args)
+    a = load_checkpoint_file(tmp_path / "ref" / "checkpoints" / f"{T:07d}.pt")
+    b = load_checkpoint_file(tmp_path / "pre" / "checkpoints" / f"{T:07d}.pt")
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    ref, res = losses(tmp_path / "ref"), losses(tmp_path / "pre")
+    assert [res[s]["train_loss"] for s in range(1, T + 1)] == [ref[s]["train_loss"] for s in range(1, T + 1)]
+
+
+def _copy_checkpoint(source: Path, experiment: Path) -> None:
+    (experiment / "checkpoints").mkdir(parents=True)
+    shutil.copytree(source, experiment / "checkpoints" / source.name)
+
+
+@pytest.mark.slow
+def test_sharded_checkpoints_resume_on_another_process_count_and_consolidate(ar_data, tmp_path):
+    """--checkpoint-format sharded (torch.distributed.checkpoint): every rank writes its shards into checkpoints/%07d/;
+    a run resumes from it on another number of processes and another wrapping (FSDP 2 -> 1 process, 1 -> FSDP 2,
+    DDP 2 -> 1), ending where the uninterrupted run ends up to float reduction order; load_gpt and convert_checkpoint
+    read the folder as one checkpoint. No dropout, so that the per-rank random streams play no part."""
+    from autoregressive.convert_checkpoint import main as convert
+
+    extra = ("--ckpt-every", "3", "--ema", "--mixed-precision", "none", "--lr-scheduler", "const", "--dropout-p", "0",
+             "--token-dropout-p", "0", "--class-dropout-prob", "0", "--checkpoint-format", "sharded")
+
+    def final(name: str) -> dict:
+        return load_checkpoint_file(tmp_path / name / "checkpoints" / "0000006")
+
+    def assert_close(a: dict, b: dict) -> None:
+        for key in ("model", "ema"):
+            for k, v in a[key].items():
+                torch.testing.assert_close(b[key][k], v, rtol=1e-4, atol=1e-5)
+
+    fsdp = ("--data-parallel", "fsdp")
+    torchrun("autoregressive.train_c2i", train_args(ar_data, tmp_path, "fsdp2", 6, *extra, *fsdp))
+    shards = tmp_path / "fsdp2" / "checkpoints" / "0000003"
+    assert sorted(p.name for p in shards.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
+    _copy_checkpoint(shards, tmp_path / "one")
+    with threads(1):
+        train_main(train_args(ar_data, tmp_path, "one", 6, *extra, *fsdp))  # no process group: one unsharded process
+        train_main(train_args(ar_data, tmp_path, "ref1", 6, *extra))
+    assert_close(final("fsdp2"), final("one"))
+    _copy_checkpoint(tmp_path / "ref1" / "checkpoints" / "0000003", tmp_path / "two")
+    torchrun("autoregressive.train_c2i", train_args(ar_data, tmp_path, "two", 6, *extra, *fsdp))
+    assert_close(final("ref1"), final("two"))
+    torchrun("autoregressive.train_c2i", train_args(ar_data, tmp_path, "ddp2", 6, *extra))
+    _copy_checkpoint(tmp_path / "ddp2" / "checkpoints" / "0000003", tmp_path / "ddp_to_one")
+    with threads(1):
+        train_main(train_args(ar_data, tmp_path, "ddp_to_one", 6, *extra))
+    assert_close(final("ddp2"), final("ddp_to_one"))
+    # one checkpoint to every reader: the consolidated dict, load_gpt and a release folder
+    whole = final("fsdp2")
+    assert whole["format_version"] == 1 and set(whole["ema"]) == set(whole["model"])
+    assert all(isinstance(k, str) for k in whole["optimizer"]["state"])
+    model = load_gpt(tmp_path / "fsdp2" / "checkpoints" / "0000006")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in whole["model"].items())
+    convert([str(tmp_path / "fsdp2" / "checkpoints" / "0000006"), str(tmp_path / "release")])
+    released = load_gpt(tmp_path / "release")
+    assert all(torch.equal(released.state_dict()[k], v) for k, v in whole["model"].items())

@@ -8,16 +8,16 @@ import importlib.util
 import pytest
 import torch
 
-from utils import training as kit
+from utils import training
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError
 from utils.settings import add_flags, resolve
 
 
-def _settings(argv: list[str]) -> kit.TrainSettings:
+def _settings(argv: list[str]) -> training.TrainSettings:
     parser = argparse.ArgumentParser()
-    add_flags(parser, kit.TrainSettings)
-    return resolve(kit.TrainSettings, parser.parse_args(argv))
+    add_flags(parser, training.TrainSettings)
+    return resolve(training.TrainSettings, parser.parse_args(argv))
 
 
 @pytest.mark.parametrize("argv,project", [([], None), (["--wandb"], "default_project"),
@@ -25,7 +25,7 @@ def _settings(argv: list[str]) -> kit.TrainSettings:
                                           (["--wandb-project", "mine", "--no-wandb"], None),
                                           (["--no-wandb"], None)])
 def test_wandb_is_on_with_the_flag_or_a_named_project(argv, project):
-    assert kit.wandb_project(_settings(argv), "default_project") == project
+    assert training.wandb_project(_settings(argv), "default_project") == project
 
 
 def test_one_spelling_per_switch_with_the_original_aliases():
@@ -42,35 +42,35 @@ def test_one_spelling_per_switch_with_the_original_aliases():
 
 def test_parameter_groups_leave_out_an_empty_no_decay_group():
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
-    groups = kit.param_groups(model, 0.1, lambda name, _: name.startswith("1."))
+    groups = training.param_groups(model, 0.1, lambda name, _: name.startswith("1."))
     assert [len(g["params"]) for g in groups] == [2, 2] and [g["weight_decay"] for g in groups] == [0.1, 0.0]
-    assert len(kit.param_groups(model, 0.1, lambda *_: False)) == 1
+    assert len(training.param_groups(model, 0.1, lambda *_: False)) == 1
 
 
 def test_precision_names():
-    assert kit.autocast_dtype("none") is None and kit.autocast_dtype("fp32") is None
-    assert kit.autocast_dtype("bf16") == torch.bfloat16 and kit.storage_dtype("none") == torch.float32
-    assert kit.storage_dtype("fp16") == torch.float16
+    assert training.autocast_dtype("none") is None and training.autocast_dtype("fp32") is None
+    assert training.autocast_dtype("bf16") == torch.bfloat16 and training.storage_dtype("none") == torch.float32
+    assert training.storage_dtype("fp16") == torch.float16
     with pytest.raises(ConfigError, match="'fp8'"):
-        kit.autocast_dtype("fp8")
+        training.autocast_dtype("fp8")
 
 
 def test_fsdp_needs_a_process_group_and_a_known_mode():
-    assert not kit.uses_fsdp("fsdp")  # no process group in this test process: unsharded
-    assert not kit.uses_fsdp("ddp")
+    assert not training.uses_fsdp("fsdp")  # no process group in this test process: unsharded
+    assert not training.uses_fsdp("ddp")
     with pytest.raises(ConfigError, match="zero3"):
-        kit.uses_fsdp("zero3")
+        training.uses_fsdp("zero3")
 
 
 def test_no_sync_and_weights_finite_on_a_plain_module():
     model = torch.nn.Linear(3, 2)
-    with kit.no_sync(model, model, fsdp=False, last=False):
+    with training.no_sync(model, model, fsdp=False, last=False):
         model(torch.ones(1, 3)).sum().backward()
     assert model.weight.grad is not None
-    assert kit.weights_finite(model, torch.device("cpu"))
+    assert training.weights_finite(model, torch.device("cpu"))
     with torch.no_grad():
         model.bias[1] = float("nan")
-    assert not kit.weights_finite(model, torch.device("cpu"))
+    assert not training.weights_finite(model, torch.device("cpu"))
 
 
 def test_full_state_round_trip_keyed_by_name():
@@ -79,19 +79,19 @@ def test_full_state_round_trip_keyed_by_name():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model(torch.randn(5, 4)).sum().backward()
     opt.step()
-    model_sd, optim_sd = kit.full_state_dicts(model, opt)
+    model_sd, optim_sd = training.full_state_dicts(model, opt)
     assert set(optim_sd["state"]) == {"0.weight", "0.bias", "1.weight", "1.bias"}
     other = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
     other_opt = torch.optim.AdamW(other.parameters(), lr=1e-2)
-    kit.load_model_state(other, model_sd, fsdp=False, source="mem")
-    kit.load_optimizer_state(other, other_opt, optim_sd)
+    training.load_model_state(other, model_sd, fsdp=False, source="mem")
+    training.load_optimizer_state(other, other_opt, optim_sd)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values(),
                                                  strict=True))
     ours = opt.state_dict()["state"]
     theirs = other_opt.state_dict()["state"]
     assert all(torch.equal(ours[i]["exp_avg"], theirs[i]["exp_avg"]) for i in ours)
     with pytest.raises(CheckpointError, match="2.bias"):
-        kit.load_model_state(other, {**model_sd, "2.bias": torch.zeros(1)}, fsdp=True, source="mem")
+        training.load_model_state(other, {**model_sd, "2.bias": torch.zeros(1)}, fsdp=True, source="mem")
 
 
 def _raiser(exc):
@@ -104,7 +104,7 @@ def _raiser(exc):
     (ConfigError("trainer.lr: bad value"), 2, "[prog] error: trainer.lr: bad value"),
     (CheckpointError("x.pt is not a checkpoint"), 2, "[prog] error: x.pt is not a checkpoint"),
     (ValueError("class ids [12] are outside [0, 10)"), 2, "[prog] error: class ids [12] are outside [0, 10)"),
-    (kit.TrainingDiverged("non-finite loss at step 3"), 3, "[prog] training stopped: non-finite loss at step 3"),
+    (training.TrainingDiverged("non-finite loss at step 3"), 3, "[prog] training stopped: non-finite loss at step 3"),
     (OSError(13, "Permission denied", "/ro/out.txt"), 4,
      "[prog] error: permission denied: /ro/out.txt (PermissionError)")])
 def test_cli_turns_project_errors_into_one_line_and_an_exit_code(exc, code, text, capsys, monkeypatch):
@@ -168,7 +168,7 @@ def test_run_trainer_closes_and_logs_the_error():
             events.append("close")
 
     with pytest.raises(ConfigError):
-        kit.run_trainer(Fake())
+        training.run_trainer(Fake())
     assert events == ["build", "ERROR: bad key", "close"]
 
 

@@ -32,7 +32,7 @@ def balanced(images, labels, per_class):
 if __name__ == "__main__":
     tr_x, tr_y = balanced(*read("train"), TRAIN_PER_CLASS)
     va_x, va_y = balanced(*read("t10k"), VAL_PER_CLASS)
-    out = Path(__file__).with_name("fashion_mnist_subset.npz")
+    out = Path(__file__).resolve().parents[3] / "utils" / "fashion_mnist_data" / "fashion_mnist_subset.npz"
     np.savez_compressed(out, train_images=tr_x, train_labels=tr_y, val_images=va_x, val_labels=va_y,
                         class_names=np.array(CLASSES))
     print(out, tr_x.shape, va_x.shape, out.stat().st_size // 1024, "KiB")
