@@ -234,3 +234,26 @@ def test_tokenizer_two_processes_equal_one_process_with_two_accumulation_steps(i
     two, one = read_metrics(tok_ref / "metrics.jsonl"), read_metrics(tmp_path / "acc2" / "metrics.jsonl")
     for step in range(1, TOK_STEPS + 1):
         assert one[step]["rec_loss"] == pytest.approx(two[step]["rec_loss"], rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# preemption through the script: SIGTERM to the launcher -> checkpoint of the current step, exit 75, rerun exact
+
+def test_sigterm_to_the_launcher_checkpoints_the_step_exits_75_and_the_rerun_is_exact(ar_data, gpt_ref, tmp_path):
+    args = gpt_args(ar_data, tmp_path, "preempted")
+    env = {"GPUS": "2", "PORT": str(free_port())}
+    proc = script("train_c2i.sh", args, **env)
+    exp = tmp_path / "preempted"
+    deadline = time.time() + 240
+    while not (exp / "checkpoints" / "0000008.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGTERM)  # the script (what SLURM or a user signals), not its process group
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 75, out[-4000:]
+    assert "preempted" in out.strip().splitlines()[-1], out[-2000:]
+    steps = sorted(read_metrics(exp / "metrics.jsonl"))
+    saved = sorted(int(p.stem) for p in (exp / "checkpoints").glob("*.pt"))
+    assert saved[-1] == steps[-1] < GPT_STEPS, (saved, steps[-1])  # the step it stopped at, not only the last 8k
+    assert not (exp / ".lock").exists()
+    finish(script("train_c2i.sh", args, **env))
+    assert_identical(final(gpt_ref, GPT_STEPS), final(exp, GPT_STEPS))
