@@ -209,3 +209,31 @@ def gpt_build_config(args: Any, description: ModelDescription, vocab_size: int, 
     return {**stored, "gpt_model": args.gpt_model, "vocab_size": int(vocab_size), "block_size": int(block_size),
             "num_classes": int(getattr(args, num_classes_attr)), "cls_token_num": int(args.cls_token_num),
             "use_qk_norm": bool(args.qk_norm), "gpt_2d": bool(args.gpt_2d)}
+
+
+CLASS_TABLE = "cls_embedding.embedding_table.weight"
+
+
+def remap_class_table(weights: dict, model: torch.nn.Module, num_classes: int, class_map: Optional[str] = None,
+                      log: Any = None) -> dict:
+    """``weights`` of a GPT trained on another class set, fitted to ``model``'s ``num_classes``: every class row is
+    ``model``'s own (fresh) one unless ``class_map`` (a JSON file ``{new class id: old class id}``) copies it from the
+    weights; the weights' last row, their null class (the unconditional embedding classifier-free guidance contrasts
+    with; the released GPTs have one), is kept when ``model`` has a null row too."""
+    own = model.state_dict()[CLASS_TABLE]
+    if CLASS_TABLE not in weights or weights[CLASS_TABLE].shape == own.shape:
+        return weights
+    old, table = weights[CLASS_TABLE], own.detach().clone().cpu()
+    mapping = {int(new): int(old_id) for new, old_id in json.loads(Path(class_map).read_text()).items()} \
+        if class_map else {}
+    for new_id, old_id in mapping.items():
+        if not (0 <= new_id < num_classes and 0 <= old_id < old.shape[0] - 1):
+            raise ConfigError(f"--class-map {class_map}: {new_id} -> {old_id} is outside the {num_classes} new or "
+                              f"{old.shape[0] - 1} old classes")
+        table[new_id] = old[old_id]
+    if own.shape[0] == num_classes + 1:
+        table[-1] = old[-1]
+    if log is not None:
+        log(f"class table: {old.shape[0] - 1} -> {num_classes} classes; {len(mapping)} rows copied by --class-map, "
+            "the others new; the null row kept")
+    return {**weights, CLASS_TABLE: table.to(old.dtype)}

@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from autoregressive import train_options
 from autoregressive.data import open_train_codes
+from autoregressive.loading import remap_class_table
 from autoregressive.models.gpt import GPT_models
 from tokenizer import read_tokenizer_config, tokenizer_info
 from utils import training
@@ -164,28 +165,8 @@ class GPTTrainer(Trainer):
         return resolve_checkpoint(released.file if released else start), False, True
 
     def adapt_weights(self, weights: dict) -> dict:
-        """Another class set: the class table gets this run's rows (new, or copied by --class-map); the starting GPT's
-        last row, its null class (the unconditional embedding CFG contrasts with; the released GPTs have one), is
-        kept."""
-        key = "cls_embedding.embedding_table.weight"
-        own = self.raw_model.state_dict()[key]
-        if key not in weights or weights[key].shape == own.shape:
-            return weights
-        old, table = weights[key], own.detach().clone().cpu()
-        mapping = {}
-        if self.settings.class_map:
-            mapping = {int(new): int(old_id) for new, old_id in json.loads(Path(self.settings.class_map).read_text())
-                       .items()}
-        for new_id, old_id in mapping.items():
-            if not (0 <= new_id < self.settings.num_classes and 0 <= old_id < old.shape[0] - 1):
-                raise ConfigError(f"--class-map {self.settings.class_map}: {new_id} -> {old_id} is outside the "
-                                  f"{self.settings.num_classes} new or {old.shape[0] - 1} old classes")
-            table[new_id] = old[old_id]
-        if own.shape[0] == self.settings.num_classes + 1:  # this run has a null row (as the released GPTs do)
-            table[-1] = old[-1]
-        self.log(f"class table: {old.shape[0] - 1} -> {self.settings.num_classes} classes; {len(mapping)} rows copied "
-                 "by --class-map, the others new; the null row kept")
-        return {**weights, key: table.to(old.dtype)}
+        """Another class set: rows new or copied by --class-map, the starting GPT's null row kept."""
+        return remap_class_table(weights, self.raw_model, self.settings.num_classes, self.settings.class_map, self.log)
 
     def lr_at(self, step: int) -> float:
         return lr_for_step(self.schedule, step, self.settings.original_lr_lag)

@@ -4,12 +4,10 @@
     GPUS=8 bash scripts/train_vq.sh ...           # DDP (scripts/train_vq_fsdp.sh adds --data-parallel fsdp)
 
 One step = one generator update (from ``loss.gen_start`` on) over the step's micro-batches, then one discriminator
-update (from ``loss.disc_start`` on) on the same images and their reconstructions, in the original's order.
-Settings: a flag wins over the config's ``trainer:`` section, which wins over the original's defaults
-(tokenizer/train_options.py). Outputs under ``<save-path>/<exp-name>/``: ``checkpoints/%07d.pt`` (model, optimizer,
-discriminator, optimizer_disc, scalers, LeCam state, steps, every setting as ``args``, the tokenizer ``config``,
-``format_version``; ``ema`` when on), ``config.yaml``, ``args.json``, ``log.txt``, ``metrics.jsonl`` (rank 0).
-The loop, checkpoints and exact resume are the trainer base's (utils/trainer.py). ``--compile`` is off unless given.
+update (from ``loss.disc_start`` on) on the same images and their reconstructions, in the original's order. Settings
+(tokenizer/train_options.py): a flag wins over the config's ``trainer:`` section, which wins over the defaults. The
+loop, checkpoints (with the tokenizer ``config``, discriminator, scalers and LeCam states) and exact resume are the
+trainer base's (utils/trainer.py).
 """
 from __future__ import annotations
 
@@ -74,9 +72,7 @@ class TokenizerTrainer(Trainer):
 
     def build_models(self) -> nn.Module:
         settings = self.settings
-        model = build_tokenizer(self.config)
-        if model.image_size != self.image_size:
-            raise ConfigError(f"--image-size {self.image_size} does not match the model's {model.image_size}")
+        model = build_tokenizer(self.config)  # at --image-size when given (the config was set to it)
         self.loss = build_loss(self.config, pretrained=not settings.random_loss_nets, device=self.device,
                                teacher_weights=settings.teacher_weights, lpips_vgg_path=settings.lpips_vgg_path,
                                dino_disc_weights=settings.dino_disc_weights)
@@ -151,16 +147,7 @@ class TokenizerTrainer(Trainer):
         return training.changed_settings(stored, current) if stored else []
 
     def version0_settings(self, ckpt: dict) -> dict:
-        """Version 0 kept the launch's flags (None: from the YAML), the config and a few resolved run settings."""
-        stored = dict((ckpt.get("config") or {}).get("trainer") or {})
-        if "max_steps" in stored:
-            stored["iterations"] = stored.pop("max_steps")
-        stored.update({k: v for k, v in super().version0_settings(ckpt).items() if v is not None})
-        run = dict(ckpt.get("run_settings") or {})
-        for old, new in (("precision", "mixed_precision"), ("seed", "global_seed")):
-            if old in run:
-                run[new] = run.pop(old)
-        return {**stored, **{k: v for k, v in run.items() if v is not None}}
+        return train_options.version0_record(ckpt, super().version0_settings(ckpt))
 
     def record_inputs(self, folder: Path) -> None:
         """config.yaml of the first segment stays; a resumed segment with another config writes its own beside it."""

@@ -70,6 +70,20 @@ class TokenizerTrainSettings(TrainSettings):
                                             schedule_only=True, group=LOSS_NETS)
 
 
+def version0_record(ckpt: dict, flags: dict) -> dict:
+    """The settings a checkpoint of the version-0 layout recorded: its config's ``trainer`` section, overridden by the
+    launch's flags (``flags``; None meant "from the YAML") and a few resolved run settings, under today's names."""
+    stored = dict((ckpt.get("config") or {}).get("trainer") or {})
+    if "max_steps" in stored:
+        stored["iterations"] = stored.pop("max_steps")
+    stored.update({k: v for k, v in flags.items() if v is not None})
+    run = dict(ckpt.get("run_settings") or {})
+    for old, new in (("precision", "mixed_precision"), ("seed", "global_seed")):
+        if old in run:
+            run[new] = run.pop(old)
+    return {**stored, **{k: v for k, v in run.items() if v is not None}}
+
+
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tokenizer.train", description=description,
                                      formatter_class=HelpFormatter)
