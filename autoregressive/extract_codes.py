@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from tokenizer import load_tokenizer, read_tokenizer_config, settle_tokenizer_config, tokenizer_info
 from utils.checkpoint import resolve_checkpoint, sha256_file
+from utils.compat import add_inert_flags
 from utils.data import ImageFolderDataset, center_crop_arr, collate_skip_bad, to_model_range
 from utils.distributed import barrier, finish, init_distributed
 from utils.training import PRECISIONS, autocast, autocast_dtype, configure_tf32
@@ -68,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-config", "--tok-config", dest="model_config", default=None,
                    help="tokenizer YAML (default: the checkpoint's stored config, or the released model's YAML)")
     p.add_argument("--vq-ckpt", required=True, help="tokenizer weights (local file, released name, hf://...)")
-    p.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family")
+    add_inert_flags(p, "--quant-way")
     p.add_argument("--resume", action="store_true", help="skip images whose code and label files both exist")
     p.add_argument("--max-images", type=int, default=None, help="only the first N images")
     p.add_argument("--use-ema", action="store_true",
