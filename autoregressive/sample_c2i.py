@@ -38,12 +38,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from autoregressive import cfg_search, generate, load_gpt
+from autoregressive.engine import add_engine_args, resolve_engine
 from autoregressive.loading import gpt_build_config, settle_gpt_flags
-from autoregressive.models.generate import sample_generators
-from autoregressive.models.gpt import CPU_KERNELS
-from autoregressive.models.static_decode import ATTENTION_KERNELS, COMPILE_MODES, StaticDecoder, packed_kernel
+from autoregressive.models.generate import SamplingConfig, sample_generators
+from autoregressive.models.static_decode import StaticDecoder, packed_kernel
 from tokenizer import load_tokenizer, settle_tokenizer_config, tokenizer_info
 from utils.checkpoint import CheckpointError, resolve_checkpoint, sha256_file
+from utils.compat import add_inert_flags
 from utils.data import to_uint8
 from utils.distributed import barrier, finish, init_distributed
 from utils.images import save_grid
@@ -59,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--gpt-model", default=None,
                    help="GPT preset (GPT-B, GPT-L, GPT-XL, GPT-XXL, ...; default: the checkpoint's, else GPT-B)")
     g.add_argument("--gpt-ckpt", required=True, help="GPT weights: local file, released name or hf://OWNER/REPO/FILE")
-    g.add_argument("--gpt-type", choices=["c2i"], default="c2i", help="only class-conditional models exist")
+    add_inert_flags(p, "--gpt-type", "--quant-way", "--from-fsdp", "--eval-python-path")
     g.add_argument("--cls-token-num", type=int, default=None, help="class-condition tokens (default: the "
                    "checkpoint's, else 1)")
     # store_true with default None: "not given" (None) is told apart from "given" (True) to check the checkpoint
@@ -73,28 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--tok-config", "--model-config", dest="tok_config", default=None,
                    help="tokenizer YAML (default: the tokenizer checkpoint's stored config, the released model's "
                         "YAML, or the one the GPT checkpoint records)")
-    g.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family")
     g.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="GPT weight/cache dtype")
-    g.add_argument("--decode", choices=["static", "eager"], default="static",
-                   help="static: one KV cache and decode step reused for every batch (StaticDecoder; a CUDA graph "
-                        "on GPU; with the default --attention math the tokens equal eager's); eager: generate(), "
-                        "the reference loop")
-    g.add_argument("--decode-compile", choices=list(COMPILE_MODES), default="auto",
-                   help="how the static decode step runs: auto (cudagraph on CUDA, none on CPU), none, cudagraph, "
-                        "default (torch.compile), reduce-overhead (torch.compile + CUDA graphs)")
-    g.add_argument("--attention", choices=list(ATTENTION_KERNELS), default="math",
-                   help="decode attention kernel of --decode static: math (the original's; identical tokens) or "
-                        "fused (PyTorch's fused kernel: several times faster at large batch on GPU, rounding differs)")
-    g.add_argument("--cpu-prepack", nargs="?", const="auto", default=None, choices=list(CPU_KERNELS),
-                   help="CPU, --decode static: multiply through packed copies of the weights (more memory; float "
-                        "rounding differs). native: the project's float32 kernel, compiled once with the system's "
-                        "C++ compiler, up to batch 8 with CFG (with --attention fused also its decode attention); "
-                        "onednn: oneDNN's; auto (the flag alone): native where it applies, else onednn")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step: --decode static with --decode-compile reduce-overhead on "
-                        "CUDA, default on CPU")
+    add_engine_args(p, g)
     g.add_argument("--no-tf32", action="store_true", help="keep TF32 off on CUDA (the original's samplers turn it on)")
-    g.add_argument("--from-fsdp", action="store_true", help="accepted for compatibility (checkpoints are full)")
     g = p.add_argument_group("sampling")
     g.add_argument("--cfg-scale", type=float, default=2.0, help="classifier-free guidance scale (<= 1: off)")
     g.add_argument("--cfg-schedule", default="constant", help="constant, step, linear, linear_re, triangular, "
@@ -119,7 +101,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--fid-method", choices=("sqrtm", "eigh"), default="sqrtm",
                    help="fid: trace of the covariance-product root by scipy sqrtm (as ADM) or by symmetric "
                         "eigendecompositions (eigh: ~3x faster on CPU, same value up to round-off)")
-    g.add_argument("--eval-python-path", default=None, help="accepted for compatibility (evaluation runs here)")
     g.add_argument("--search", action="store_true",
                    help="fid: the original's CFG-scale search (step 0.25 to a local FID minimum; schedules step, "
                         "constant, rectangular); ignores --cfg-scale and starts from the original's per-model table")
@@ -128,6 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--clear-cache", action="store_true", help="fid: delete PNGs and npz after evaluation")
     g.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N")
     args = p.parse_args(argv)
+    resolve_engine(args)  # the old decode flags -> the engine (a contradiction is a ValueError)
     from autoregressive.models.generate import check_sampling_args
     try:
         check_sampling_args(args.cfg_scale, args.temperature, args.top_k, args.top_p)
@@ -199,13 +181,7 @@ class Sampler:
                                   f"{self.tok.codebook_size}, {self.tok.num_tokens} tokens) and --num-classes "
                                   f"{args.num_classes}; a GPT trained for another tokenizer cannot be used.") from exc
         self.decoder = None
-        if args.decode == "eager":  # the static decoder's settings would be silently ignored
-            given = [flag for flag, on in (("--cpu-prepack", args.cpu_prepack), ("--compile", args.compile),
-                                           ("--attention fused", args.attention != "math"),
-                                           ("--decode-compile", args.decode_compile != "auto")) if on]
-            if given:
-                raise ValueError(f"{', '.join(given)} set(s) the static decoder; drop it or use --decode static")
-        if args.decode == "static":
+        if args.decode == "static":  # (resolve_engine refused static options with the eager loop)
             self.decoder = StaticDecoder(self.gpt, args.per_proc_batch_size, compile=decode_compile(args, device),
                                          attention=args.attention, cpu_prepack=args.cpu_prepack)
 
@@ -214,18 +190,24 @@ class Sampler:
                schedule_kwargs: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         a = self.args
         kwargs = default_schedule_kwargs(a) if schedule_kwargs is None else schedule_kwargs
-        sampling = dict(cfg_scale=cfg_scale, cfg_schedule=a.cfg_schedule, cfg_schedule_kwargs=kwargs,
-                        temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, cfg_interval=a.cfg_interval,
-                        generator=sample_generators(a.global_seed, indices))
+        config = sampling_config_of(a, cfg_scale, kwargs)
         labels = labels.to(self.device)
+        gens = config.generators(indices)
         if self.decoder is None:
-            codes = generate(self.gpt, labels, self.tok.num_tokens, **sampling)
+            codes = generate(self.gpt, labels, self.tok.num_tokens, config, generator=gens)
         else:
-            codes = self.decoder.generate(labels, self.tok.num_tokens, **sampling)
+            codes = self.decoder.generate(labels, self.tok.num_tokens, config, generator=gens)
         pixels = self.tok.decode_code(codes, self.tok.latent_shape(len(indices))).float()
         if a.image_size_eval and a.image_size_eval != pixels.shape[-1]:
             pixels = torch.nn.functional.interpolate(pixels, size=a.image_size_eval, mode="bicubic")
         return to_uint8(pixels).cpu().numpy(), codes.cpu().numpy()
+
+
+def sampling_config_of(args: argparse.Namespace, cfg_scale: float, schedule_kwargs: dict) -> SamplingConfig:
+    """The flags' SamplingConfig at one guidance scale and set of schedule arguments (a search varies those)."""
+    return SamplingConfig(cfg_scale=cfg_scale, cfg_schedule=args.cfg_schedule, cfg_schedule_kwargs=schedule_kwargs,
+                          cfg_interval=args.cfg_interval, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, seed=args.global_seed)
 
 
 def decode_compile(args: argparse.Namespace, device: torch.device) -> str:

@@ -74,20 +74,20 @@ def test_fid_npz_is_independent_of_batch_size(ckpts, tmp_path):
 
 
 def test_static_decoding_gives_the_eager_samples_and_shares_their_key(ckpts, tmp_path):
-    """--decode static (the default) == --decode eager, token for token, so both use the same folder; a decode
-    setting that can change tokens (fused attention) gets its own run key."""
+    """--engine auto (the static decoder, the default) == --engine eager, token for token, so both use the same
+    folder; an engine that can change tokens (fused attention, packed kernels) gets its own run key."""
     args = ("--mode", "fid", "--num-fid-samples", "5", "--per-proc-batch-size", "4")
     sample(_common(ckpts, tmp_path / "s", *args))
-    sample(_common(ckpts, tmp_path / "e", *args, "--decode", "eager"))
-    sample(_common(ckpts, tmp_path / "f", *args, "--attention", "fused"))
+    sample(_common(ckpts, tmp_path / "e", *args, "--engine", "eager"))
+    sample(_common(ckpts, tmp_path / "f", *args, "--engine", "static-fused"))
     (s,), (e,), (f,) = ([p.name for p in (tmp_path / d).glob("*.npz")] for d in "sef")
     assert s == e and s != f
     a, b = np.load(tmp_path / "s" / s), np.load(tmp_path / "e" / e)
     assert np.array_equal(a["codes"], b["codes"])
     settings = json.loads(next((tmp_path / "s").rglob("sample_settings.json")).read_text())
-    assert settings["decode"] == "static" and settings["attention"] == "math"
-    sample(_common(ckpts, tmp_path / "p", *args, "--cpu-prepack"))  # auto: native where it builds
-    sample(_common(ckpts, tmp_path / "o", *args, "--cpu-prepack", "onednn"))
+    assert settings["engine"] == "auto" and settings["decode"] == "static" and settings["attention"] == "math"
+    sample(_common(ckpts, tmp_path / "p", *args, "--engine", "auto+packed"))  # native where it builds
+    sample(_common(ckpts, tmp_path / "o", *args, "--engine", "auto+onednn"))
     (p,), (o,) = ([q.name for q in (tmp_path / d).glob("*.npz")] for d in "po")
     assert len({p, o, s, f}) == 4  # each kernel its own key
     for d, name in (("p", p), ("o", o)):
@@ -95,8 +95,33 @@ def test_static_decoding_gives_the_eager_samples_and_shares_their_key(ckpts, tmp
     packed = json.loads(next((tmp_path / "p").rglob("sample_settings.json")).read_text())
     assert packed["cpu_prepack"] == "auto" and packed["run_inputs"]["decode"] == "auto/math/cpu-prepack-" + (
         "native" if cpu_kernels.available() else "onednn")
+    with pytest.raises(ValueError, match="eager loop takes no modifiers"):
+        sample(_common(ckpts, tmp_path / "x", *args, "--engine", "eager+packed"))
+
+
+def test_old_decode_flags_are_hidden_aliases_of_the_engine(ckpts, tmp_path, capsys):
+    """--decode / --attention / --cpu-prepack / --decode-compile / --compile still work for one release: mapped
+    onto --engine (same folder as the new spelling), one deprecation note, absent from --help."""
+    from autoregressive.engine import parse_engine
+    args = ("--mode", "fid", "--num-fid-samples", "2", "--per-proc-batch-size", "2")
+    sample(_common(ckpts, tmp_path / "n", *args, "--engine", "static-fused"))
+    capsys.readouterr()
+    sample(_common(ckpts, tmp_path / "o", *args, "--attention", "fused"))
+    err = capsys.readouterr().err
+    assert err.count("deprecated spellings of --engine") == 1 and "--engine auto+fused" in err
+    (new,), (old,) = ([q.name for q in (tmp_path / d).glob("*.npz")] for d in "no")
+    assert new == old
     with pytest.raises(ValueError, match="--cpu-prepack.*--decode static"):
         sample(_common(ckpts, tmp_path / "x", *args, "--decode", "eager", "--cpu-prepack"))
+    with pytest.raises(SystemExit):
+        sample(["--help"])
+    shown = capsys.readouterr().out
+    assert "--engine" in shown and all(f not in shown for f in ("--decode", "--attention", "--cpu-prepack"))
+    for name in ("auto", "eager", "static", "cudagraph", "compile", "inductor", "inductor-cudagraph",
+                 "auto+fused+native", "cpu-fast"):
+        assert parse_engine(parse_engine(name).name) == parse_engine(name)  # the recorded name parses back
+    with pytest.raises(ValueError, match="unknown engine"):
+        parse_engine("static+turbo")
 
 
 def test_bad_class_id_and_wrong_tokenizer_are_clear_errors(ckpts, tmp_path):
