@@ -12,7 +12,7 @@ guidance (and for label dropout in training).
 
 State-dict keys and shapes equal the original's exactly, so released checkpoints load with ``strict=True``.
 
-``GPT_models_2d`` holds the original's other GPT (``autoregressive/models/gpt.py`` there, ``--gpt-2d``), used for the
+``gpt_2d=True`` builds the original's other GPT (``autoregressive/models/gpt.py`` there, ``--gpt-2d``), used for the
 paper's 1D-vs-2D tokenizer comparison: the same blocks, but no position table; instead 2D rotary embeddings over the
 token grid (sqrt(block_size) squared) rotate queries and keys (the class slot gets a zero table row, so its q and k
 are zero, as the original). Its keys are the 1D model's minus ``positional_embedding``.
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from utils import cpu_kernels
 from utils.pretrained import PretrainedMixin
 
-__all__ = ["ModelArgs", "Transformer", "GPT_models", "GPT_models_2d", "find_multiple", "precompute_freqs_cis_2d"]
+__all__ = ["ModelArgs", "Transformer", "GPT_models", "find_multiple", "precompute_freqs_cis_2d"]
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -68,7 +68,7 @@ class ModelArgs:
     block_size: int = 256
 
     use_qk_norm: bool = False
-    # The original's 2D GPT (GPT_models_2d): 2D RoPE over the token grid instead of the learned position table.
+    # The original's 2D GPT (GPT_models[name](gpt_2d=True)): 2D RoPE over the token grid, no learned position table.
     gpt_2d: bool = False
     rope_base: float = 10000.0
     # Variants of the original that no released checkpoint uses; accepted only when off.
@@ -596,14 +596,3 @@ GPT_models = {
 }
 PRESET_SIZES.update({name: build.size for name, build in GPT_models.items()})
 
-
-def _builder_2d(build_1d):
-    def build(**kwargs) -> Transformer:
-        if kwargs.get("gpt_2d") is False:
-            raise ValueError("GPT_models_2d builds 2D models; use GPT_models for gpt_2d=False")
-        return build_1d(**{**kwargs, "gpt_2d": True})
-    return build
-
-
-# The original's 2D-RoPE GPTs (its autoregressive/models/gpt.py), same names as its registry.
-GPT_models_2d = {name: _builder_2d(build) for name, build in GPT_models.items()}

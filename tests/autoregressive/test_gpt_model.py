@@ -29,9 +29,8 @@ def meta_model(name: str, **kwargs):
 def test_state_dict_matches_manifest(name):
     manifest = json.loads((MANIFESTS / f"gpt_{name}.json").read_text())
     if name.startswith("2d_"):
-        from autoregressive.models.gpt import GPT_models_2d
         with torch.device("meta"):
-            sd = GPT_models_2d[name[3:]](vocab_size=16384, block_size=256, num_classes=1000).state_dict()
+            sd = GPT_models[name[3:]](vocab_size=16384, block_size=256, num_classes=1000, gpt_2d=True).state_dict()
         assert len(sd) == 88 and sum(v.numel() for v in sd.values()) == 110_888_448  # the numbers
     else:
         sd = meta_model(name).state_dict()
