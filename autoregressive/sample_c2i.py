@@ -50,8 +50,6 @@ from utils.distributed import barrier, finish, init_distributed
 from utils.images import save_grid
 from utils.training import PRECISIONS, configure_tf32, storage_dtype
 
-METRIC_NAMES = ("FID", "sFID", "Inception Score", "Precision", "Recall")
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -260,6 +258,7 @@ def visualize(args, sampler: Sampler, dist) -> Path:
     # job k = (class position c, sample n); image index k seeds its generator -> same picture for any world size
     jobs = [(c, n) for c in range(len(ids)) for n in range(per_class)]
     mine = jobs[dist.rank:: dist.world_size]
+    drawn: dict[tuple[int, int], np.ndarray] = {}  # (class position, sample) -> uint8 HWC, kept for the grids
     for start in tqdm(range(0, len(mine), args.per_proc_batch_size), disable=not dist.is_main, desc="sample"):
         chunk = mine[start: start + args.per_proc_batch_size]
         labels = torch.tensor([ids[c] for c, _ in chunk])
@@ -268,12 +267,16 @@ def visualize(args, sampler: Sampler, dist) -> Path:
             out = folder / f"class_{ids[c]}_{short[c]}"
             out.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(out / f"{short[c]}_{n:06d}.png")
+            drawn[(c, n)] = img
+    if dist.world_size > 1:  # the grids need every process's images: gather them in memory on the main process
+        parts: list = [None] * dist.world_size
+        torch.distributed.all_gather_object(parts, drawn)
+        drawn = {k: v for part in parts for k, v in part.items()}
     barrier()
     if dist.is_main:
         rows, captions = [], []
         for c, cid in enumerate(ids):
-            files = [folder / f"class_{cid}_{short[c]}" / f"{short[c]}_{n:06d}.png" for n in range(per_class)]
-            imgs = np.stack([np.asarray(Image.open(f)) for f in files])
+            imgs = np.stack([drawn[(c, n)] for n in range(per_class)])
             save_grid(imgs, folder / f"class_{cid}_grid.png", ncol=min(6, len(imgs)), title=f"{cid}: {names[cid]}")
             show = imgs[: min(6, len(imgs))]
             rows.append(show)
@@ -334,17 +337,13 @@ def fid_folder(args, cfg_scale: float, schedule_kwargs: dict) -> Path:
 
 
 def read_metrics(txt: Path) -> dict | None:
+    """The five metrics of a finished folder's ``<folder>.txt`` (the evaluator's lines), by their display names (the
+    CSV's columns); None when the file is missing or incomplete."""
+    from evaluations.c2i.evaluator import METRIC_LINES, parse_metric_lines
     if not txt.is_file():
         return None
-    found = {}
-    for line in txt.read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name.strip() in METRIC_NAMES:
-            try:
-                found[name.strip()] = float(value)
-            except ValueError:
-                found[name.strip()] = float("nan")
-    return found if all(m in found for m in METRIC_NAMES) else None
+    found = parse_metric_lines(txt.read_text())
+    return {label: found[key] for label, key in METRIC_LINES} if all(k in found for _, k in METRIC_LINES) else None
 
 
 def sample_fid(args, sampler: Sampler, dist, cfg_scale: float, schedule_kwargs: dict | None = None) -> dict | None:
@@ -385,16 +384,14 @@ def sample_fid(args, sampler: Sampler, dist, cfg_scale: float, schedule_kwargs: 
         (folder / "sample_settings.json").write_text(json.dumps(info, indent=2, default=str))
         print(f"[sample] {n} images in {folder}, npz {npz} ({info['seconds']:.0f} s)")
         if args.gt_npz_path:
-            from evaluations.c2i.evaluator import evaluate_npz
+            from evaluations.c2i.evaluator import evaluate_npz, format_lines
             # reference activations cached next to the reference npz (keyed by sha256); full results as JSON
             result = evaluate_npz(Path(args.gt_npz_path), npz, device=dist.device, cache_ref=True,
                                   fid_method=args.fid_method,
                                   out_json=folder.parent / f"{folder.name}.metrics.json")
-            # the original evaluator's order: IS, FID, sFID, Precision, Recall
-            lines = {"Inception Score": result.get("inception_score"), "FID": result.get("fid"),
-                     "sFID": result.get("sfid"), "Precision": result.get("precision"), "Recall": result.get("recall")}
-            txt.write_text("".join(f"{k}: {v}\n" for k, v in lines.items()))
-            metrics = {k: float("nan") if v is None else float(v) for k, v in lines.items()}
+            # the evaluator's own five lines (IS, FID, sFID, Precision, Recall), read back by read_metrics
+            txt.write_text("".join(f"{line}\n" for line in format_lines(result)))
+            metrics = read_metrics(txt)
             cfg_search.record(csv_path(args), args.cfg_schedule, cfg_search.annotation(kwargs), cfg_scale, metrics)
         if args.clear_cache:
             shutil.rmtree(folder)
