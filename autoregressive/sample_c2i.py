@@ -49,18 +49,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mode", choices=["visualize", "fid"], default="visualize", help="class grids or gFID samples")
     g = p.add_argument_group("models")
     g.add_argument("--gpt-model", default=None,
-                   help="GPT preset (GPT-B, GPT-L, GPT-XL, GPT-XXL, ...; default: the checkpoint's, else GPT-B)")
+                   help="GPT preset (GPT-B, GPT-L, GPT-XL, GPT-XXL, ...; default: the checkpoint's, else GPT-B); "
+                        "like --num-classes, --qk-norm, --gpt-2d, --cls-token-num, --image-size (hidden) a check "
+                        "for a checkpoint that describes its model")
     g.add_argument("--gpt-ckpt", required=True, help="GPT weights: local file, released name or hf://OWNER/REPO/FILE")
     add_inert_flags(p, "--gpt-type", "--quant-way", "--from-fsdp", "--eval-python-path")
-    g.add_argument("--cls-token-num", type=int, default=None, help="class-condition tokens (default: the "
-                   "checkpoint's, else 1)")
-    # store_true with default None: "not given" (None) is told apart from "given" (True) to check the checkpoint
-    g.add_argument("--qk-norm", action="store_true", default=None,
-                   help="the GPT was trained with QK-norm (default: as the checkpoint records; released GPTs: off)")
-    g.add_argument("--gpt-2d", action="store_true", default=None,
-                   help="the GPT is the 2D-RoPE variant (default: as the checkpoint records; released GPTs: off)")
-    g.add_argument("--num-classes", type=int, default=None,
-                   help="classes the GPT was trained with (default: the checkpoint's, else 1000)")
+    # Checks of what a described checkpoint already records (a given value must agree with it; for released files
+    # and bare state dicts they set the model): hidden from --help, listed in Detailed_instructions.md. store_true
+    # with default None tells "not given" (None) from "given" (True).
+    hidden = argparse.SUPPRESS
+    p.add_argument("--cls-token-num", type=int, default=None, help=hidden)
+    p.add_argument("--qk-norm", action="store_true", default=None, help=hidden)
+    p.add_argument("--gpt-2d", action="store_true", default=None, help=hidden)
+    p.add_argument("--num-classes", type=int, default=None, help=hidden)
+    p.add_argument("--image-size", type=int, default=None, help=hidden)
     g.add_argument("--vq-ckpt", required=True, help="tokenizer weights")
     g.add_argument("--tok-config", "--model-config", dest="tok_config", default=None,
                    help="tokenizer YAML (default: the tokenizer checkpoint's stored config, the released model's "
@@ -82,7 +84,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--sample-dir", default="samples", help="parent folder of the outputs (named from the settings)")
     g.add_argument("--out", default=None, help="the result folder itself instead of a name under --sample-dir (fid "
                    "--search: one folder per scale inside it); reused only for the same inputs")
-    g.add_argument("--image-size", type=int, default=None, help="must equal the tokenizer's (default: it)")
     g.add_argument("--image-size-eval", type=int, default=None, help="resize samples (bicubic) before saving")
     g.add_argument("--per-proc-batch-size", type=int, default=32, help="images per batch and process")
     g.add_argument("--class-idx", default="207,360,387,974,88,979,417,279", help="visualize: comma-separated ids")
