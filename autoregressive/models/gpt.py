@@ -71,22 +71,12 @@ class ModelArgs:
     # The original's 2D GPT (GPT_models[name](gpt_2d=True)): 2D RoPE over the token grid, no learned position table.
     gpt_2d: bool = False
     rope_base: float = 10000.0
-    # Variants of the original that no released checkpoint uses; accepted only when off.
-    rope: bool = False
-    use_adaLN: bool = False
-    use_simple_adaLN: bool = False
-    use_flash_attn: bool = False  # only picked a kernel in the original; no effect on weights or results
 
     def __post_init__(self) -> None:
         if self.model_type != "c2i":
             raise NotImplementedError(f"model_type={self.model_type!r}: only class-conditional 'c2i' is implemented")
         if self.cls_token_num != 1:
             raise ValueError(f"cls_token_num must be 1 for c2i models (got {self.cls_token_num})")
-        for flag in ("rope", "use_adaLN", "use_simple_adaLN"):
-            if getattr(self, flag):
-                raise NotImplementedError(
-                    f"{flag}=True is not implemented: the released GigaTok GPTs use learned absolute positions "
-                    "without RoPE or adaLN")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.dim % self.n_head != 0:
@@ -567,8 +557,22 @@ class Transformer(PretrainedMixin, nn.Module):
 PRESET_SIZES: dict[str, tuple[int, int, int]] = {}  # preset name -> (dim, n_layer, n_head)
 
 
+# The original's model arguments that are not ModelArgs fields: its variants no released checkpoint uses (accepted by
+# the builders only when off, so the original's call forms and stored configs still build) and its kernel switch
+# (no effect on weights or results here; any value).
+UNIMPLEMENTED_VARIANTS = ("rope", "use_adaLN", "use_simple_adaLN")
+INERT_ARGS = ("use_flash_attn",)
+
+
 def _builder(dim: int, n_layer: int, n_head: int):
     def build(**kwargs) -> Transformer:
+        for flag in UNIMPLEMENTED_VARIANTS:
+            if kwargs.pop(flag, False):
+                raise NotImplementedError(
+                    f"{flag}=True is not implemented: the released GigaTok GPTs use learned absolute positions "
+                    "without RoPE or adaLN")
+        for name in INERT_ARGS:
+            kwargs.pop(name, None)
         names = {f.name for f in fields(ModelArgs)}
         unknown = sorted(set(kwargs) - names)
         if unknown:

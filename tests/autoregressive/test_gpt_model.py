@@ -49,9 +49,12 @@ def test_registry_and_arguments():
     assert set(PARAM_COUNTS) <= set(GPT_models)
     with pytest.raises(TypeError, match="unknown GPT arguments"):
         GPT_models["GPT-tiny"](vocab_sise=10)
-    for flag in ("rope", "use_adaLN", "use_simple_adaLN"):
+    for flag in ("rope", "use_adaLN", "use_simple_adaLN"):  # the original's variants: refused when on, not fields
         with pytest.raises(NotImplementedError, match=flag):
-            ModelArgs(**{flag: True})
+            GPT_models["GPT-tiny"](**{flag: True})
+        GPT_models["GPT-tiny"](**{flag: False})  # the off value still builds
+        assert not hasattr(ModelArgs(), flag)
+    GPT_models["GPT-tiny"](use_flash_attn=True)  # the original's kernel switch: inert
     with pytest.raises(NotImplementedError, match="c2i"):
         ModelArgs(model_type="t2i")
     with pytest.raises(ValueError, match="cls_token_num"):
