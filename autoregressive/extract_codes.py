@@ -31,6 +31,7 @@ from tqdm import tqdm
 from autoregressive.packed_codes import PackedWriter, chunk_ranges, packed_dir, read_index
 from tokenizer import load_tokenizer, read_tokenizer_config, settle_tokenizer_config, tokenizer_info
 from utils.checkpoint import resolve_checkpoint, sha256_file
+from utils.compat import add_inert_flags
 from utils.data import ImageFolderDataset, center_crop_arr, collate_skip_bad, to_model_range
 from utils.distributed import barrier, finish, init_distributed
 from utils.training import PRECISIONS, autocast, autocast_dtype, configure_tf32
@@ -163,7 +164,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-config", "--tok-config", dest="model_config", default=None,
                    help="tokenizer YAML (default: the checkpoint's stored config, or the released model's YAML)")
     p.add_argument("--vq-ckpt", required=True, help="tokenizer weights (local file, released name, hf://...)")
-    p.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family")
+    add_inert_flags(p, "--quant-way")
     p.add_argument("--format", choices=["per-image", "packed"], default="per-image",
                    help="per-image: two int64 .npy files per image (the original's layout); packed: one memory-mapped "
                         "array per split (autoregressive.packed_codes)")

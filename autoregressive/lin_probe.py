@@ -19,6 +19,7 @@ import torch
 from autoregressive.loading import GPT_FLAGS, gpt_build_config, load_gpt, settle_gpt_flags
 from evaluations.lin_probe import add_probe_args, run_probe
 from tokenizer import load_tokenizer, settle_tokenizer_config, tokenizer_info
+from utils.compat import add_inert_flags
 from utils.distributed import pick_device
 
 
@@ -37,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gpt-num-classes", type=int, default=None,
                    help="classes the GPT was trained with (default: the checkpoint's, else 1000)")
     p.add_argument("--n-layer", type=int, default=None, help="feature after this many blocks (default n_layer/2)")
-    p.add_argument("--num-code", type=int, default=None, help="accepted for compatibility (all tokens are used)")
+    add_inert_flags(p, "--num-code")
     return p.parse_args(argv)
 
 

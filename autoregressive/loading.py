@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 import torch
 
-from autoregressive.models.gpt import GPT_models, ModelArgs, Transformer
+from autoregressive.models.gpt import INERT_ARGS, UNIMPLEMENTED_VARIANTS, GPT_models, ModelArgs, Transformer
 from utils.checkpoint import (
     PRETRAINED_WEIGHTS,
     ModelDescription,
@@ -27,7 +27,9 @@ __all__ = ["load_gpt", "build_gpt", "gpt_config_of", "add_variant_flags", "GPT_C
 # The original samplers read checkpoint["model"], else ["module"] (DeepSpeed), else ["state_dict"];
 # an "ema" entry, if a file had one, is ignored by them, so it is ignored here too.
 GPT_CHECKPOINT_ENTRIES = ("model", "module", "state_dict")
-_ARG_NAMES = {f.name for f in fields(ModelArgs)} - {"dim", "n_layer", "n_head"}
+# the builders also take the original's variant switches (refused when on) and its inert kernel switch
+_ARG_NAMES = ({f.name for f in fields(ModelArgs)} - {"dim", "n_layer", "n_head"}) | set(UNIMPLEMENTED_VARIANTS) | set(
+    INERT_ARGS)
 
 
 def _parse(name_or_config: Any, model_kwargs: dict) -> tuple[str, dict, Optional[str]]:

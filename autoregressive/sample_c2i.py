@@ -14,7 +14,11 @@ TF32 matmuls are on for CUDA, as the original's samplers (``--no-tf32`` turns th
 
 Image ``i``'s class and random numbers come from generators seeded by ``(global seed, i)``, so the images do not
 depend on the number of processes or the batch size. ``sample_settings.json`` records everything needed to
-reproduce a folder (settings, world size, checkpoints and their sha256).
+reproduce a folder (settings, world size, the inputs' identity: size, mtime and a partial sha256 of each checkpoint,
+see ``autoregressive/sample_inputs.py``).
+
+The jobs: ``sample_grid.py`` (visualize), ``sample_fid.py`` (fid), ``sample_search.py`` (--search), over
+``sample_inputs.py`` (inputs resolved and checked once, the loaded models, the run key and settings).
 
 A checkpoint that describes its model (a training checkpoint's ``gpt_config``, a tokenizer training checkpoint's
 ``config``, a ``save_pretrained`` folder) needs no model flags: ``--gpt-ckpt ... --vq-ckpt ...`` suffice. The model
@@ -25,31 +29,19 @@ config: for them the flags and their defaults apply as before.
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import re
-import shutil
-import time
-from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
-from tqdm import tqdm
 
-from autoregressive import cfg_search, generate, load_gpt
-from autoregressive.loading import gpt_build_config, settle_gpt_flags
-from autoregressive.models.generate import sample_generators
-from autoregressive.models.gpt import CPU_KERNELS
-from autoregressive.models.static_decode import ATTENTION_KERNELS, COMPILE_MODES, StaticDecoder, packed_kernel
-from tokenizer import load_tokenizer, settle_tokenizer_config, tokenizer_info
-from utils.checkpoint import CheckpointError, resolve_checkpoint, sha256_file
-from utils.data import to_uint8
+from autoregressive import cfg_search
+from autoregressive.engine import add_engine_args, resolve_engine
+from autoregressive.sample_fid import sample_fid
+from autoregressive.sample_grid import visualize
+from autoregressive.sample_inputs import Sampler, parse_class_ids, settle_models
+from autoregressive.sample_search import search
+from utils.checkpoint import resolve_checkpoint
+from utils.compat import add_inert_flags
 from utils.distributed import barrier, finish, init_distributed
-from utils.images import save_grid
-from utils.training import PRECISIONS, configure_tf32, storage_dtype
-
-METRIC_NAMES = ("FID", "sFID", "Inception Score", "Precision", "Recall")
+from utils.training import PRECISIONS, configure_tf32
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,44 +49,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mode", choices=["visualize", "fid"], default="visualize", help="class grids or gFID samples")
     g = p.add_argument_group("models")
     g.add_argument("--gpt-model", default=None,
-                   help="GPT preset (GPT-B, GPT-L, GPT-XL, GPT-XXL, ...; default: the checkpoint's, else GPT-B)")
+                   help="GPT preset (GPT-B, GPT-L, GPT-XL, GPT-XXL, ...; default: the checkpoint's, else GPT-B); "
+                        "like --num-classes, --qk-norm, --gpt-2d, --cls-token-num, --image-size (hidden) a check "
+                        "for a checkpoint that describes its model")
     g.add_argument("--gpt-ckpt", required=True, help="GPT weights: local file, released name or hf://OWNER/REPO/FILE")
-    g.add_argument("--gpt-type", choices=["c2i"], default="c2i", help="only class-conditional models exist")
-    g.add_argument("--cls-token-num", type=int, default=None, help="class-condition tokens (default: the "
-                   "checkpoint's, else 1)")
-    # store_true with default None: "not given" (None) is told apart from "given" (True) to check the checkpoint
-    g.add_argument("--qk-norm", action="store_true", default=None,
-                   help="the GPT was trained with QK-norm (default: as the checkpoint records; released GPTs: off)")
-    g.add_argument("--gpt-2d", action="store_true", default=None,
-                   help="the GPT is the 2D-RoPE variant (default: as the checkpoint records; released GPTs: off)")
-    g.add_argument("--num-classes", type=int, default=None,
-                   help="classes the GPT was trained with (default: the checkpoint's, else 1000)")
+    add_inert_flags(p, "--gpt-type", "--quant-way", "--from-fsdp", "--eval-python-path")
+    # Checks of what a described checkpoint already records (a given value must agree with it; for released files
+    # and bare state dicts they set the model): hidden from --help, listed in Detailed_instructions.md. store_true
+    # with default None tells "not given" (None) from "given" (True).
+    hidden = argparse.SUPPRESS
+    p.add_argument("--cls-token-num", type=int, default=None, help=hidden)
+    p.add_argument("--qk-norm", action="store_true", default=None, help=hidden)
+    p.add_argument("--gpt-2d", action="store_true", default=None, help=hidden)
+    p.add_argument("--num-classes", type=int, default=None, help=hidden)
+    p.add_argument("--image-size", type=int, default=None, help=hidden)
     g.add_argument("--vq-ckpt", required=True, help="tokenizer weights")
     g.add_argument("--tok-config", "--model-config", dest="tok_config", default=None,
                    help="tokenizer YAML (default: the tokenizer checkpoint's stored config, the released model's "
                         "YAML, or the one the GPT checkpoint records)")
-    g.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family")
     g.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="GPT weight/cache dtype")
-    g.add_argument("--decode", choices=["static", "eager"], default="static",
-                   help="static: one KV cache and decode step reused for every batch (StaticDecoder; a CUDA graph "
-                        "on GPU; with the default --attention math the tokens equal eager's); eager: generate(), "
-                        "the reference loop")
-    g.add_argument("--decode-compile", choices=list(COMPILE_MODES), default="auto",
-                   help="how the static decode step runs: auto (cudagraph on CUDA, none on CPU), none, cudagraph, "
-                        "default (torch.compile), reduce-overhead (torch.compile + CUDA graphs)")
-    g.add_argument("--attention", choices=list(ATTENTION_KERNELS), default="math",
-                   help="decode attention kernel of --decode static: math (the original's; identical tokens) or "
-                        "fused (PyTorch's fused kernel: several times faster at large batch on GPU, rounding differs)")
-    g.add_argument("--cpu-prepack", nargs="?", const="auto", default=None, choices=list(CPU_KERNELS),
-                   help="CPU, --decode static: multiply through packed copies of the weights (more memory; float "
-                        "rounding differs). native: the project's float32 kernel, compiled once with the system's "
-                        "C++ compiler, up to batch 8 with CFG (with --attention fused also its decode attention); "
-                        "onednn: oneDNN's; auto (the flag alone): native where it applies, else onednn")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step: --decode static with --decode-compile reduce-overhead on "
-                        "CUDA, default on CPU")
+    add_engine_args(p, g)
     g.add_argument("--no-tf32", action="store_true", help="keep TF32 off on CUDA (the original's samplers turn it on)")
-    g.add_argument("--from-fsdp", action="store_true", help="accepted for compatibility (checkpoints are full)")
     g = p.add_argument_group("sampling")
     g.add_argument("--cfg-scale", type=float, default=2.0, help="classifier-free guidance scale (<= 1: off)")
     g.add_argument("--cfg-schedule", default="constant", help="constant, step, linear, linear_re, triangular, "
@@ -106,8 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature")
     g.add_argument("--global-seed", type=int, default=0, help="seed of every image's generator")
     g = p.add_argument_group("output")
-    g.add_argument("--sample-dir", default="samples", help="parent folder of the outputs")
-    g.add_argument("--image-size", type=int, default=None, help="must equal the tokenizer's (default: it)")
+    g.add_argument("--sample-dir", default="samples", help="parent folder of the outputs (named from the settings)")
+    g.add_argument("--out", default=None, help="the result folder itself instead of a name under --sample-dir (fid "
+                   "--search: one folder per scale inside it); reused only for the same inputs")
     g.add_argument("--image-size-eval", type=int, default=None, help="resize samples (bicubic) before saving")
     g.add_argument("--per-proc-batch-size", type=int, default=32, help="images per batch and process")
     g.add_argument("--class-idx", default="207,360,387,974,88,979,417,279", help="visualize: comma-separated ids")
@@ -119,7 +95,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--fid-method", choices=("sqrtm", "eigh"), default="sqrtm",
                    help="fid: trace of the covariance-product root by scipy sqrtm (as ADM) or by symmetric "
                         "eigendecompositions (eigh: ~3x faster on CPU, same value up to round-off)")
-    g.add_argument("--eval-python-path", default=None, help="accepted for compatibility (evaluation runs here)")
     g.add_argument("--search", action="store_true",
                    help="fid: the original's CFG-scale search (step 0.25 to a local FID minimum; schedules step, "
                         "constant, rectangular); ignores --cfg-scale and starts from the original's per-model table")
@@ -128,6 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--clear-cache", action="store_true", help="fid: delete PNGs and npz after evaluation")
     g.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N")
     args = p.parse_args(argv)
+    resolve_engine(args)  # the old decode flags -> the engine (a contradiction is a ValueError)
     from autoregressive.models.generate import check_sampling_args
     try:
         check_sampling_args(args.cfg_scale, args.temperature, args.top_k, args.top_p)
@@ -135,348 +111,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(str(exc).replace("cfg_scale", "--cfg-scale").replace("temperature", "--temperature", 1)
                 .replace("top_k", "--top-k", 1).replace("top_p", "--top-p", 1))
     return args
-
-
-def class_names(args: argparse.Namespace) -> list[str]:
-    if args.class_names:
-        names = [line.strip() for line in Path(args.class_names).read_text().splitlines() if line.strip()]
-        if len(names) != args.num_classes:
-            raise ValueError(f"{args.class_names} lists {len(names)} names for {args.num_classes} classes")
-        return names
-    if args.num_classes == 1000:
-        from torchvision.models import ResNet50_Weights
-        return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
-    return [f"class{i}" for i in range(args.num_classes)]
-
-
-def parse_class_ids(text: str, num_classes: int) -> list[int]:
-    try:
-        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
-    except ValueError as exc:
-        raise ValueError(f"--class-idx must be comma-separated integers, got {text!r}") from exc
-    bad = [i for i in ids if not 0 <= i < num_classes]
-    if bad or not ids:
-        raise ValueError(f"class ids {bad or text!r} are outside [0, {num_classes})")
-    return ids
-
-
-def fid_labels(seed: int, indices: list[int], num_classes: int) -> torch.Tensor:
-    """Class of image ``i``: uniform, from its own generator (independent of process count and batching)."""
-    gens = sample_generators(seed + 7919, indices)
-    return torch.tensor([int(torch.randint(num_classes, (), generator=g)) for g in gens], dtype=torch.long)
-
-
-def settle_models(args: argparse.Namespace) -> None:
-    """Model flags from the checkpoints: each flag not given takes the checkpoint's value (else its old default), a
-    given one must agree with the checkpoint (one ConfigError names the flag and both values); ``args.tok_config``
-    becomes the tokenizer's config and ``args.gpt_config`` what ``load_gpt`` builds."""
-    description = settle_gpt_flags(args, args.gpt_ckpt)
-    args.tok_config = settle_tokenizer_config(args.vq_ckpt, args.tok_config, description)
-    info = tokenizer_info(args.tok_config)
-    args.gpt_config = gpt_build_config(args, description, info["codebook_size"], info["num_tokens"],
-                                       f"the tokenizer {tokenizer_label(args)}")
-
-
-def tokenizer_label(args: argparse.Namespace) -> str:
-    """The tokenizer config's file, or the checkpoint that stores it, for messages and the CFG search table."""
-    return str(args.tok_config) if isinstance(args.tok_config, (str, Path)) else f"stored in {args.vq_ckpt}"
-
-
-class Sampler:
-    """Loaded models plus the sampling settings; ``images(labels, indices)`` -> uint8 NHWC."""
-
-    def __init__(self, args: argparse.Namespace, device: torch.device):
-        self.args, self.device = args, device
-        self.tok = load_tokenizer(args.tok_config, resolve_checkpoint(args.vq_ckpt), device=device)
-        size = args.image_size or self.tok.image_size
-        if size != self.tok.image_size:
-            raise ValueError(f"--image-size {size} does not match the tokenizer's {self.tok.image_size}")
-        try:
-            self.gpt = load_gpt(args.gpt_config, resolve_checkpoint(args.gpt_ckpt), device=device,
-                                dtype=storage_dtype(args.precision))
-        except CheckpointError as exc:
-            raise CheckpointError(f"{exc}\nThe GPT was built for the tokenizer {tokenizer_label(args)} (vocabulary "
-                                  f"{self.tok.codebook_size}, {self.tok.num_tokens} tokens) and --num-classes "
-                                  f"{args.num_classes}; a GPT trained for another tokenizer cannot be used.") from exc
-        self.decoder = None
-        if args.decode == "eager":  # the static decoder's settings would be silently ignored
-            given = [flag for flag, on in (("--cpu-prepack", args.cpu_prepack), ("--compile", args.compile),
-                                           ("--attention fused", args.attention != "math"),
-                                           ("--decode-compile", args.decode_compile != "auto")) if on]
-            if given:
-                raise ValueError(f"{', '.join(given)} set(s) the static decoder; drop it or use --decode static")
-        if args.decode == "static":
-            self.decoder = StaticDecoder(self.gpt, args.per_proc_batch_size, compile=decode_compile(args, device),
-                                         attention=args.attention, cpu_prepack=args.cpu_prepack)
-
-    @torch.no_grad()
-    def images(self, labels: torch.Tensor, indices: list[int], cfg_scale: float,
-               schedule_kwargs: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-        a = self.args
-        kwargs = default_schedule_kwargs(a) if schedule_kwargs is None else schedule_kwargs
-        sampling = dict(cfg_scale=cfg_scale, cfg_schedule=a.cfg_schedule, cfg_schedule_kwargs=kwargs,
-                        temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, cfg_interval=a.cfg_interval,
-                        generator=sample_generators(a.global_seed, indices))
-        labels = labels.to(self.device)
-        if self.decoder is None:
-            codes = generate(self.gpt, labels, self.tok.num_tokens, **sampling)
-        else:
-            codes = self.decoder.generate(labels, self.tok.num_tokens, **sampling)
-        pixels = self.tok.decode_code(codes, self.tok.latent_shape(len(indices))).float()
-        if a.image_size_eval and a.image_size_eval != pixels.shape[-1]:
-            pixels = torch.nn.functional.interpolate(pixels, size=a.image_size_eval, mode="bicubic")
-        return to_uint8(pixels).cpu().numpy(), codes.cpu().numpy()
-
-
-def decode_compile(args: argparse.Namespace, device: torch.device) -> str:
-    """The StaticDecoder compile mode of these flags (``--compile`` picks torch.compile for the device)."""
-    if args.compile:
-        return "reduce-overhead" if device.type == "cuda" else "default"
-    return args.decode_compile
-
-
-def decode_inputs(args: argparse.Namespace) -> dict:
-    """The decode settings that can change tokens (fused attention, inductor kernels): part of the run key only then,
-    so eager and the bit-identical static paths share their results."""
-    if args.decode == "eager":
-        return {}
-    compiled = args.compile or args.decode_compile in ("default", "reduce-overhead")
-    if args.attention == "math" and not compiled and not args.cpu_prepack:
-        return {}
-    packed = ""
-    if args.cpu_prepack:  # the kernel that will run (auto resolves per machine and batch), not the flag's value
-        packed = "/cpu-prepack-" + packed_kernel(args.cpu_prepack, args.per_proc_batch_size,
-                                                 storage_dtype(args.precision), compiled)
-    return {"decode": f"{'compiled' if compiled else args.decode_compile}/{args.attention}{packed}"}
-
-
-def default_schedule_kwargs(args: argparse.Namespace) -> dict:
-    return {"window_start": args.step_start_ratio} if args.cfg_schedule == "step" else {}
-
-
-def settings(args: argparse.Namespace, world_size: int, cfg_scale: float, schedule_kwargs: dict | None = None) -> dict:
-    out = {k: v for k, v in vars(args).items()}
-    out.pop("_run_inputs", None)
-    out.update(cfg_scale=cfg_scale, world_size=world_size, tf32=not args.no_tf32, run_key=run_key(args),
-               run_inputs=run_inputs(args),
-               cfg_schedule_kwargs=default_schedule_kwargs(args) if schedule_kwargs is None else schedule_kwargs,
-               gpt_ckpt_sha256=run_inputs(args)["gpt_ckpt_sha256"],
-               vq_ckpt_sha256=run_inputs(args)["vq_ckpt_sha256"],
-               created=time.strftime("%Y-%m-%d %H:%M:%S"))
-    return out
-
-
-def visualize(args, sampler: Sampler, dist) -> Path:
-    ids = parse_class_ids(args.class_idx, args.num_classes)
-    names = class_names(args)
-    # first synonym, made safe as a file name ("T-shirt/top" -> "T-shirt_top")
-    short = [re.sub(r"[^\w.+-]+", "_", names[i].split(",")[0].strip()).strip("_") or f"class{i}" for i in ids]
-    folder = Path(args.sample_dir) / (f"{args.gpt_model}-topk-{args.top_k}-topp-{args.top_p}-temp-{args.temperature}"
-                                      f"-cfg-{args.cfg_scale}-{args.cfg_schedule}-{run_key(args)}"
-                                      f"-seed-{args.global_seed}")
-    per_class = math.ceil(args.qual_num / len(ids))
-    # job k = (class position c, sample n); image index k seeds its generator -> same picture for any world size
-    jobs = [(c, n) for c in range(len(ids)) for n in range(per_class)]
-    mine = jobs[dist.rank:: dist.world_size]
-    for start in tqdm(range(0, len(mine), args.per_proc_batch_size), disable=not dist.is_main, desc="sample"):
-        chunk = mine[start: start + args.per_proc_batch_size]
-        labels = torch.tensor([ids[c] for c, _ in chunk])
-        indices = [c * per_class + n for c, n in chunk]
-        for img, (c, n) in zip(sampler.images(labels, indices, args.cfg_scale)[0], chunk, strict=True):
-            out = folder / f"class_{ids[c]}_{short[c]}"
-            out.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(out / f"{short[c]}_{n:06d}.png")
-    barrier()
-    if dist.is_main:
-        rows, captions = [], []
-        for c, cid in enumerate(ids):
-            files = [folder / f"class_{cid}_{short[c]}" / f"{short[c]}_{n:06d}.png" for n in range(per_class)]
-            imgs = np.stack([np.asarray(Image.open(f)) for f in files])
-            save_grid(imgs, folder / f"class_{cid}_grid.png", ncol=min(6, len(imgs)), title=f"{cid}: {names[cid]}")
-            show = imgs[: min(6, len(imgs))]
-            rows.append(show)
-            captions += [f"{cid} {short[c]}"[:24]] + [""] * (len(show) - 1)
-        ncol = max(len(r) for r in rows)
-        padded = [np.concatenate([r, np.full((ncol - len(r), *r.shape[1:]), 255, np.uint8)]) for r in rows]
-        flat_caps = []
-        k = 0
-        for r in rows:
-            flat_caps += captions[k: k + len(r)] + [""] * (ncol - len(r))
-            k += len(r)
-        save_grid(np.concatenate(padded), folder / "multi_class_grid.png", ncol=ncol, captions=flat_caps)
-        (folder / "sample_settings.json").write_text(json.dumps(settings(args, dist.world_size, args.cfg_scale),
-                                                                indent=2, default=str))
-        print(f"[sample] {len(jobs)} images of classes {ids} in {folder}; grid: {folder / 'multi_class_grid.png'}")
-    return folder
-
-
-def run_inputs(args) -> dict:
-    """Everything besides the CFG scale and schedule that changes the samples or their metrics."""
-    if getattr(args, "_run_inputs", None) is None:
-        ref = args.gt_npz_path
-        args._run_inputs = {
-            "gpt_ckpt_sha256": sha256_file(resolve_checkpoint(args.gpt_ckpt)),
-            "vq_ckpt_sha256": sha256_file(resolve_checkpoint(args.vq_ckpt)),
-            "tok_config_sha256": config_sha256(args.tok_config), "gpt_model": args.gpt_model,
-            "num_classes": args.num_classes, "num_fid_samples": args.num_fid_samples, "precision": args.precision,
-            "top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature,
-            "cfg_interval": args.cfg_interval, "image_size_eval": args.image_size_eval, "seed": args.global_seed,
-            "qk_norm": args.qk_norm, "gpt_2d": args.gpt_2d,
-            "reference_sha256": sha256_file(ref) if ref and Path(ref).is_file() else None, **decode_inputs(args)}
-    return args._run_inputs
-
-
-def config_sha256(config) -> str:
-    """sha256 of a config file, or of a stored config's canonical JSON (a checkpoint that carries its config)."""
-    import hashlib
-    if isinstance(config, (str, Path)):
-        return sha256_file(config)
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def run_key(args) -> str:
-    """8 hex digits identifying :func:`run_inputs`: part of every result name, so results never collide."""
-    import hashlib
-    return hashlib.sha256(json.dumps(run_inputs(args), sort_keys=True).encode()).hexdigest()[:8]
-
-
-def fid_folder(args, cfg_scale: float, schedule_kwargs: dict) -> Path:
-    """The original's folder name plus the schedule arguments (the original leaves them out, so runs with other
-    windows reuse each other's samples) and :func:`run_key` (another checkpoint, sample count, reference, precision
-    ... writes beside, never over, an existing result)."""
-    size = args.image_size_eval or args.image_size or "tok"
-    windows = "".join(f"-{k}-{float(v):.2f}" for k, v in schedule_kwargs.items())
-    return Path(args.sample_dir) / (f"{args.gpt_model}-size-{args.image_size or 'tok'}-size-{size}-topk-{args.top_k}"
-                                    f"-topp-{args.top_p}-temperature-{args.temperature}-cfg-{cfg_scale}"
-                                    f"-{args.cfg_schedule}{windows}-{run_key(args)}-seed-{args.global_seed}")
-
-
-def read_metrics(txt: Path) -> dict | None:
-    if not txt.is_file():
-        return None
-    found = {}
-    for line in txt.read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name.strip() in METRIC_NAMES:
-            try:
-                found[name.strip()] = float(value)
-            except ValueError:
-                found[name.strip()] = float("nan")
-    return found if all(m in found for m in METRIC_NAMES) else None
-
-
-def sample_fid(args, sampler: Sampler, dist, cfg_scale: float, schedule_kwargs: dict | None = None) -> dict | None:
-    """Sample (or reuse) one folder at ``cfg_scale``; with a reference batch, evaluate it, write ``<folder>.txt`` and
-    make sure the results CSV has its row; returns the metrics (None without a reference)."""
-    kwargs = default_schedule_kwargs(args) if schedule_kwargs is None else schedule_kwargs
-    folder = fid_folder(args, cfg_scale, kwargs)
-    txt = folder.parent / f"{folder.name}.txt"
-    done = read_metrics(txt)
-    if done is not None:
-        if dist.is_main:
-            print(f"[sample] reusing {txt}: every recorded input is identical (run key {run_key(args)})")
-            cfg_search.record(csv_path(args), args.cfg_schedule, cfg_search.annotation(kwargs), cfg_scale, done)
-        barrier()
-        return done
-    n = args.num_fid_samples
-    mine = list(range(dist.rank, n, dist.world_size))
-    if dist.is_main:
-        folder.mkdir(parents=True, exist_ok=True)
-    barrier()
-    start = time.time()
-    for k in tqdm(range(0, len(mine), args.per_proc_batch_size), disable=not dist.is_main, desc=f"cfg {cfg_scale}"):
-        idx = mine[k: k + args.per_proc_batch_size]
-        imgs, codes = sampler.images(fid_labels(args.global_seed, idx, args.num_classes), idx, cfg_scale, kwargs)
-        for img, code, i in zip(imgs, codes, idx, strict=True):
-            Image.fromarray(img).save(folder / f"{i:06d}.png")
-            np.save(folder / f"{i:06d}.codes.npy", code)
-    barrier()
-    metrics = None
-    if dist.is_main:
-        arr = np.stack([np.asarray(Image.open(folder / f"{i:06d}.png")) for i in range(n)])
-        npz = folder.parent / f"{folder.name}.npz"
-        codes = np.stack([np.load(folder / f"{i:06d}.codes.npy") for i in range(n)])
-        np.savez(npz, arr_0=arr, labels=fid_labels(args.global_seed, list(range(n)), args.num_classes).numpy(),
-                 codes=codes)
-        info = settings(args, dist.world_size, cfg_scale, kwargs)
-        info["seconds"] = time.time() - start
-        (folder / "sample_settings.json").write_text(json.dumps(info, indent=2, default=str))
-        print(f"[sample] {n} images in {folder}, npz {npz} ({info['seconds']:.0f} s)")
-        if args.gt_npz_path:
-            from evaluations.c2i.evaluator import evaluate_npz
-            # reference activations cached next to the reference npz (keyed by sha256); full results as JSON
-            result = evaluate_npz(Path(args.gt_npz_path), npz, device=dist.device, cache_ref=True,
-                                  fid_method=args.fid_method,
-                                  out_json=folder.parent / f"{folder.name}.metrics.json")
-            # the original evaluator's order: IS, FID, sFID, Precision, Recall
-            lines = {"Inception Score": result.get("inception_score"), "FID": result.get("fid"),
-                     "sFID": result.get("sfid"), "Precision": result.get("precision"), "Recall": result.get("recall")}
-            txt.write_text("".join(f"{k}: {v}\n" for k, v in lines.items()))
-            metrics = {k: float("nan") if v is None else float(v) for k, v in lines.items()}
-            cfg_search.record(csv_path(args), args.cfg_schedule, cfg_search.annotation(kwargs), cfg_scale, metrics)
-        if args.clear_cache:
-            shutil.rmtree(folder)
-            if args.gt_npz_path:
-                npz.unlink()
-    barrier()
-    return metrics if dist.is_main else read_metrics(txt)
-
-
-def csv_path(args) -> Path:
-    """The original's results CSV (``<parent>/search_results/<name>.csv``), one per :func:`run_key`, so a search
-    never takes another checkpoint's rows for its history."""
-    sample_dir = Path(args.sample_dir)
-    return sample_dir.parent / "search_results" / f"{sample_dir.name}-{run_key(args)}.csv"
-
-
-def search(args, sampler: Sampler, dist) -> dict:
-    """The original's search for this schedule (see autoregressive/cfg_search.py); returns the best setting."""
-    if not args.gt_npz_path:
-        raise ValueError("--search needs --gt-npz-path (the reference batch to compute FID against)")
-    start = args.cfg_scale_start
-    if start is None:
-        start = cfg_search.empirical_cfg_start(args.gpt_model, args.cfg_schedule, tokenizer_label(args),
-                                               args.gpt_ckpt)
-    path, first_start = csv_path(args), start
-    if args.cfg_schedule == "rectangular":
-        windows = [{"window_start": ws, "window_end": we} for ws, we in cfg_search.rectangular_grid()]
-    else:
-        windows = [default_schedule_kwargs(args)]
-    walks = []
-    for kwargs in tqdm(windows, disable=not dist.is_main or len(windows) == 1, desc="window grid"):
-        def evaluate(scale: float, kw: dict = kwargs) -> dict | None:
-            metrics = sample_fid(args, sampler, dist, scale, kw)
-            if dist.is_main:  # redrawn after every scale, so an interrupted search has its picture too
-                plot_search(path)
-            return metrics
-
-        best, fid = cfg_search.walk(path, args.cfg_schedule, cfg_search.annotation(kwargs), start, evaluate,
-                                    increase_first=args.cfg_schedule != "rectangular")
-        walks.append({"cfg_schedule_kwargs": kwargs, "best_cfg_scale": best, "fid": fid})
-        start = best  # the next window starts from this one's best (rectangular)
-    overall = min(walks, key=lambda w: w["fid"])
-    picture = plot_search(path) if dist.is_main else None
-    if dist.is_main:
-        print(f"[search] {args.cfg_schedule} {overall['cfg_schedule_kwargs']}: best cfg scale "
-              f"{overall['best_cfg_scale']} with FID {overall['fid']:.4f} (results in {path})")
-    return {**overall, "start": first_start, "walks": walks, "csv": str(path),
-            "plot": None if picture is None else str(picture)}
-
-
-def plot_search(path: Path) -> Path | None:
-    """FID and IS against the scale (``<csv stem>.cfg_search.png`` beside the CSV); a plotting failure or a missing
-    matplotlib is one printed line, never the end of a search."""
-    from utils.plot_run import PLOT_EXTRA_HINT, plot_cfg_search
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        print(f"[search] no cfg_search.png: matplotlib is not installed ({PLOT_EXTRA_HINT})")
-        return None
-    try:
-        return plot_cfg_search(path)
-    except Exception as exc:  # noqa: BLE001 - the search's results are in the CSV either way
-        print(f"[search] WARNING: cfg_search.png not drawn ({type(exc).__name__}: {exc})")
-        return None
 
 
 @torch.no_grad()
@@ -507,3 +141,5 @@ def main(argv=None):
 if __name__ == "__main__":
     from utils.cli import run_cli
     run_cli(main, "sample_c2i")
+
+

@@ -37,6 +37,7 @@ from autoregressive.models.gpt import GPT_models
 from tokenizer import settle_tokenizer_config, tokenizer_info
 from utils.checkpoint import resolve_checkpoint, sha256_file
 from utils.cli import HelpFormatter
+from utils.compat import add_inert_flags
 from utils.data import ImageFolderDataset, collate_skip_bad
 from utils.distributed import barrier, finish, init_distributed
 from utils.training import PRECISIONS, configure_tf32
@@ -47,13 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gpt-ckpt", required=True, help="GPT checkpoint (local file, released name or hf://...)")
     p.add_argument("--gpt-model", choices=list(GPT_models), default=None,
                    help="GPT size preset (None: from the checkpoint's gpt_config/args, else GPT-B)")
-    p.add_argument("--gpt-type", choices=["c2i"], default="c2i",
-                   help="model type; only c2i (class-conditional) is implemented")
+    add_inert_flags(p, "--gpt-type", "--from-fsdp", "--quant-way")
     # store_true with default None: "not given" (None) is told apart from "given" (True) to check the checkpoint
     p.add_argument("--gpt-2d", action="store_true", default=None,
                    help="the 2D-RoPE GPT (default: as the checkpoint's gpt_config records; the released GPTs are 1D)")
     p.add_argument("--ema", action="store_true", help="evaluate the checkpoint's EMA weights (its 'ema' entry)")
-    p.add_argument("--from-fsdp", action="store_true", help="accepted for compatibility (bare state dicts load anyway)")
     p.add_argument("--cls-token-num", type=int, default=None,
                    help="condition tokens before the image tokens; must be 1 for c2i (as the original's gpt_1d; "
                         "default: the checkpoint's, else 1)")
@@ -64,7 +63,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--flash-attn", action="store_true", help="accepted; PyTorch picks the attention kernel")
     p.add_argument("--num-classes", type=int, default=None,
                    help="number of class labels (None: from the checkpoint, else 1000)")
-    p.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family of the tokenizer; only vq")
     p.add_argument("--tok-config", "--model-config", dest="tok_config", default=None,
                    help="tokenizer YAML (vocabulary and length; default: the tokenizer checkpoint's stored config, "
                         "the released model's YAML, or the one the GPT checkpoint records)")

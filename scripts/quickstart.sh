@@ -96,8 +96,8 @@ stage "6/8 class grid (autoregressive.sample_c2i --mode visualize)"
 NUM_SAMPLES=$((10 * EVAL_PER_CLASS))
 stage "7/8 $NUM_SAMPLES samples (CFG $CFG_SCALE) for gFID, sFID, precision, recall (autoregressive.sample_c2i --mode fid)"
 "$PYTHON" -m autoregressive.sample_c2i --mode fid "${SAMPLE_ARGS[@]}" --num-fid-samples "$NUM_SAMPLES" \
-  --per-proc-batch-size 150 --gt-npz-path "$OUT/eval/val.npz" --fid-method eigh
-SAMPLES_NPZ=$(ls "$OUT"/samples/GPT-tiny-*cfg-"$CFG_SCALE"-*seed-0.npz)
+  --per-proc-batch-size 150 --gt-npz-path "$OUT/eval/val.npz" --fid-method eigh --out "$OUT/samples/fid"
+SAMPLES_NPZ="$OUT/samples/fid.npz"  # --out names the folder; its npz and metrics lie beside it
 
 stage "8/8 are the sampled classes recognisable? (evaluations.classifier trained on the real images)"
 "$PYTHON" -m evaluations.classifier --train-dir "$OUT/data/train" --val-dir "$OUT/data/val" \

@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from autoregressive.models.gpt import GPT_models, GPT_models_2d
+from autoregressive.models.gpt import GPT_models
 from tokenizer import build_tokenizer
 
 from testlib import CONFIGS, PARITY, seeded_state_dict
@@ -109,8 +109,8 @@ def seeded_gpt_b(kind: str, device: str | torch.device = "cpu"):
     ref = torch.load(PARITY / GPT_FILES[kind], weights_only=True)
     two_d = kind == "2d"
     assert ref["model"] == "GPT-B" and ref["seed"] == 0 and bool(ref.get("gpt_2d", False)) == two_d
-    registry = GPT_models_2d if two_d else GPT_models
-    model = registry["GPT-B"](vocab_size=16384, block_size=256, num_classes=1000, cls_token_num=1).eval()
+    model = GPT_models["GPT-B"](vocab_size=16384, block_size=256, num_classes=1000, cls_token_num=1,
+                                gpt_2d=two_d).eval()
     model.load_state_dict(seeded_state_dict(model.state_dict(), seed=ref["seed"]), strict=True)
     assert sum(p.numel() for p in model.parameters()) == ref["num_params"]
     return model.to(device), ref

@@ -12,6 +12,7 @@ import torch
 
 from evaluations.lin_probe import add_probe_args, run_probe
 from tokenizer import load_tokenizer, settle_tokenizer_config
+from utils.compat import add_inert_flags
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -22,7 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vq-ckpt", required=True, help="tokenizer weights")
     p.add_argument("--fix-dim", action="store_true", help="features after the encoder's output conv")
     p.add_argument("--from-decoder", action="store_true", help="decoder inner features (1D tokenizers)")
-    p.add_argument("--num-code", type=int, default=None, help="accepted for compatibility (all tokens are used)")
+    add_inert_flags(p, "--num-code")
     return p.parse_args(argv)
 
 

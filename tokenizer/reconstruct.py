@@ -26,6 +26,7 @@ from tqdm import tqdm
 from evaluations.recon import LPIPSMetric, psnr, rfid, ssim
 from tokenizer import load_tokenizer, read_tokenizer_config, settle_tokenizer_config, tokenizer_info
 from utils.checkpoint import resolve_checkpoint, sha256_file
+from utils.compat import add_inert_flags
 from utils.config import save_config
 from utils.data import ImageFolderDataset, collate_skip_bad, to_uint8
 from utils.distributed import all_gather_tensor, barrier, finish, init_distributed
@@ -35,7 +36,7 @@ from utils.training import PRECISIONS, configure_tf32
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--quant-way", choices=["vq"], default="vq", help="quantiser family (only VQ is released)")
+    add_inert_flags(p, "--quant-way")
     p.add_argument("--data-path", required=True,
                    help="image folder: ImageFolder layout (class sub-folders) or a flat folder of images")
     p.add_argument("--image-size", type=int, default=None,

@@ -3,7 +3,7 @@ resident at a time by default), reconstructing one image and sampling a class. `
 page, so everything here is tested directly (tests/autoregressive/test_demo.py) and through the browser.
 
 Reconstruction is the computation of ``tokenizer.reconstruct`` for one image (ADM centre crop, same PSNR / SSIM), and
-image ``i`` of a generation equals image ``i`` of ``sample_c2i --mode visualize --decode eager`` with one class and
+image ``i`` of a generation equals image ``i`` of ``sample_c2i --mode visualize --engine eager`` with one class and
 the same seed, so what the page shows can be reproduced from the command line.
 """
 from __future__ import annotations
@@ -401,7 +401,7 @@ def write_settings(path: Path, choice: GeneratorChoice, req: SampleRequest, devi
         tok_flags = "" if read_model_description(choice.tokenizer.checkpoint).kind == "tokenizer" else (
             f"--tok-config {choice.tokenizer.config} ")
         info["command"] = (
-            f"python -m autoregressive.sample_c2i --mode visualize --decode eager --precision none "
+            f"python -m autoregressive.sample_c2i --mode visualize --engine eager --precision none "
             f"{gpt_flags}--gpt-ckpt {choice.gpt_checkpoint} {tok_flags}--vq-ckpt {choice.tokenizer.checkpoint} "
             f"--class-idx {req.class_id} --qual-num {req.num_images} "
             f"--cfg-scale {req.cfg_scale} --cfg-schedule {req.cfg_schedule} --step-start-ratio {req.window_start} "

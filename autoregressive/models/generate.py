@@ -52,15 +52,17 @@ numbers are drawn. ``top_k=1`` with sampling gives the same tokens (up to exact 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Iterable, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["generate", "cfg_scale_at", "CFG_SCHEDULES", "top_k_top_p_filtering", "sample",
-           "sample_generators", "SamplingPlan", "guide_and_pick"]
+__all__ = ["generate", "SamplingConfig", "cfg_scale_at", "CFG_SCHEDULES", "top_k_top_p_filtering", "sample",
+           "sample_generators", "SamplingPlan", "guide_and_pick", "sampling_config"]
 
 _OFF = 1.0 + 1e-4
 _SCHEDULE_KWARGS = {
@@ -210,6 +212,71 @@ def check_sampling_args(cfg_scale: float, temperature: float, top_k: int, top_p:
 
 
 
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Every sampling knob in one object, passed unchanged through :func:`generate`, :class:`SamplingPlan` and
+    :meth:`~autoregressive.models.static_decode.StaticDecoder.generate` (adding a knob is one field plus its use).
+
+    Checked once when built (a bad value fails here, not in the middle of a run). ``seed`` is the seed policy of the
+    sample scripts: image ``i`` draws its random numbers from ``sample_generators(seed, [i])`` (:meth:`generators`);
+    ``generate`` itself takes the row generators as an argument, because they name rows, not settings.
+    """
+
+    cfg_scale: float = 1.0
+    cfg_schedule: str = "constant"
+    cfg_schedule_kwargs: dict = field(default_factory=dict)
+    cfg_interval: float = -1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    sample_logits: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # normalise types once, so the plan and the run settings see plain floats/ints (and a private kwargs copy)
+        object.__setattr__(self, "cfg_scale", float(self.cfg_scale))
+        object.__setattr__(self, "cfg_schedule_kwargs", dict(self.cfg_schedule_kwargs or {}))
+        check_sampling_args(self.cfg_scale, self.temperature, self.top_k, self.top_p)
+        cfg_scale_at(self.cfg_schedule, self.cfg_scale, 1.0, **self.cfg_schedule_kwargs)  # name and kwargs
+
+    @property
+    def greedy(self) -> bool:
+        """Temperature 0 means greedy decoding (top-1, no random numbers), as does ``sample_logits=False``."""
+        return not self.sample_logits or float(self.temperature) == 0.0
+
+    def replace(self, **changes: Any) -> SamplingConfig:
+        return dataclasses.replace(self, **changes)
+
+    def generators(self, indices: Iterable[int]) -> list[torch.Generator]:
+        """One generator per image index under this config's seed (see :func:`sample_generators`)."""
+        return sample_generators(self.seed, indices)
+
+    def scales(self, max_new_tokens: int) -> list[float]:
+        """Guidance scale of every token: token 0 (the prefill) the raw scale, decode step ``i`` the schedule at
+        ratio ``(i + 1) / (max_new_tokens - 1)``, 1.0 after ``cfg_interval``."""
+        steps = max_new_tokens - 1
+        values = [self.cfg_scale]
+        for i in range(steps):
+            scale = cfg_scale_at(self.cfg_schedule, self.cfg_scale, (i + 1) / steps, **self.cfg_schedule_kwargs)
+            if self.cfg_interval > -1 and i > self.cfg_interval:
+                scale = 1.0
+            values.append(scale)
+        return values
+
+
+SAMPLING_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingConfig))
+
+
+def sampling_config(config: Optional[SamplingConfig] = None, **knobs: Any) -> SamplingConfig:
+    """``config`` with ``knobs`` (SamplingConfig fields as keywords, the old call form) applied on top."""
+    unknown = set(knobs) - SAMPLING_FIELDS
+    if unknown:
+        raise TypeError(f"unknown sampling argument(s) {sorted(unknown)}; SamplingConfig has {sorted(SAMPLING_FIELDS)}")
+    if config is None:
+        return SamplingConfig(**knobs)
+    return config.replace(**knobs) if knobs else config
+
+
 class SamplingPlan:
     """Everything a decode loop needs besides the model, checked and precomputed once per ``generate`` call.
 
@@ -218,15 +285,8 @@ class SamplingPlan:
     prefill) as a float32 tensor, ``uniforms`` [batch, max_new_tokens] the per-row random numbers (None: greedy).
     """
 
-    def __init__(self, core: torch.nn.Module, cond: torch.Tensor, max_new_tokens: int, cfg_scale: float = 1.0,
-                 cfg_schedule: str = "constant", cfg_schedule_kwargs: Optional[dict] = None,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, sample_logits: bool = True,
-                 generator: GeneratorArg = None, cfg_interval: float = -1):
-        kwargs = dict(cfg_schedule_kwargs or {})
-        cfg_scale = float(cfg_scale)
-        check_sampling_args(cfg_scale, temperature, top_k, top_p)
-        if float(temperature) == 0.0:  # temperature 0 means greedy decoding
-            sample_logits, top_k = False, 1
+    def __init__(self, core: torch.nn.Module, cond: torch.Tensor, max_new_tokens: int, config: SamplingConfig,
+                 generator: GeneratorArg = None):
         if cond.ndim != 1 or cond.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             raise ValueError(f"cond must be a 1-D integer tensor of class ids, got {cond.dtype} {tuple(cond.shape)}")
         if cond.numel() == 0:
@@ -236,24 +296,20 @@ class SamplingPlan:
         core.check_class_ids(cond, allow_null=False)
         if not 1 <= max_new_tokens <= core.block_size:
             raise ValueError(f"max_new_tokens must be in [1, block_size={core.block_size}], got {max_new_tokens}")
-        cfg_scale_at(cfg_schedule, cfg_scale, 1.0, **kwargs)  # validates the schedule name and kwargs early
 
+        self.config = config
         self.batch = cond.shape[0]
         self.max_new_tokens = int(max_new_tokens)
-        self.guided = cfg_scale > 1.0
+        self.guided = config.cfg_scale > 1.0
         self.cond = cond
         self.cond_all = torch.cat([cond, torch.full_like(cond, core.num_classes)]) if self.guided else cond
-        self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
-        self.sample_logits = bool(sample_logits)
-        self.uniforms = (_draw_uniforms(generator, self.batch, max_new_tokens, device) if sample_logits else None)
-        steps = max_new_tokens - 1
-        values = [cfg_scale]
-        for i in range(steps):
-            scale = cfg_scale_at(cfg_schedule, cfg_scale, (i + 1) / steps, **kwargs)
-            if cfg_interval > -1 and i > cfg_interval:
-                scale = 1.0
-            values.append(scale)
-        self.scales = torch.tensor(values, dtype=torch.float32, device=device)
+        greedy = config.greedy
+        # the token pick's settings as plain values (a compiled step and a captured graph key on them)
+        self.pick = (float(config.temperature), 1 if greedy and config.temperature == 0 else int(config.top_k),
+                     float(config.top_p), not greedy)
+        self.temperature, self.top_k, self.top_p, self.sample_logits = self.pick
+        self.uniforms = _draw_uniforms(generator, self.batch, max_new_tokens, device) if not greedy else None
+        self.scales = torch.tensor(config.scales(max_new_tokens), dtype=torch.float32, device=device)
 
     def step_uniforms(self, token_index: int) -> Optional[torch.Tensor]:
         return None if self.uniforms is None else self.uniforms[:, token_index]
@@ -275,12 +331,13 @@ def guide_and_pick(logits: torch.Tensor, batch: int, guided: bool, scale: torch.
     return sample(logits, temperature, top_k, top_p, sample_logits, uniforms)
 
 
-def generate(model: torch.nn.Module, cond: torch.Tensor, max_new_tokens: int, cfg_scale: float = 1.0,
-             cfg_schedule: str = "constant", cfg_schedule_kwargs: Optional[dict] = None,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, sample_logits: bool = True,
-             generator: GeneratorArg = None, cfg_interval: float = -1) -> torch.Tensor:
+def generate(model: torch.nn.Module, cond: torch.Tensor, max_new_tokens: int,
+             config: Optional[SamplingConfig] = None, *, generator: GeneratorArg = None,
+             **knobs: Any) -> torch.Tensor:
     """Sample ``max_new_tokens`` image tokens per class id in ``cond`` [B]; returns int64 [B, max_new_tokens].
 
+    The sampling settings are one :class:`SamplingConfig`; the keyword form ``generate(model, cond, n,
+    cfg_scale=1.75, top_k=...)`` builds one from the keywords (on top of ``config`` when both are given).
     ``model`` is a :class:`~autoregressive.models.gpt.Transformer` (or a ``torch.compile`` wrapper of one) in
     eval mode. Class ids must be in [0, num_classes). See the module docstring for guidance, schedules and
     the random-number scheme. No process group is needed. Sampling runs in inference mode; the result is an
@@ -288,24 +345,21 @@ def generate(model: torch.nn.Module, cond: torch.Tensor, max_new_tokens: int, cf
     the reference; for many batches :class:`~autoregressive.models.static_decode.StaticDecoder` gives the same tokens
     with a reusable cache and a CUDA-graph (or compiled) step.
     """
+    config = sampling_config(config, **knobs)
     with torch.inference_mode():
-        out = _generate(model, cond, max_new_tokens, cfg_scale, cfg_schedule, cfg_schedule_kwargs, temperature,
-                        top_k, top_p, sample_logits, generator, cfg_interval)
+        out = _generate(model, cond, max_new_tokens, config, generator)
     return out.clone()
 
 
-def _generate(model: torch.nn.Module, cond: torch.Tensor, max_new_tokens: int, cfg_scale: float,
-              cfg_schedule: str, cfg_schedule_kwargs: Optional[dict], temperature: float, top_k: int, top_p: float,
-              sample_logits: bool, generator: GeneratorArg, cfg_interval: float) -> torch.Tensor:
+def _generate(model: torch.nn.Module, cond: torch.Tensor, max_new_tokens: int, config: SamplingConfig,
+              generator: GeneratorArg) -> torch.Tensor:
     core = _unwrap(model)
-    plan = SamplingPlan(core, cond, max_new_tokens, cfg_scale, cfg_schedule, cfg_schedule_kwargs, temperature,
-                        top_k, top_p, sample_logits, generator, cfg_interval)
+    plan = SamplingPlan(core, cond, max_new_tokens, config, generator)
     device = plan.cond.device
 
     def pick(logits: torch.Tensor, token_index: int) -> torch.Tensor:
         return guide_and_pick(logits, plan.batch, plan.guided, plan.scales[token_index],
-                              plan.step_uniforms(token_index), plan.temperature, plan.top_k, plan.top_p,
-                              plan.sample_logits)
+                              plan.step_uniforms(token_index), *plan.pick)
 
     out = torch.empty(plan.batch, max_new_tokens, dtype=torch.long, device=device)
     input_pos = torch.zeros(1, dtype=torch.long, device=device)  # one tensor, advanced in place (compile-friendly)

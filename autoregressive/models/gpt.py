@@ -12,7 +12,7 @@ guidance (and for label dropout in training).
 
 State-dict keys and shapes equal the original's exactly, so released checkpoints load with ``strict=True``.
 
-``GPT_models_2d`` holds the original's other GPT (``autoregressive/models/gpt.py`` there, ``--gpt-2d``), used for the
+``gpt_2d=True`` builds the original's other GPT (``autoregressive/models/gpt.py`` there, ``--gpt-2d``), used for the
 paper's 1D-vs-2D tokenizer comparison: the same blocks, but no position table; instead 2D rotary embeddings over the
 token grid (sqrt(block_size) squared) rotate queries and keys (the class slot gets a zero table row, so its q and k
 are zero, as the original). Its keys are the 1D model's minus ``positional_embedding``.
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from utils import cpu_kernels
 from utils.pretrained import PretrainedMixin
 
-__all__ = ["ModelArgs", "Transformer", "GPT_models", "GPT_models_2d", "find_multiple", "precompute_freqs_cis_2d"]
+__all__ = ["ModelArgs", "Transformer", "GPT_models", "find_multiple", "precompute_freqs_cis_2d"]
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -68,25 +68,15 @@ class ModelArgs:
     block_size: int = 256
 
     use_qk_norm: bool = False
-    # The original's 2D GPT (GPT_models_2d): 2D RoPE over the token grid instead of the learned position table.
+    # The original's 2D GPT (GPT_models[name](gpt_2d=True)): 2D RoPE over the token grid, no learned position table.
     gpt_2d: bool = False
     rope_base: float = 10000.0
-    # Variants of the original that no released checkpoint uses; accepted only when off.
-    rope: bool = False
-    use_adaLN: bool = False
-    use_simple_adaLN: bool = False
-    use_flash_attn: bool = False  # only picked a kernel in the original; no effect on weights or results
 
     def __post_init__(self) -> None:
         if self.model_type != "c2i":
             raise NotImplementedError(f"model_type={self.model_type!r}: only class-conditional 'c2i' is implemented")
         if self.cls_token_num != 1:
             raise ValueError(f"cls_token_num must be 1 for c2i models (got {self.cls_token_num})")
-        for flag in ("rope", "use_adaLN", "use_simple_adaLN"):
-            if getattr(self, flag):
-                raise NotImplementedError(
-                    f"{flag}=True is not implemented: the released GigaTok GPTs use learned absolute positions "
-                    "without RoPE or adaLN")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.dim % self.n_head != 0:
@@ -567,8 +557,22 @@ class Transformer(PretrainedMixin, nn.Module):
 PRESET_SIZES: dict[str, tuple[int, int, int]] = {}  # preset name -> (dim, n_layer, n_head)
 
 
+# The original's model arguments that are not ModelArgs fields: its variants no released checkpoint uses (accepted by
+# the builders only when off, so the original's call forms and stored configs still build) and its kernel switch
+# (no effect on weights or results here; any value).
+UNIMPLEMENTED_VARIANTS = ("rope", "use_adaLN", "use_simple_adaLN")
+INERT_ARGS = ("use_flash_attn",)
+
+
 def _builder(dim: int, n_layer: int, n_head: int):
     def build(**kwargs) -> Transformer:
+        for flag in UNIMPLEMENTED_VARIANTS:
+            if kwargs.pop(flag, False):
+                raise NotImplementedError(
+                    f"{flag}=True is not implemented: the released GigaTok GPTs use learned absolute positions "
+                    "without RoPE or adaLN")
+        for name in INERT_ARGS:
+            kwargs.pop(name, None)
         names = {f.name for f in fields(ModelArgs)}
         unknown = sorted(set(kwargs) - names)
         if unknown:
@@ -596,14 +600,3 @@ GPT_models = {
 }
 PRESET_SIZES.update({name: build.size for name, build in GPT_models.items()})
 
-
-def _builder_2d(build_1d):
-    def build(**kwargs) -> Transformer:
-        if kwargs.get("gpt_2d") is False:
-            raise ValueError("GPT_models_2d builds 2D models; use GPT_models for gpt_2d=False")
-        return build_1d(**{**kwargs, "gpt_2d": True})
-    return build
-
-
-# The original's 2D-RoPE GPTs (its autoregressive/models/gpt.py), same names as its registry.
-GPT_models_2d = {name: _builder_2d(build) for name, build in GPT_models.items()}

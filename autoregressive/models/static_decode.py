@@ -51,7 +51,7 @@ from typing import Optional
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .generate import GeneratorArg, SamplingPlan, guide_and_pick
+from .generate import GeneratorArg, SamplingConfig, SamplingPlan, guide_and_pick, sampling_config
 from .gpt import CPU_KERNELS, Linear, resolve_cpu_kernel
 
 __all__ = ["StaticDecoder", "COMPILE_MODES", "ATTENTION_KERNELS", "packed_kernel"]
@@ -108,9 +108,10 @@ def packed_kernel(cpu_prepack: bool | str | None, batch_size: int, dtype: torch.
 class StaticDecoder:
     """Sampler bound to one GPT with a persistent, fixed-shape KV cache (see the module docstring).
 
-    ``decoder.generate(cond, max_new_tokens, ...)`` takes the arguments of
-    :func:`~autoregressive.models.generate.generate` (minus the model). While a decoder holds the cache, the
-    model's own cached inference belongs to it; :meth:`close` (or ``with StaticDecoder(...) as d``) frees it.
+    ``decoder.generate(cond, max_new_tokens, config, generator=...)`` takes the arguments of
+    :func:`~autoregressive.models.generate.generate` (minus the model): one
+    :class:`~autoregressive.models.generate.SamplingConfig`, or its fields as keywords. While a decoder holds the
+    cache, the model's own cached inference belongs to it; :meth:`close` (or ``with StaticDecoder(...) as d``) frees it.
     """
 
     def __init__(self, model: torch.nn.Module, batch_size: int, compile: str = "auto", attention: str = "math",
@@ -225,16 +226,15 @@ class StaticDecoder:
 
     # --------------------------------------------------------------- sampling
     @torch.no_grad()
-    def generate(self, cond: torch.Tensor, max_new_tokens: int, cfg_scale: float = 1.0,
-                 cfg_schedule: str = "constant", cfg_schedule_kwargs: Optional[dict] = None,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, sample_logits: bool = True,
-                 generator: GeneratorArg = None, cfg_interval: float = -1) -> torch.Tensor:
-        """Same tokens as ``generate(model, cond, ...)`` for up to ``batch_size`` class ids; int64 [B, n]."""
+    def generate(self, cond: torch.Tensor, max_new_tokens: int, config: Optional[SamplingConfig] = None, *,
+                 generator: GeneratorArg = None, **knobs) -> torch.Tensor:
+        """Same tokens as ``generate(model, cond, n, config, generator=...)`` for up to ``batch_size`` class ids;
+        int64 [B, n]. Keywords are SamplingConfig fields, as for ``generate``."""
         core = self.model
+        config = sampling_config(config, **knobs)
         if cond.ndim == 1 and cond.shape[0] > self.batch_size:
             raise ValueError(f"{cond.shape[0]} class ids exceed this decoder's batch_size {self.batch_size}")
-        plan = SamplingPlan(core, cond, max_new_tokens, cfg_scale, cfg_schedule, cfg_schedule_kwargs, temperature,
-                            top_k, top_p, sample_logits, generator, cfg_interval)
+        plan = SamplingPlan(core, cond, max_new_tokens, config, generator)
         real, batch = plan.batch, self.batch_size
         pad = batch - real
         device = plan.cond.device
@@ -246,7 +246,7 @@ class StaticDecoder:
                 uniforms = torch.cat([uniforms, torch.zeros(pad, uniforms.shape[1], device=device)])
         cond_all = torch.cat([labels, torch.full_like(labels, core.num_classes)]) if plan.guided else labels
         self._ensure_cache(cond_all.shape[0], max_new_tokens)
-        settings = (batch, plan.guided, plan.temperature, plan.top_k, plan.top_p, plan.sample_logits)
+        settings = (batch, plan.guided, *plan.pick)
         if self.compile_mode == "cudagraph":  # captured before the zeroing: its warm-up writes into the cache
             captured = self._captured(settings, max_new_tokens, uniforms is not None)
         self._zero_cache()

@@ -259,3 +259,20 @@ def test_output_is_an_ordinary_tensor_that_decode_code_accepts():
     assert all(p.grad is None for p in gpt.parameters())
     images = tok.decode_code(codes, tok.latent_shape(2))
     assert images.shape == (2, 3, tok.image_size, tok.image_size) and images.requires_grad
+
+
+def test_sampling_config_is_the_keyword_form():
+    """generate(model, cond, n, SamplingConfig(...)) == the keyword call; a config is checked when built."""
+    from autoregressive.models.generate import SamplingConfig
+    model, cond = tiny_gpt(), torch.tensor([1, 2])
+    config = SamplingConfig(cfg_scale=2.0, cfg_schedule="step", cfg_schedule_kwargs={"window_start": 0.2}, top_k=5)
+    kw = generate(model, cond, 8, cfg_scale=2.0, cfg_schedule="step", cfg_schedule_kwargs={"window_start": 0.2},
+                  top_k=5, generator=[1, 2])
+    assert torch.equal(generate(model, cond, 8, config, generator=[1, 2]), kw)
+    assert torch.equal(generate(model, cond, 8, config.replace(top_k=0), top_k=5, generator=[1, 2]), kw)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingConfig(top_p=0.0)
+    with pytest.raises(ValueError, match="window_start"):
+        SamplingConfig(cfg_schedule="step")
+    with pytest.raises(TypeError, match="unknown sampling"):
+        generate(model, cond, 8, cfg_scael=2.0)

@@ -29,9 +29,8 @@ def meta_model(name: str, **kwargs):
 def test_state_dict_matches_manifest(name):
     manifest = json.loads((MANIFESTS / f"gpt_{name}.json").read_text())
     if name.startswith("2d_"):
-        from autoregressive.models.gpt import GPT_models_2d
         with torch.device("meta"):
-            sd = GPT_models_2d[name[3:]](vocab_size=16384, block_size=256, num_classes=1000).state_dict()
+            sd = GPT_models[name[3:]](vocab_size=16384, block_size=256, num_classes=1000, gpt_2d=True).state_dict()
         assert len(sd) == 88 and sum(v.numel() for v in sd.values()) == 110_888_448  # the numbers
     else:
         sd = meta_model(name).state_dict()
@@ -50,9 +49,12 @@ def test_registry_and_arguments():
     assert set(PARAM_COUNTS) <= set(GPT_models)
     with pytest.raises(TypeError, match="unknown GPT arguments"):
         GPT_models["GPT-tiny"](vocab_sise=10)
-    for flag in ("rope", "use_adaLN", "use_simple_adaLN"):
+    for flag in ("rope", "use_adaLN", "use_simple_adaLN"):  # the original's variants: refused when on, not fields
         with pytest.raises(NotImplementedError, match=flag):
-            ModelArgs(**{flag: True})
+            GPT_models["GPT-tiny"](**{flag: True})
+        GPT_models["GPT-tiny"](**{flag: False})  # the off value still builds
+        assert not hasattr(ModelArgs(), flag)
+    GPT_models["GPT-tiny"](use_flash_attn=True)  # the original's kernel switch: inert
     with pytest.raises(NotImplementedError, match="c2i"):
         ModelArgs(model_type="t2i")
     with pytest.raises(ValueError, match="cls_token_num"):

@@ -1,5 +1,5 @@
 """GPT-B on seeded weights reproduces the original's logits and greedy CFG sequences (tests/data/parity), for the
-released 1D GPT (gpt_1d.py) and the 2D-RoPE GPT (GPT_models_2d, the original's gpt.py)."""
+released 1D GPT (gpt_1d.py) and the 2D-RoPE GPT (GPT_models[...](gpt_2d=True), the original's gpt.py)."""
 from __future__ import annotations
 
 import pytest

@@ -46,7 +46,9 @@ def test_visualize_writes_grids_and_settings(ckpts, tmp_path):
     pngs = sorted(folder.rglob("class3_*.png")) + sorted(folder.rglob("class7_*.png"))
     assert len(pngs) == 4
     settings = json.loads((folder / "sample_settings.json").read_text())
-    assert settings["cfg_scale"] == 2.0 and settings["world_size"] == 1 and len(settings["gpt_ckpt_sha256"]) == 64
+    assert settings["cfg_scale"] == 2.0 and settings["world_size"] == 1
+    identity = settings["run_inputs"]["gpt_ckpt"]  # size, mtime and a partial hash, not a whole-file sha256
+    assert len(identity["partial_sha256"]) == 64 and identity["size"] > 0
     from utils.distributed import pick_device
     assert settings["device"] == str(pick_device("auto")) != "auto"  # the device used, not the request
 
@@ -74,20 +76,20 @@ def test_fid_npz_is_independent_of_batch_size(ckpts, tmp_path):
 
 
 def test_static_decoding_gives_the_eager_samples_and_shares_their_key(ckpts, tmp_path):
-    """--decode static (the default) == --decode eager, token for token, so both use the same folder; a decode
-    setting that can change tokens (fused attention) gets its own run key."""
+    """--engine auto (the static decoder, the default) == --engine eager, token for token, so both use the same
+    folder; an engine that can change tokens (fused attention, packed kernels) gets its own run key."""
     args = ("--mode", "fid", "--num-fid-samples", "5", "--per-proc-batch-size", "4")
     sample(_common(ckpts, tmp_path / "s", *args))
-    sample(_common(ckpts, tmp_path / "e", *args, "--decode", "eager"))
-    sample(_common(ckpts, tmp_path / "f", *args, "--attention", "fused"))
+    sample(_common(ckpts, tmp_path / "e", *args, "--engine", "eager"))
+    sample(_common(ckpts, tmp_path / "f", *args, "--engine", "static-fused"))
     (s,), (e,), (f,) = ([p.name for p in (tmp_path / d).glob("*.npz")] for d in "sef")
     assert s == e and s != f
     a, b = np.load(tmp_path / "s" / s), np.load(tmp_path / "e" / e)
     assert np.array_equal(a["codes"], b["codes"])
     settings = json.loads(next((tmp_path / "s").rglob("sample_settings.json")).read_text())
-    assert settings["decode"] == "static" and settings["attention"] == "math"
-    sample(_common(ckpts, tmp_path / "p", *args, "--cpu-prepack"))  # auto: native where it builds
-    sample(_common(ckpts, tmp_path / "o", *args, "--cpu-prepack", "onednn"))
+    assert settings["engine"] == "auto" and settings["decode"] == "static" and settings["attention"] == "math"
+    sample(_common(ckpts, tmp_path / "p", *args, "--engine", "auto+packed"))  # native where it builds
+    sample(_common(ckpts, tmp_path / "o", *args, "--engine", "auto+onednn"))
     (p,), (o,) = ([q.name for q in (tmp_path / d).glob("*.npz")] for d in "po")
     assert len({p, o, s, f}) == 4  # each kernel its own key
     for d, name in (("p", p), ("o", o)):
@@ -95,8 +97,33 @@ def test_static_decoding_gives_the_eager_samples_and_shares_their_key(ckpts, tmp
     packed = json.loads(next((tmp_path / "p").rglob("sample_settings.json")).read_text())
     assert packed["cpu_prepack"] == "auto" and packed["run_inputs"]["decode"] == "auto/math/cpu-prepack-" + (
         "native" if cpu_kernels.available() else "onednn")
+    with pytest.raises(ValueError, match="eager loop takes no modifiers"):
+        sample(_common(ckpts, tmp_path / "x", *args, "--engine", "eager+packed"))
+
+
+def test_old_decode_flags_are_hidden_aliases_of_the_engine(ckpts, tmp_path, capsys):
+    """--decode / --attention / --cpu-prepack / --decode-compile / --compile still work for one release: mapped
+    onto --engine (same folder as the new spelling), one deprecation note, absent from --help."""
+    from autoregressive.engine import parse_engine
+    args = ("--mode", "fid", "--num-fid-samples", "2", "--per-proc-batch-size", "2")
+    sample(_common(ckpts, tmp_path / "n", *args, "--engine", "static-fused"))
+    capsys.readouterr()
+    sample(_common(ckpts, tmp_path / "o", *args, "--attention", "fused"))
+    err = capsys.readouterr().err
+    assert err.count("deprecated spellings of --engine") == 1 and "--engine auto+fused" in err
+    (new,), (old,) = ([q.name for q in (tmp_path / d).glob("*.npz")] for d in "no")
+    assert new == old
     with pytest.raises(ValueError, match="--cpu-prepack.*--decode static"):
         sample(_common(ckpts, tmp_path / "x", *args, "--decode", "eager", "--cpu-prepack"))
+    with pytest.raises(SystemExit):
+        sample(["--help"])
+    shown = capsys.readouterr().out
+    assert "--engine" in shown and all(f not in shown for f in ("--decode", "--attention", "--cpu-prepack"))
+    for name in ("auto", "eager", "static", "cudagraph", "compile", "inductor", "inductor-cudagraph",
+                 "auto+fused+native", "cpu-fast"):
+        assert parse_engine(parse_engine(name).name) == parse_engine(name)  # the recorded name parses back
+    with pytest.raises(ValueError, match="unknown engine"):
+        parse_engine("static+turbo")
 
 
 def test_bad_class_id_and_wrong_tokenizer_are_clear_errors(ckpts, tmp_path):
@@ -123,29 +150,33 @@ def test_search_draws_fid_and_is_against_the_scale_beside_its_csv(ckpts, tmp_pat
     import types
 
     from autoregressive import cfg_search
-    from autoregressive import sample_c2i as sc
+    from autoregressive import sample_search as ss
+    from autoregressive.sample_c2i import parse_args
+    from autoregressive.sample_fid import csv_path
 
     evaluated = []
 
     def fake_sample_fid(args, sampler, dist, scale, kwargs):
         metrics = {"FID": (scale - 2.0) ** 2 + 3.0, "Inception Score": 50 * scale, "Precision": 0.7,
                    "Recall": 0.5, "sFID": 6.0}
-        cfg_search.record(sc.csv_path(args), args.cfg_schedule, cfg_search.annotation(kwargs), scale, metrics)
-        evaluated.append((scale, sc.csv_path(args).with_name(sc.csv_path(args).stem + ".cfg_search.png").is_file()))
+        cfg_search.record(csv_path(args), args.cfg_schedule, cfg_search.annotation(kwargs), scale, metrics)
+        evaluated.append((scale, csv_path(args).with_name(csv_path(args).stem + ".cfg_search.png").is_file()))
         return metrics
 
-    monkeypatch.setattr(sc, "sample_fid", fake_sample_fid)
-    args = sc.parse_args(_common(ckpts, tmp_path / "samples", "--mode", "fid", "--search", "--cfg-schedule", "step",
+    monkeypatch.setattr(ss, "sample_fid", fake_sample_fid)  # the search job's view of the fid job
+    args = parse_args(_common(ckpts, tmp_path / "samples", "--mode", "fid", "--search", "--cfg-schedule", "step",
                                  "--gt-npz-path", str(tmp_path / "ref.npz"), "--cfg-scale-start", "1.5"))
-    result = sc.search(args, sampler=None, dist=types.SimpleNamespace(is_main=True))
+    result = ss.search(args, sampler=None, dist=types.SimpleNamespace(is_main=True))
     assert result["best_cfg_scale"] == 2.0 and [s for s, _ in evaluated] == [1.5, 1.75, 2.0, 2.25]
     assert [drawn for _, drawn in evaluated] == [False, True, True, True]  # redrawn after every scale
-    assert result["plot"] == str(sc.csv_path(args).with_name(sc.csv_path(args).stem + ".cfg_search.png"))
+    assert result["plot"] == str(csv_path(args).with_name(csv_path(args).stem + ".cfg_search.png"))
     assert Path(result["plot"]).is_file()
 
 
 def test_fid_folder_names_carry_the_schedule_arguments(ckpts, tmp_path):
-    from autoregressive.sample_c2i import default_schedule_kwargs, fid_folder, parse_args
+    from autoregressive.sample_c2i import parse_args
+    from autoregressive.sample_fid import fid_folder
+    from autoregressive.sample_inputs import default_schedule_kwargs
 
     args = parse_args(_common(ckpts, tmp_path, "--cfg-schedule", "step", "--step-start-ratio", "0.3"))
     folder = fid_folder(args, 1.75, default_schedule_kwargs(args))
@@ -171,3 +202,30 @@ def test_results_of_other_checkpoints_never_collide(ckpts, tmp_path):
     assert len({s["run_key"] for s in settings}) == 3
     assert {s["run_inputs"]["num_fid_samples"] for s in settings} == {4, 6}
     assert not (first.shape == second.shape and np.array_equal(first, second))
+
+
+def test_out_folder_holds_the_run_and_refuses_other_inputs(ckpts, tmp_path):
+    """--out names the result folder; its sample_settings.json records the inputs, and a run with other inputs into
+    the same folder is refused."""
+    out = tmp_path / "grid"
+    folder = sample(_common(ckpts, tmp_path, "--mode", "visualize", "--class-idx", "3", "--qual-num", "2",
+                            "--out", str(out)))
+    assert folder == out and (out / "multi_class_grid.png").is_file() and (out / "sample_settings.json").is_file()
+    sample(_common(ckpts, tmp_path, "--mode", "visualize", "--class-idx", "3", "--qual-num", "2", "--out", str(out)))
+    with pytest.raises(ValueError, match="holds samples of other inputs"):
+        sample(_common(ckpts, tmp_path, "--mode", "visualize", "--class-idx", "3", "--qual-num", "2",
+                       "--out", str(out), "--top-k", "5"))
+
+
+def test_file_identity_reads_only_the_ends(tmp_path):
+    from autoregressive.sample_inputs import PARTIAL_BYTES, file_identity
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(3 * PARTIAL_BYTES))
+    first = file_identity(big)
+    with open(big, "r+b") as fh:  # a change in the last MiB (where a zip's central directory lies) is seen
+        fh.seek(-10, 2)
+        fh.write(b"x")
+    assert file_identity(big)["partial_sha256"] != first["partial_sha256"]
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"abc")
+    assert file_identity(small)["size"] == 3

@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import warnings
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -178,7 +177,7 @@ class _VQModelBase(PretrainedMixin, nn.Module):
             raise ValueError(f"tokenizer expects images of shape [B, 3, {s}, {s}] in [-1, 1], got {tuple(x.shape)}")
 
     def encode(self, x: torch.Tensor, return_code: bool = True, return_feat: bool = False,
-               return_cont_feat: bool = False, return_fix_dim_feat: bool = False, **unused: Any):
+               return_cont_feat: bool = False, return_fix_dim_feat: bool = False):
         """Default: (quant, [vq, commit, entropy, usage], (None, None, indices [B*N])).
 
         ``return_code=False``: (quant, losses, CNN features). ``return_feat`` / ``return_cont_feat`` /
@@ -244,7 +243,7 @@ class _VQModelBase(PretrainedMixin, nn.Module):
                              f"got [{int(indices.min())}, {int(indices.max())}]")
         return self.decode(self.quantize.get_codebook_entry(indices, shape, channel_first))[0]
 
-    def forward(self, x: torch.Tensor, rec_loss: bool = True, ret_inner_feat: bool = False, **unused: Any):
+    def forward(self, x: torch.Tensor, rec_loss: bool = True, ret_inner_feat: bool = False):
         """Eval: (reconstruction, [None, None, None, 0]).
 
         Train: ([dec, dir_dec], [quantiser losses, fea_rec_loss][, inner_feat]) where ``dir_dec`` is the
