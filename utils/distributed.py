@@ -91,7 +91,10 @@ def barrier() -> None:
 
 def finish() -> None:
     """End of a successful distributed job: every rank leaves together, then the group is destroyed (a gloo rank
-    that tears down while a peer still works can abort with 'terminate called without an active exception')."""
+    that tears down while a peer still works can abort with 'terminate called without an active exception'). Two
+    barriers: returning from the first does not mean every peer has finished its messages of it (gloo), returning
+    from the second does, so no rank tears its connections down under a peer still using them."""
+    barrier()
     barrier()
     cleanup()
 
