@@ -189,6 +189,8 @@ def test_results_of_other_checkpoints_never_collide(ckpts, tmp_path):
     """Another --gpt-ckpt (or sample count) into the same --sample-dir writes beside the first result."""
     torch.manual_seed(12)
     other = GPT_models["GPT-tiny"](vocab_size=1024, block_size=64, num_classes=10)
+    with torch.no_grad():  # peaked logits: its samples cannot coincide with the first GPT's near-uniform ones
+        torch.nn.init.normal_(other.output.weight, std=1.0)
     save_atomic({"model": other.state_dict()}, tmp_path / "gpt_other.pt")
     sample(_common(ckpts, tmp_path / "out", "--mode", "fid", "--num-fid-samples", "4", "--per-proc-batch-size", "4"))
     args = _common(ckpts, tmp_path / "out", "--mode", "fid", "--num-fid-samples", "4", "--per-proc-batch-size", "4")
