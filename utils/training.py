@@ -489,10 +489,6 @@ SETTING_GROUPS = {"experiment": "data and experiment", "length": "length, batch 
                   "checkpoints": "checkpoints and logging"}
 
 
-def int_or_none(text: str) -> int | None:
-    return None if str(text).lower() == "none" else int(text)
-
-
 def wandb_project(settings: Any, default_project: str | None = None) -> str | None:
     """The wandb project to log to, or None when wandb is off (on with --wandb, or when a project is named)."""
     enabled = settings.wandb if settings.wandb is not None else settings.wandb_project is not None
