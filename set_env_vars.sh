@@ -19,7 +19,7 @@ export GPUS
 export NNODES=${NNODES:-1}
 export NODE_RANK=${NODE_RANK:-0}
 export MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-export PORT=${PORT:-3343}
+# PORT: torchrun's port, default 55565 (scripts/common.sh; the original sets 3343 here)
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 export MKL_THREADING_LAYER=${MKL_THREADING_LAYER:-GNU}
 export TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-true}

