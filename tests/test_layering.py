@@ -37,3 +37,37 @@ def test_the_check_sees_imports_inside_functions(tmp_path):
     sample = tmp_path / "m.py"
     sample.write_text("import os\n\ndef f():\n    from autoregressive.loading import build_gpt\n    import tokenizer\n")
     assert imported_packages(sample) == [(1, "os"), (4, "autoregressive"), (5, "tokenizer")]
+
+
+# The model files hold the architecture and the plain forward only; the speed layer swaps itself in from outside.
+ARCHITECTURE_ONLY = ["tokenizer/models/cnn.py", "tokenizer/models/vit.py", "tokenizer/models/quantizer.py",
+                     "tokenizer/models/vq_model.py"]
+SPEED_LAYER = {"tokenizer.models.accelerate", "utils.cpu_kernels"}
+
+
+def imported_modules(path, package: str) -> set[str]:
+    """Every module the file names in an import (``from a import b``: ``a`` and ``a.b``), relative ones resolved
+    against ``package``."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(part for part in (base, node.module) if part)
+            found |= {module} | {f"{module}.{alias.name}" for alias in node.names}
+    return found
+
+
+@pytest.mark.parametrize("name", ARCHITECTURE_ONLY)
+def test_model_files_do_not_import_the_speed_layer(name):
+    path = REPO / name
+    package = ".".join(path.relative_to(REPO).parent.parts)
+    assert not imported_modules(path, package) & SPEED_LAYER
+
+
+def test_the_speed_check_resolves_relative_imports(tmp_path):
+    sample = tmp_path / "m.py"
+    sample.write_text("from . import accelerate\nfrom utils import cpu_kernels\nfrom ..models.cnn import Encoder\n")
+    assert imported_modules(sample, "tokenizer.models") >= {"tokenizer.models.accelerate", "utils.cpu_kernels",
+                                                            "tokenizer.models.cnn.Encoder"}

@@ -18,19 +18,23 @@ from utils.checkpoint import (
 from utils.config import to_plain
 
 from .config import model_args, read_tokenizer_config
+from .models.accelerate import accelerate
 from .models.vq_model import MODEL_CLASSES, VQVitModel2DPlus, VQVitModelPlus
 
-__all__ = ["build_tokenizer", "load_tokenizer", "tokenizer_info", "VQVitModelPlus", "VQVitModel2DPlus",
+__all__ = ["build_tokenizer", "load_tokenizer", "accelerate", "tokenizer_info", "VQVitModelPlus", "VQVitModel2DPlus",
            "read_tokenizer_config", "described_config", "settle_tokenizer_config"]
 
 
-def build_tokenizer(config: Any, overrides: list[str] | None = None) -> torch.nn.Module:
-    """Randomly initialised tokenizer from a YAML path, dict or OmegaConf config (validated)."""
+def build_tokenizer(config: Any, overrides: list[str] | None = None, fast: bool = True) -> torch.nn.Module:
+    """Randomly initialised tokenizer from a YAML path, dict or OmegaConf config (validated).
+
+    ``fast``: with the CPU speed paths swapped in (``tokenizer.models.accelerate``; float rounding only, PyTorch's own
+    forward on GPUs and wherever they do not apply); ``False`` builds the plain modules."""
     cfg = read_tokenizer_config(config, overrides)
     args = model_args(cfg)
     model = MODEL_CLASSES[cfg.model.model_cls][0](args)
     model.source_config = to_plain(cfg)  # what save_pretrained writes as config.yaml
-    return model
+    return accelerate(model) if fast else model
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "vq"  # in a checkout
@@ -142,7 +146,7 @@ def settle_tokenizer_config(vq_ckpt: str | os.PathLike | None, given: Any = None
 def load_tokenizer(config: Any, checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                    overrides: list[str] | None = None,
                    entries: tuple[str, ...] = ("ema", "model", "state_dict"),
-                   image_size: int | None = None) -> torch.nn.Module:
+                   image_size: int | None = None, fast: bool = True) -> torch.nn.Module:
     """Tokenizer with weights from ``checkpoint``, in eval mode on ``device``.
 
     ``config`` may also be a released model's name or Hub file (``load_tokenizer("VQ_XLXXL256")``): its YAML and,
@@ -159,6 +163,9 @@ def load_tokenizer(config: Any, checkpoint: str | os.PathLike | None = None, dev
     ``image_size``: build the model for another image size and resample the checkpoint's grid position tables to it
     (``tokenizer.resolution``; e.g. a 256-px release at 512 px). Without it, a checkpoint of another resolution than
     the config's is refused with a message naming both.
+
+    ``fast``: a CPU ``device`` gets the CPU speed paths (``tokenizer.models.accelerate``, float rounding only), a GPU
+    the plain modules; ``False``: the plain modules everywhere.
     """
     from utils.checkpoint import load_checkpoint_file, resolve_checkpoint, select_state_dict, strip_prefixes
 
@@ -171,7 +178,7 @@ def load_tokenizer(config: Any, checkpoint: str | os.PathLike | None = None, dev
     cfg = read_tokenizer_config(config, overrides)
     if image_size is not None:
         cfg = set_image_size(cfg, image_size)
-    model = build_tokenizer(cfg)
+    model = build_tokenizer(cfg, fast=False)
     path = resolve_checkpoint(checkpoint)
     state_dict = strip_prefixes(select_state_dict(load_checkpoint_file(path), str(path), entries))
     if image_size is not None:
@@ -185,7 +192,8 @@ def load_tokenizer(config: Any, checkpoint: str | os.PathLike | None = None, dev
                 f"and {context} builds one for {model.image_size} px: pass image_size={model.image_size} "
                 f"(load_tokenizer) or --image-size {model.image_size} (the scripts) to resample its position tables")
     load_state_dict_strict(model, state_dict, source=str(path), context=context)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    return accelerate(model, device) if fast else model
 
 
 def tokenizer_info(config: Any) -> dict:
@@ -193,6 +201,6 @@ def tokenizer_info(config: Any) -> dict:
     (what a GPT trained on its codes must match)."""
     cfg = read_tokenizer_config(config)
     with torch.device("meta"):
-        model = build_tokenizer(cfg)
+        model = build_tokenizer(cfg, fast=False)
     return {"codebook_size": int(model.codebook_size), "num_tokens": int(model.num_tokens),
             "image_size": int(model.image_size), "model_cls": str(cfg.model.model_cls)}

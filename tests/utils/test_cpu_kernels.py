@@ -172,9 +172,9 @@ def test_winograd_refuses_what_it_cannot_convolve():
 @needs_kernel
 def test_disabled_hides_the_kernels_so_flop_counters_see_the_plain_paths():
     from benchmarks.bench_tokenizer import count_flops
-    from tokenizer.models.cnn import Conv3x3
+    from tokenizer.models.accelerate import WinogradConv3x3
 
-    conv = Conv3x3(64, 16).eval()
+    conv = WinogradConv3x3(64, 16).eval()
     x = torch.randn(1, 64, 64, 64).contiguous(memory_format=torch.channels_last)
     with cpu_kernels.disabled():
         assert not cpu_kernels.available()

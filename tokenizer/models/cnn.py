@@ -3,12 +3,9 @@
 The decoder uses MAGVIT-v2-style adaptive GroupNorm conditioned on its own input and depth-to-space
 upsampling. Key names follow the released checkpoints (``conv_blocks.{i}.res.{j}``, ``adaptive.{k}`` ...).
 
-Speed (same maths, float rounding only): on CPU the encoder and decoder run their high-resolution levels (at least
-``CL_MIN_PIXELS`` pixels) in channels-last memory format, where oneDNN's 3x3 convolutions are up to ~30% faster; the
-low-resolution levels stay NCHW, where both layouts convolve alike and channels-last would only add a copy of each
-weight per call. ``channels_last`` on each module: ``None`` = on CPU only, ``True``/``False`` to force. When no
-gradient is recorded the activation, residual add and adaptive-norm affine run in place, so that fewer large tensors
-are allocated (each one page-faults afresh on CPU). Inputs and outputs keep the caller's layout.
+Architecture and the plain PyTorch forward only (NCHW, out-of-place). The CPU speed paths (channels-last levels,
+Winograd 3x3 convolutions, in-place ops) are ``tokenizer/models/accelerate.py``, which swaps in subclasses of these
+modules; ``build_tokenizer`` / ``load_tokenizer`` apply it by default.
 """
 from __future__ import annotations
 
@@ -18,72 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import cpu_kernels
-from utils.cpu_kernels import WINOGRAD_CHANNELS
-
 
 def group_norm(channels: int, affine: bool = True) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=affine)
-
-
-def _no_grad_for(t: torch.Tensor) -> bool:
-    """True when autograd records nothing for ``t``, so a fresh intermediate may be overwritten in place."""
-    return not (torch.is_grad_enabled() and t.requires_grad)
-
-
-def _norm_silu(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``silu(norm(x))``; in place on the norm's fresh output when nothing is recorded (same values, one less
-    allocation)."""
-    h = norm(x)
-    return F.silu(h, inplace=_no_grad_for(h))
-
-
-CL_MIN_PIXELS = 64 * 64  # levels with at least this many pixels run channels-last (when enabled)
-
-
-class Conv3x3(nn.Conv2d):
-    """3x3 convolution, stride 1, padding 1 (an ``nn.Conv2d``: same parameters and state-dict keys) that runs
-    channels-last float32 CPU inference through the native Winograd F(2x2, 3x3) kernel (utils/cpu_kernels.py): 16
-    products per output tile and channel pair instead of 36, ~1.9x oneDNN's convolution for 128-256 channels at
-    64x64 pixels and more on this project's CPU; float rounding differs by ~1e-6 relative. It applies to the
-    channels-last levels (at least 64x64 pixels), 64/128/256 input channels and a multiple of 16 output channels,
-    outside autograd and torch.compile; everything else, and ``winograd = False``, is ``nn.Conv2d``'s own path.
-    """
-
-    winograd: bool | None = None  # None: wherever it applies (and the kernel builds); False: never
-    # (Winograd weight, the weight's (id, data_ptr, _version) when transformed): an in-place update bumps the version,
-    # a `.data` swap changes the storage, load_state_dict(assign=True) the parameter itself
-    _transformed: tuple[torch.Tensor, tuple[int, int, int]] | None = None
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(in_channels, out_channels, 3, padding=1)
-
-    def _winograd_applies(self, x: torch.Tensor) -> bool:
-        return (self.winograd is not False and x.device.type == "cpu" and not torch.compiler.is_compiling()
-                and x.dtype == torch.float32 and x.dim() == 4
-                and self.in_channels in WINOGRAD_CHANNELS[:3] and self.out_channels % 16 == 0
-                and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0 and x.shape[-2] * x.shape[-1] >= CL_MIN_PIXELS
-                and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
-                and self.weight.dtype == torch.float32 and cpu_kernels.available())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._winograd_applies(x):
-            return super().forward(x)
-        key = (id(self.weight), self.weight.data_ptr(), self.weight._version)
-        cached = self._transformed
-        if cached is None or cached[1] != key:  # a changed weight is transformed again
-            cached = self._transformed = (cpu_kernels.winograd_weight(self.weight), key)
-        return cpu_kernels.winograd_conv3x3(x, cached[0], self.bias)
-
-
-def _layout(flag: bool | None, h: torch.Tensor) -> torch.Tensor:
-    """``h`` in the memory format of its level (a no-op when it already is; untouched when channels-last is off)."""
-    if not (h.device.type == "cpu" if flag is None else flag):
-        return h
-    if h.shape[-2] * h.shape[-1] >= CL_MIN_PIXELS:
-        return h.contiguous(memory_format=torch.channels_last)
-    return h.contiguous()
 
 
 class ResnetBlock(nn.Module):
@@ -92,19 +26,18 @@ class ResnetBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
         super().__init__()
         self.norm1 = group_norm(in_channels)
-        self.conv1 = Conv3x3(in_channels, out_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.norm2 = group_norm(out_channels)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = Conv3x3(out_channels, out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(_norm_silu(self.norm1, x))
-        h = self.conv2(self.dropout(_norm_silu(self.norm2, h)))
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         shortcut = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
-        # in place into the conv's fresh output: add needs neither operand for its backward, so this is autograd-safe
-        return h.add_(shortcut)
+        return h + shortcut
 
 
 class Downsample(nn.Module):
@@ -121,14 +54,10 @@ class Downsample(nn.Module):
 def depth_to_space_dcr(x: torch.Tensor, block: int = 2) -> torch.Tensor:
     """Depth-to-space in DCR order: out[c, h*b+i, w*b+j] = in[(i*b+j)*C + c, h, w].
 
-    This is not ``F.pixel_shuffle`` (CRD order); the released decoder weights assume DCR. A channels-last input gives
-    a channels-last output (one copy in NHWC order instead of a round trip through NCHW).
+    This is not ``F.pixel_shuffle`` (CRD order); the released decoder weights assume DCR.
     """
     b, c4, h, w = x.shape
     c = c4 // (block * block)
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        nhwc = x.permute(0, 2, 3, 1).reshape(b, h, w, block, block, c).permute(0, 1, 3, 2, 4, 5)
-        return nhwc.reshape(b, h * block, w * block, c).permute(0, 3, 1, 2)
     x = x.view(b, block, block, c, h, w).permute(0, 3, 4, 1, 5, 2)
     return x.reshape(b, c, h * block, w * block)
 
@@ -138,7 +67,7 @@ class D2SUpsampler(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv1 = Conv3x3(channels, channels * 4)
+        self.conv1 = nn.Conv2d(channels, channels * 4, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return depth_to_space_dcr(self.conv1(x), 2)
@@ -164,10 +93,7 @@ class AdaptiveGroupNorm(nn.Module):
         mean = flat.mean(dim=-1)
         scale = self.gamma(std)[:, :, None, None]
         shift = self.beta(mean)[:, :, None, None]
-        h = self.gn(x)
-        if _no_grad_for(h) and _no_grad_for(scale) and _no_grad_for(shift):
-            return h.mul_(scale).add_(shift)  # the same two roundings, in the norm's fresh output
-        return h * scale + shift
+        return self.gn(x) * scale + shift
 
 
 class _Level(nn.Module):
@@ -200,20 +126,17 @@ class Encoder(nn.Module):
         self.mid = nn.ModuleList([ResnetBlock(block_in, block_in, dropout) for _ in range(2)])
         self.norm_out = group_norm(block_in)
         self.conv_out = nn.Conv2d(block_in, z_channels, 3, padding=1)
-        self.channels_last: bool | None = None  # None: channels-last activations on CPU (see the module docstring)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(_layout(self.channels_last, x))
+        h = self.conv_in(x)
         for level in self.conv_blocks:
-            h = _layout(self.channels_last, h)
             for block in level.res:
                 h = block(h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
-        h = _layout(self.channels_last, h)
         for block in self.mid:
             h = block(h)
-        return self.conv_out(_norm_silu(self.norm_out, h)).contiguous()
+        return self.conv_out(F.silu(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -243,18 +166,16 @@ class Decoder(nn.Module):
         self.adaptive = nn.ModuleList(adaptive)
         self.norm_out = group_norm(block_in)
         self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
-        self.channels_last: bool | None = None  # None: channels-last activations on CPU (see the module docstring)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         style = z
-        h = self.conv_in(_layout(self.channels_last, z))
+        h = self.conv_in(z)
         for block in self.mid:
             h = block(h)
         for level, adaptive in zip(self.conv_blocks, self.adaptive, strict=True):
-            h = adaptive(_layout(self.channels_last, h), style)
+            h = adaptive(h, style)
             for block in level.res:
                 h = block(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        h = _layout(self.channels_last, h)
-        return self.conv_out(_norm_silu(self.norm_out, h)).contiguous()
+        return self.conv_out(F.silu(self.norm_out(h)))

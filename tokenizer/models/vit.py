@@ -3,11 +3,9 @@
 Tensors inside the transformer stacks are sequence-first ``(L, B, D)`` like ``nn.MultiheadAttention`` with
 ``batch_first=False``; the modules keep the original key names (``self_attn.in_proj_weight`` ...).
 
-CPU inference fast path (fp32, nothing recorded by autograd): the transformer's matrix products run as 1x1
-convolutions on a channels-last view, i.e. through oneDNN, whose fp32 GEMM is ~10-15% faster than the BLAS behind
-``F.linear`` on AVX-512 CPUs; the attention is computed from the ``nn.MultiheadAttention`` parameters directly (one
-product for the query and key projections when they share their input, fused SDPA). Same maths, float rounding only.
-Training, autocast and other devices take the plain ``nn.Linear`` / ``nn.MultiheadAttention`` path.
+Architecture and the plain PyTorch forward only. The CPU inference fast path (oneDNN products for the linear layers
+and attention projections) is ``tokenizer/models/accelerate.py``, which swaps in subclasses of ``nn.Linear`` /
+``nn.MultiheadAttention``; ``build_tokenizer`` / ``load_tokenizer`` apply it by default.
 """
 from __future__ import annotations
 
@@ -45,51 +43,6 @@ def vit_size(name: str) -> ViTSize:
     return VIT_SIZES[name]
 
 
-def _cpu_fast_path(x: torch.Tensor) -> bool:
-    """True for fp32 CPU inference (no autograd recording, no autocast): see the module docstring."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu"))
-
-
-def _matmul_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` as a 1x1 convolution over the rows of ``x`` seen as channels-last pixels (oneDNN);
-    no copy of ``x`` or ``weight`` when both are contiguous."""
-    k, n = x.shape[-1], weight.shape[0]
-    rows = x.reshape(1, -1, 1, k).permute(0, 3, 1, 2)  # [1, K, M, 1], channels-last strides
-    out = F.conv2d(rows, weight.reshape(n, k, 1, 1), bias)  # [1, N, M, 1], channels-last
-    return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], n)
-
-
-def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    return _matmul_onednn(x, layer.weight, layer.bias) if _cpu_fast_path(x) else layer(x)
-
-
-def _attend(attn: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Sequence-first multi-head attention with ``attn``'s weights: (L, B, D) queries, (S, B, D) keys and values."""
-    if not (_cpu_fast_path(q) and attn.in_proj_weight is not None and attn.in_proj_bias is not None
-            and attn.bias_k is None and not attn.add_zero_attn and not attn.batch_first
-            and (attn.dropout == 0.0 or not attn.training)):
-        return attn(q, k, v, need_weights=False)[0]
-    d, heads = attn.embed_dim, attn.num_heads
-    w, b = attn.in_proj_weight, attn.in_proj_bias
-    if q is k and k is v:
-        q, k, v = _matmul_onednn(q, w, b).chunk(3, dim=-1)
-    elif q is k:
-        q, k = _matmul_onednn(q, w[:2 * d], b[:2 * d]).chunk(2, dim=-1)
-        v = _matmul_onednn(v, w[2 * d:], b[2 * d:])
-    else:
-        q = _matmul_onednn(q, w[:d], b[:d])
-        k = _matmul_onednn(k, w[d:2 * d], b[d:2 * d])
-        v = _matmul_onednn(v, w[2 * d:], b[2 * d:])
-
-    def heads_first(t: torch.Tensor) -> torch.Tensor:  # (L, B, D) -> (B, H, L, D/H), a view
-        return t.unflatten(-1, (heads, d // heads)).permute(1, 2, 0, 3)
-
-    out = F.scaled_dot_product_attention(heads_first(q), heads_first(k), heads_first(v))
-    out = out.permute(2, 0, 1, 3).reshape(q.shape[0], q.shape[1], d)
-    return _matmul_onednn(out, attn.out_proj.weight, attn.out_proj.bias)
-
-
 class TransformerDecoderLayer(nn.Module):
     """Pre-norm DETR-style layer: self-attention over queries, cross-attention to a memory, GELU MLP.
 
@@ -111,11 +64,11 @@ class TransformerDecoderLayer(nn.Module):
                 query_pos: torch.Tensor) -> torch.Tensor:
         t = self.norm1(tgt)
         q = t + query_pos
-        tgt = tgt + _attend(self.self_attn, q, q, t)
+        tgt = tgt + self.self_attn(q, q, t, need_weights=False)[0]
         t = self.norm2(tgt)
-        tgt = tgt + _attend(self.multihead_attn, t + query_pos, memory + pos, memory)
+        tgt = tgt + self.multihead_attn(t + query_pos, memory + pos, memory, need_weights=False)[0]
         t = self.norm3(tgt)
-        return tgt + _linear(self.linear2, F.gelu(_linear(self.linear1, t)))
+        return tgt + self.linear2(F.gelu(self.linear1(t)))
 
 
 class TransformerLayer(nn.Module):
@@ -132,8 +85,8 @@ class TransformerLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self.norm1(x)
-        x = x + _attend(self.self_attn, t, t, t)
-        return x + _linear(self.linear2, F.gelu(_linear(self.linear1, self.norm2(x))))
+        x = x + self.self_attn(t, t, t, need_weights=False)[0]
+        return x + self.linear2(F.gelu(self.linear1(self.norm2(x))))
 
 
 LAYER_TYPES = {"TransformerDecoderLayer": TransformerDecoderLayer, "TransformerLayer": TransformerLayer}
