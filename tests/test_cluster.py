@@ -4,7 +4,10 @@
   folder) train to the same weights, bit for bit, as one agent with GPUS=2 (tokenizer and GPT trainers), and sample
   the same images;
 - elastic restart: with MAX_RESTARTS=1 one worker SIGKILLed after the first checkpoint (the launcher alive) is
-  restarted with its group, the run resumes from that checkpoint by itself and ends with the uninterrupted weights;
+  restarted with its group, the run resumes from that checkpoint by itself and ends with the uninterrupted weights
+  (each trainer: the ``trainer`` fixture);
+- preemption: SIGTERM to the entry script after the first checkpoint checkpoints the current step and exits 75; the
+  same command run again ends with the uninterrupted weights (each trainer);
 - the same recipe on 2 processes x 1 accumulation step and 1 process x 2 accumulation steps sees the same data in the
   same order and ends with the same weights up to float reduction order. The model's random streams (dropout, label
   dropout) are seeded per rank and step, so the recipes here turn them off; with them on, both runs are valid but
@@ -15,11 +18,13 @@ The runs are tiny (a micro VQ tokenizer, GPT-tiny, a few steps) and share their 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +45,13 @@ import test_train_c2i as gpt_tests  # noqa: E402
 
 pytestmark = pytest.mark.slow
 NO_DROPOUT = ("--dropout-p", "0", "--token-dropout-p", "0", "--class-dropout-prob", "0")
+GPT_CKPT_EVERY = 8
 # GPT: label and token dropout on (per-rank random streams must line up across nodes and restarts)
-GPT_EXTRA = ("--ckpt-every", "8", "--ema", "--mixed-precision", "none", "--lr-scheduler", "const")
+GPT_EXTRA = ("--ckpt-every", str(GPT_CKPT_EVERY), "--ema", "--mixed-precision", "none", "--lr-scheduler", "const")
 GPT_STEPS = 24
 TOK_STEPS = 4
-TOK_EXTRA = ("--ckpt-every", "2", "--ema")
+TOK_CKPT_EVERY = 2
+TOK_EXTRA = ("--ckpt-every", str(TOK_CKPT_EVERY), "--ema")
 TOK_OVER = ["loss.params.disc_start=100"]  # no discriminator: no random augmentation, nothing per rank
 
 
@@ -130,6 +137,35 @@ def tok_ref(images, root) -> Path:
     return root / "tok" / "ref"
 
 
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """One trainer's cluster recipe: its entry script, arguments, length, first periodic checkpoint and reference."""
+    script: str
+    args: Callable[[Path, str], list[str]]  # (save path, experiment name) -> the script's arguments
+    steps: int
+    first_checkpoint: int
+    ref: Path  # the reference experiment (1 node x 2 processes, uninterrupted)
+
+    def wait_for_first_checkpoint(self, exp: Path, proc: subprocess.Popen) -> None:
+        """Return once the first periodic checkpoint is written (the run then still has steps to go)."""
+        first = exp / "checkpoints" / f"{self.first_checkpoint:07d}.pt"
+        deadline = time.time() + 240
+        while not first.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+
+
+@pytest.fixture(params=["gpt", "tokenizer"])
+def trainer(request) -> Recipe:
+    """Each trainer in turn; only the chosen one's data and reference run are made."""
+    if request.param == "gpt":
+        data = request.getfixturevalue("ar_data")
+        return Recipe("train_c2i.sh", lambda save, name: gpt_args(data, save, name), GPT_STEPS, GPT_CKPT_EVERY,
+                      request.getfixturevalue("gpt_ref"))
+    folder = request.getfixturevalue("images")
+    return Recipe("train_vq.sh", lambda save, name: tok_args(folder, save, name), TOK_STEPS, TOK_CKPT_EVERY,
+                  request.getfixturevalue("tok_ref"))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 2 nodes x 1 process == 1 node x 2 processes
 
@@ -178,24 +214,19 @@ def _workers(agent: int) -> dict[int, int]:
     return out
 
 
-def test_elastic_restart_after_a_worker_is_killed_resumes_and_ends_bit_identical(ar_data, gpt_ref, tmp_path):
-    args = gpt_args(ar_data, tmp_path, "elastic")
-    proc = script("train_c2i.sh", args, GPUS="2", PORT=str(free_port()), MAX_RESTARTS="1")
+def test_elastic_restart_after_a_worker_is_killed_resumes_and_ends_bit_identical(trainer, tmp_path):
     exp = tmp_path / "elastic"
-    first = exp / "checkpoints" / "0000008.pt"
-    deadline = time.time() + 240
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    proc = script(trainer.script, trainer.args(tmp_path, exp.name), GPUS="2", PORT=str(free_port()), MAX_RESTARTS="1")
+    trainer.wait_for_first_checkpoint(exp, proc)
     agents = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
     victim = _workers(agents[0])[1]
     os.kill(victim, signal.SIGKILL)  # one worker, not the launcher
-    assert not (exp / "checkpoints" / f"{GPT_STEPS:07d}.pt").exists(), "the run ended before the kill"
+    assert not (exp / "checkpoints" / f"{trainer.steps:07d}.pt").exists(), "the run ended before the kill"
     finish(proc)
     resumes = (exp / "resumes.jsonl").read_text().splitlines()
-    assert len(resumes) == 1 and '"step": 8' in resumes[0], resumes
-    assert_identical(final(gpt_ref, GPT_STEPS), final(exp, GPT_STEPS))
-    m = read_metrics(exp / "metrics.jsonl")
-    assert sorted(m) == list(range(1, GPT_STEPS + 1))
+    assert len(resumes) == 1 and f'"step": {trainer.first_checkpoint}' in resumes[0], resumes
+    assert_identical(final(trainer.ref, trainer.steps), final(exp, trainer.steps))
+    assert sorted(read_metrics(exp / "metrics.jsonl")) == list(range(1, trainer.steps + 1))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -239,21 +270,18 @@ def test_tokenizer_two_processes_equal_one_process_with_two_accumulation_steps(i
 # ---------------------------------------------------------------------------------------------------------------
 # preemption through the script: SIGTERM to the launcher -> checkpoint of the current step, exit 75, rerun exact
 
-def test_sigterm_to_the_launcher_checkpoints_the_step_exits_75_and_the_rerun_is_exact(ar_data, gpt_ref, tmp_path):
-    args = gpt_args(ar_data, tmp_path, "preempted")
-    env = {"GPUS": "2", "PORT": str(free_port())}
-    proc = script("train_c2i.sh", args, **env)
+def test_sigterm_to_the_launcher_checkpoints_the_step_exits_75_and_the_rerun_is_exact(trainer, tmp_path):
     exp = tmp_path / "preempted"
-    deadline = time.time() + 240
-    while not (exp / "checkpoints" / "0000008.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    args, env = trainer.args(tmp_path, exp.name), {"GPUS": "2", "PORT": str(free_port())}
+    proc = script(trainer.script, args, **env)
+    trainer.wait_for_first_checkpoint(exp, proc)
     os.kill(proc.pid, signal.SIGTERM)  # the script (what SLURM or a user signals), not its process group
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 75, out[-4000:]
     assert "preempted" in out.strip().splitlines()[-1], out[-2000:]
     steps = sorted(read_metrics(exp / "metrics.jsonl"))
     saved = sorted(int(p.stem) for p in (exp / "checkpoints").glob("*.pt"))
-    assert saved[-1] == steps[-1] < GPT_STEPS, (saved, steps[-1])  # the step it stopped at, not only the last 8k
+    assert saved[-1] == steps[-1] < trainer.steps, (saved, steps[-1])  # the step it stopped at, not the last periodic
     assert not (exp / ".lock").exists()
-    finish(script("train_c2i.sh", args, **env))
-    assert_identical(final(gpt_ref, GPT_STEPS), final(exp, GPT_STEPS))
+    finish(script(trainer.script, args, **env))
+    assert_identical(final(trainer.ref, trainer.steps), final(exp, trainer.steps))

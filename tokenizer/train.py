@@ -158,10 +158,6 @@ class TokenizerTrainer(Trainer):
             save_config(self.config, folder / f"config.resume-{self.start_step:07d}.yaml")
 
     # ----- one step ---------------------------------------------------------------------------------------------
-    def _checked(self, what: str, step: int, compute) -> tuple:
-        return training.checked(compute, f"{what} at iteration {step + 1} (step index {step})", self.device,
-                                self.amp_dtype, self.last_checkpoint)
-
     def train_step(self, step: int, micro_batches: list[tuple]) -> dict:
         if is_distributed():  # as DDP's broadcast_buffers (the original's VQLoss; under FSDP the codebook usage too)
             for buffer in [*self.loss.discriminator.buffers(), *(self.raw_model.buffers() if self.fsdp else ())]:
@@ -174,7 +170,7 @@ class TokenizerTrainer(Trainer):
     def generator_step(self, step: int, micro_batches: list[tuple]) -> tuple[dict, list, torch.Tensor]:
         """One generator update over the micro-batches (before ``gen_start`` the forward runs without an update);
         returns the mean logged terms, the images and reconstructions for the discriminator, and the grad norm."""
-        loss_fn, accum = self.loss, len(micro_batches)
+        loss_fn, accum, where = self.loss, len(micro_batches), f"at iteration {step + 1} (step index {step})"
         update, aux = loss_fn.gen_active(step), loss_fn.aux_active(step)
         extra = {"last_layer": self.raw_model.decoder.conv_out.weight} if loss_fn.use_adaptive_weight else {}
         kept, terms = [], {}
@@ -185,7 +181,8 @@ class TokenizerTrainer(Trainer):
                 def forward(images=images):
                     out = self.model(images, rec_loss=aux, ret_inner_feat=loss_fn.distill_loss)
                     return (*loss_fn.generator_loss(out, images, step, **extra), out)
-                loss, logs, outputs = self._checked("generator loss", step, forward)
+                loss, logs, outputs = training.checked(forward, f"generator loss {where}", self.device,
+                                                       self.amp_dtype, self.last_checkpoint)
                 if update:
                     self.scaler.scale(loss / accum).backward()
             reconstruction, direct = outputs[0]
@@ -198,9 +195,9 @@ class TokenizerTrainer(Trainer):
             grad_norm = training.full_tensor(torch.nn.utils.clip_grad_norm_(
                 self.raw_model.parameters(), self.settings.max_grad_norm or float("inf"))).float()
             if self.amp_dtype != torch.float16 and any_rank(~torch.isfinite(grad_norm), None, self.device):
-                raise TrainingDiverged(f"non-finite generator gradient norm at iteration {step + 1} (step index "
-                                       f"{step}); stopping. Last good checkpoint: {self.last_checkpoint or 'none'}."
-                                       f"\n  grad norm {grad_norm.item()} (loss terms {terms})")
+                raise TrainingDiverged(f"non-finite generator gradient norm {where}; stopping. Last good checkpoint: "
+                                       f"{self.last_checkpoint or 'none'}.\n  grad norm {grad_norm.item()} (loss "
+                                       f"terms {terms})")
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if self.ema is not None:
@@ -216,10 +213,12 @@ class TokenizerTrainer(Trainer):
         self.window_extras["lr_disc"] = set_lr(self.optimizer_disc, self.schedule.lr_for_update(
             step, lag=self.settings.original_lr_lag, first_update=first))
         self.optimizer_disc.zero_grad(set_to_none=True)
-        terms = {}
+        terms, where = {}, f"at iteration {step + 1} (step index {step})"
         for images, reconstruction, direct in kept:
-            loss, logs = self._checked("discriminator loss", step, lambda x=images, r=reconstruction, d=direct:
-                                       loss_fn.discriminator_loss(x, r, step, direct_reconstructions=d))
+            def forward(x=images, r=reconstruction, d=direct):
+                return loss_fn.discriminator_loss(x, r, step, direct_reconstructions=d)
+            loss, logs = training.checked(forward, f"discriminator loss {where}", self.device, self.amp_dtype,
+                                          self.last_checkpoint)
             if loss is not None:
                 self.scaler_disc.scale(loss / len(kept)).backward()
             for key, value in logs.items():

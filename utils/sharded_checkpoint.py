@@ -26,6 +26,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from utils.ema import EMA
+
 META_NAME = "meta.pt"
 _DCP_METADATA = ".metadata"
 
@@ -115,6 +117,23 @@ def load_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimize
     state = training_state(model, optimizer, ema_shadow)  # the live tensors, filled in place
     dcp.load(state, storage_reader=_safe_reader(Path(folder)), planner=DefaultLoadPlanner(allow_partial_load=True))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def load_training_state(folder: Path, meta: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        ema: EMA | None) -> list[str]:
+    """Resume a run from the sharded checkpoint ``folder`` whose ``meta.pt`` is ``meta`` (collective): every rank
+    reads its own shards of the model, the optimiser and, when the writing run kept one (its recorded ``args.ema``),
+    the EMA, resharded to this run's layout. An EMA the checkpoint lacks starts as a copy of the loaded weights.
+    Returns what was loaded, for the log."""
+    with_ema = ema is not None and meta["args"].get("ema", False)
+    load_sharded(folder, model, optimizer, ema.shadow if with_ema else None)
+    loaded = ["model", "optimizer"]
+    if with_ema:
+        loaded.append("ema")
+    elif ema is not None:
+        ema.load_state_dict(dict(model.named_parameters()))
+        loaded.append("ema (from the model)")
+    return loaded
 
 
 def read_meta(folder: str | os.PathLike) -> dict:

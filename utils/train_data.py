@@ -95,6 +95,14 @@ class StepBatchSampler(torch.utils.data.Sampler):
         return max(self.end_step - self.start_step, 0) * self.micro_batches
 
 
+def data_order_changes(stored: dict, dataset_len: int, global_batch_size: int, seed: int) -> list[str]:
+    """The settings fixing the data order (:class:`StepBatchSampler`'s permutations and batch cuts, the augmentation
+    seeds) that differ from those a checkpoint's ``trainer_state`` recorded, each as ``"key old -> new"``; a key the
+    checkpoint did not record counts as unchanged."""
+    now = {"dataset_len": dataset_len, "global_batch_size": global_batch_size, "seed": seed}
+    return [f"{key} {stored[key]} -> {value}" for key, value in now.items() if key in stored and stored[key] != value]
+
+
 class AugmentedImageFolder(torch.utils.data.Dataset):
     """Training images: ``(index, epoch)`` -> ``(x [3, S, S] in [-1, 1], label, index used, [skipped files])``.
 

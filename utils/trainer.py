@@ -27,24 +27,16 @@ from tqdm import tqdm
 
 from utils import sharded_checkpoint as sharded
 from utils import training
-from utils.checkpoint import (
-    FORMAT_VERSION,
-    CheckpointError,
-    load_checkpoint_file,
-    prune_step_checkpoints,
-    save_atomic,
-    select_state_dict,
-    strip_prefixes,
-)
+from utils.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint_file, prune_step_checkpoints
 from utils.cli import EXIT_REQUEUE
 from utils.config import ConfigError
-from utils.distributed import barrier, gather_objects, init_distributed
+from utils.distributed import barrier, broadcast_module, gather_objects, init_distributed
 from utils.ema import EMA
 from utils.logging import RunLog, WindowMeter, record_resume
 from utils.lr import LRSchedule, set_lr
 from utils.plot_run import plot_run_quietly
 from utils.settings import as_record, resume_changes
-from utils.train_data import StepBatchSampler, collate_samples, mix_seed
+from utils.train_data import StepBatchSampler, collate_samples, data_order_changes, mix_seed
 
 
 class Trainer:
@@ -122,9 +114,6 @@ class Trainer:
         if self.run_log is not None:
             self.run_log.info(msg)
 
-    def log_error(self, msg: str) -> None:
-        self.log(msg)
-
     # ----- set-up -------------------------------------------------------------------------------------------------
     def build(self) -> None:
         settings = self.settings
@@ -195,7 +184,6 @@ class Trainer:
         self.compiled = settings.compile if settings.compile is not None else \
             (self.compile_on_cuda_by_default and self.device.type == "cuda")
         if self.fsdp:
-            from utils.distributed import broadcast_module
             broadcast_module(model)  # FSDP2 has no sync_module_states: every shard starts from rank 0's weights
             training.wrap_fsdp(model, self.fsdp_units(model), settings.data_parallel, settings.mixed_precision,
                                settings.grad_precision)
@@ -246,12 +234,8 @@ class Trainer:
             path = sharded.save_sharded(folder / f"{step:07d}", sharded.training_state(
                 self.raw_model, self.optimizer, self.ema.shadow if self.ema is not None else None), meta, main)
         else:
-            model_state, optimizer_state = training.full_state_dicts(self.raw_model, self.optimizer)
-            ema_state = self.ema.state_dict(self.raw_model, keep=main) if self.ema is not None else None
             path = folder / f"{step:07d}.pt"
-            if main:
-                save_atomic({**meta, "model": model_state, "optimizer": optimizer_state,
-                             **({"ema": ema_state} if ema_state is not None else {})}, path)
+            training.save_full_checkpoint(path, meta, self.raw_model, self.optimizer, self.ema, main)
         if main:
             self.log(f"Saved checkpoint to {path}")
             if not self.in_cooldown(step):  # as the original, a cool-down keeps every checkpoint
@@ -268,9 +252,8 @@ class Trainer:
         """Continue from the checkpoint the original's rule picks (an unreadable one is skipped for the next older),
         or start from ``initial_checkpoint()``, or from scratch; returns the step to continue from."""
         settings = self.settings
-        candidates = training.resume_candidates(*self._checkpoint_folders()[:1],
-                                                self.cooldown_dir / "checkpoints" if self.cooldown_dir else None,
-                                                self.hold)
+        cooldown = self.cooldown_dir / "checkpoints" if self.cooldown_dir else None
+        candidates = training.resume_candidates(self.experiment_dir / "checkpoints", cooldown, self.hold)
         if candidates and not settings.auto_resume:
             raise ConfigError(f"{self.experiment_dir} already has checkpoints ({candidates[0]}); remove "
                               "--no-auto-resume to continue it, or choose another experiment name")
@@ -281,9 +264,8 @@ class Trainer:
             except CheckpointError as exc:
                 self.log(f"WARNING: skipping unreadable checkpoint: {exc}")
                 continue
-            changes = (resume_changes(ckpt.get("args") or {}, settings)
-                       if ckpt.get("format_version", 0) >= 1 else
-                       resume_changes(self.version0_settings(ckpt), settings, compare_missing=False))
+            changes = resume_changes(ckpt.get("args") or {}, settings) if ckpt.get("format_version", 0) >= 1 else \
+                resume_changes(self.version0_settings(ckpt), settings, compare_missing=False)
             training.check_resume(changes + self.config_changes(ckpt), settings.allow_config_change, path, self.log)
             steps = self._load(ckpt, path, exact=True)
             self.last_checkpoint = path
@@ -299,23 +281,16 @@ class Trainer:
         ckpt = load_checkpoint_file(path, mmap=True)
         if not weights_only:
             return self._load(ckpt, path, exact=exact)
-        weights = self.adapt_weights(strip_prefixes(select_state_dict(ckpt, str(path), self.weights_entries)))
-        training.load_model_state(self.raw_model, weights, self.fsdp, source=str(path))
-        if self.ema is not None:
-            self.ema.load_state_dict(weights)
+        training.load_weights_only(ckpt, path, self.weights_entries, self.raw_model, self.ema, self.fsdp,
+                                   self.adapt_weights)
         self.log(f"fine-tuning from {path}: loaded the model weights{' (also as the EMA)' if self.ema else ''}; "
                  "new: optimiser state, step 0" + (", discriminator" if self.kind == "tokenizer" else ""))
         return 0
 
     def _load(self, ckpt: dict, path: Path, exact: bool) -> int:
         settings = self.settings
-        if sharded.is_sharded_checkpoint(path):  # every rank reads its own shards, resharded to this run's layout
-            with_ema = self.ema is not None and ckpt["args"].get("ema", False)
-            sharded.load_sharded(path, self.raw_model, self.optimizer, self.ema.shadow if with_ema else None)
-            loaded = ["model", "optimizer", *(["ema"] if with_ema else [])]
-            if self.ema is not None and not with_ema:
-                self.ema.load_state_dict(dict(self.raw_model.named_parameters()))
-                loaded.append("ema (from the model)")
+        if sharded.is_sharded_checkpoint(path):
+            loaded = sharded.load_training_state(path, ckpt, self.raw_model, self.optimizer, self.ema)
         else:
             loaded = training.load_full_checkpoint(ckpt, path, self.raw_model, self.optimizer, self.ema, self.fsdp,
                                                    self.weights_entries, settings.reset_optimizer, self.log)
@@ -323,10 +298,8 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         loaded += self.load_extra_state(ckpt, path, exact)
         steps = int(ckpt.get("steps", 0)) if exact else 0
-        stored = ckpt.get("trainer_state") or {}
-        changed = [f"{key} {stored[key]} -> {now}" for key, now in (
-            ("dataset_len", len(self.dataset)), ("global_batch_size", settings.global_batch_size),
-            ("seed", settings.global_seed)) if key in stored and stored[key] != now]
+        changed = data_order_changes(ckpt.get("trainer_state") or {}, len(self.dataset), settings.global_batch_size,
+                                     settings.global_seed)
         if changed and exact and steps:
             self.log(f"WARNING: data settings changed since the checkpoint ({', '.join(changed)}): the data order "
                      "after the resume differs from the uninterrupted run's")

@@ -1,7 +1,8 @@
 """The training kit under the trainer base (utils.trainer): the settings every trainer shares, precision names, the
 divergence error and exit codes, TF32, autocast, DDP / FSDP2 wrapping, gradient-sync suppression for accumulation, the
-finite-weights check, full (unsharded) state dicts, optimiser state by parameter name, parameter groups, the resume
-rule and check, and the ``main`` wrapper that turns the project's errors into one line and an exit code.
+finite-weights check, full (unsharded) checkpoints and weights-only starts, optimiser state by parameter name,
+parameter groups, the resume rule and check, and the ``main`` wrapper that turns the project's errors into one line
+and an exit code.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch.nn as nn
 from utils.checkpoint import CheckpointError, list_step_checkpoints, load_state_dict_strict
 from utils.config import ConfigError
 from utils.distributed import any_rank, cleanup
+from utils.ema import EMA
 from utils.lr import SCHEDULES as LR_SCHEDULES
 from utils.settings import setting
 
@@ -220,8 +222,8 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
                              options=StateDictOptions(full_state_dict=True, strict=False))
 
 
-def load_full_checkpoint(ckpt: dict, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: Any,
-                         fsdp: bool, entries: tuple[str, ...], reset_optimizer: bool,
+def load_full_checkpoint(ckpt: dict, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                         ema: EMA | None, fsdp: bool, entries: tuple[str, ...], reset_optimizer: bool,
                          log: Callable[[str], None]) -> list[str]:
     """Weights (the first of ``entries`` present), EMA (the model's weights when the file has none) and optimiser
     state (position- or name-keyed; see :func:`check_optimizer_state`) from a full checkpoint; returns what it
@@ -238,6 +240,33 @@ def load_full_checkpoint(ckpt: dict, path: Path, model: nn.Module, optimizer: to
         load_optimizer_state(model, optimizer, optimizer_state_by_name(ckpt["optimizer"], optimizer, model))
         loaded.append("optimizer")
     return loaded
+
+
+def save_full_checkpoint(path: Path, meta: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
+                         ema: EMA | None, is_main: bool) -> None:
+    """Write a ``.pt`` checkpoint: ``meta`` plus the whole ``model``, ``optimizer`` (keyed by parameter name) and,
+    with an EMA, ``ema`` state. Collective: every rank gathers (FSDP2 shards are assembled on the CPU); only rank 0
+    keeps the result and writes it, atomically (a reader never sees a partial file)."""
+    from utils.checkpoint import save_atomic
+
+    model_state, optimizer_state = full_state_dicts(model, optimizer)
+    ema_state = ema.state_dict(model, keep=is_main) if ema is not None else None
+    if is_main:
+        save_atomic({**meta, "model": model_state, "optimizer": optimizer_state,
+                     **({"ema": ema_state} if ema_state is not None else {})}, path)
+
+
+def load_weights_only(ckpt: dict, path: Path, entries: tuple[str, ...], model: nn.Module, ema: EMA | None,
+                      fsdp: bool, adapt: Callable[[dict], dict]) -> None:
+    """A fine-tune's start: the weights of ``ckpt`` (the first of ``entries`` present, wrapper prefixes stripped,
+    then made to fit the model by ``adapt``) loaded strictly into ``model`` and, with an EMA, as its average too.
+    Nothing else is taken: optimiser, scalers and the step stay fresh."""
+    from utils.checkpoint import select_state_dict, strip_prefixes
+
+    weights = adapt(strip_prefixes(select_state_dict(ckpt, str(path), entries)))
+    load_model_state(model, weights, fsdp, source=str(path))
+    if ema is not None:
+        ema.load_state_dict(weights)
 
 
 def original_fsdp_optimizer_shards(checkpoint: Path) -> list[Path]:
@@ -554,7 +583,7 @@ def run_trainer(trainer: Any) -> dict:
         trainer.build()
         return trainer.train()
     except (TrainingDiverged, ConfigError, CheckpointError, LauncherGone) as exc:
-        trainer.log_error(f"ERROR: {exc}")
+        trainer.log(f"ERROR: {exc}")
         raise
     finally:
         trainer.close()

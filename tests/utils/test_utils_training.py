@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from utils import training
-from utils.checkpoint import CheckpointError
+from utils.checkpoint import CheckpointError, load_checkpoint_file
 from utils.config import ConfigError
+from utils.ema import EMA
 from utils.settings import add_flags, resolve
+from utils.train_data import data_order_changes
 
 
 def _settings(argv: list[str]) -> training.TrainSettings:
@@ -94,6 +96,41 @@ def test_full_state_round_trip_keyed_by_name():
         training.load_model_state(other, {**model_sd, "2.bias": torch.zeros(1)}, fsdp=True, source="mem")
 
 
+def test_full_checkpoint_file_and_a_weights_only_start_from_it(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ema = EMA(model, decay=0.5)
+    model(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    ema.update(model)
+    path = tmp_path / "0000001.pt"
+    training.save_full_checkpoint(path, {"steps": 1}, model, opt, ema, is_main=True)
+    ckpt = load_checkpoint_file(path)
+    assert ckpt["steps"] == 1 and set(ckpt["optimizer"]["state"]) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in model.state_dict().items())
+    assert not torch.equal(ckpt["ema"]["0.weight"], ckpt["model"]["0.weight"])  # the average, not the weights
+    training.save_full_checkpoint(tmp_path / "other.pt", {}, model, opt, ema, is_main=False)
+    assert not (tmp_path / "other.pt").exists()  # only rank 0 writes
+
+    # a fine-tune takes the first listed entry present (here the EMA) through ``adapt``, also as its own EMA
+    other = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
+    other_ema = EMA(other)
+    adapted = []
+    training.load_weights_only(ckpt, path, ("ema", "model"), other, other_ema, fsdp=False,
+                               adapt=lambda weights: adapted.append(sorted(weights)) or weights)
+    assert adapted == [sorted(ckpt["ema"])]
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in ckpt["ema"].items())
+    assert all(torch.equal(other_ema.shadow[k], v) for k, v in ckpt["ema"].items())
+
+
+def test_data_order_changes_name_what_moved_since_the_checkpoint():
+    stored = {"dataset_len": 100, "global_batch_size": 8, "seed": 0, "world_size": 2}
+    assert data_order_changes(stored, 100, 8, 0) == []
+    assert data_order_changes(stored, 120, 8, 1) == ["dataset_len 100 -> 120", "seed 0 -> 1"]
+    assert data_order_changes({}, 120, 16, 1) == []  # an older checkpoint without the record: nothing to compare
+
+
 def _raiser(exc):
     def main(argv=None):
         raise exc
@@ -161,7 +198,7 @@ def test_run_trainer_closes_and_logs_the_error():
         def train(self):
             raise ConfigError("bad key")
 
-        def log_error(self, msg):
+        def log(self, msg):
             events.append(msg)
 
         def close(self):
