@@ -11,8 +11,9 @@ take this path by default -- :func:`~autoregressive.models.generate.generate` fo
 
 Why a separate layer: decoding at small batch multiplies 1..16 rows by every weight once per token, so a step is
 bound by how fast the weights stream from memory, and PyTorch's defaults for that shape are slow on CPU (MKL's GEMM
-streams a weight ~2.5x below the memory's read bandwidth for a few rows, its GEMV slower still; fused attention is
-built for many queries). The tricks below fix that without touching the architecture:
+for 1..8 rows streams a weight much more slowly than ``weight @ x.T``, its GEMV slower still; the fused attention
+kernel is built for many queries; see benchmarks/bench_gpt_sampling.py and benchmarks/README.md). The tricks below
+speed that up without touching the architecture:
 
 * :class:`FastLinear`, 1..8 rows on CPU: ``weight @ x.T`` (one row computed as two), on by default;
   ``with small_batch_cpu_matmul(False):`` measures or compares against ``F.linear``. With :func:`prepack`, small

@@ -163,7 +163,8 @@ class StaticDecoder:
         self._fast += fresh
         mine = self._rows > 0 and core.layers[0].attention.kv_cache is self._cache
         if not mine or rows != self._rows or 1 + max_new_tokens > self._seq or fresh:
-            # (re)allocate; also after something else (an eager generate() on this model) dropped our cache
+            # (re)allocate and re-pack; also after something else dropped our cache (an eager generate() on this
+            # model) or our fast layers
             core.setup_caches(rows, 1 + max_new_tokens, core.tok_embeddings.weight.dtype)
             self._rows, self._seq = rows, 1 + max_new_tokens
             self._cache = core.layers[0].attention.kv_cache

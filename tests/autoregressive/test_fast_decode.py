@@ -101,3 +101,21 @@ def test_small_batch_cpu_matmul_is_a_scoped_switch(monkeypatch):
     torch.testing.assert_close(fast, plain)
     layer(x)
     assert calls == [1]  # the switch is scoped to the block
+
+
+def test_a_decoder_takes_its_fast_layers_back_after_another_closes():
+    """Two decoders on one model: the first one's close() gives the layers their plain classes back (and drops the
+    packed copies); the second one's next batch installs and packs them again, with the same tokens."""
+    model = tiny_gpt(seed=3)
+    cond = torch.tensor([1, 2])
+    first = StaticDecoder(model, 2, compile="none", cpu_prepack="onednn")
+    second = StaticDecoder(model, 2, compile="none", cpu_prepack="onednn")
+    first.generate(cond, 8, cfg_scale=2.0, sample_logits=False)
+    ref = second.generate(cond, 8, cfg_scale=2.0, sample_logits=False)
+    first.close()
+    assert layer_types(model) == {nn.Linear, Attention}
+    assert torch.equal(second.generate(cond, 8, cfg_scale=2.0, sample_logits=False), ref)
+    assert layer_types(model) == {FastLinear, FastAttention}
+    assert all(m._packed is not None for m in model.modules() if isinstance(m, FastLinear))
+    second.close()
+    assert layer_types(model) == {nn.Linear, Attention}
