@@ -34,7 +34,7 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-from autoregressive.models.gpt import CPU_KERNELS
+from autoregressive.models.fast_decode import CPU_KERNELS
 from autoregressive.models.static_decode import ATTENTION_KERNELS, COMPILE_MODES
 
 __all__ = ["Engine", "ENGINE_BASES", "ENGINE_MODIFIERS", "parse_engine", "add_engine_args", "resolve_engine"]

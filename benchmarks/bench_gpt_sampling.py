@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_tokenizer import measure_gemm_flops  # noqa: E402
 
 from autoregressive import GPT_models, generate  # noqa: E402
+from autoregressive.models.fast_decode import small_batch_cpu_matmul  # noqa: E402
 from autoregressive.models.generate import sample_generators  # noqa: E402
-from autoregressive.models.gpt import small_batch_cpu_matmul  # noqa: E402
 from autoregressive.models.static_decode import StaticDecoder  # noqa: E402
 from utils.distributed import pick_device  # noqa: E402
 

@@ -61,6 +61,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .fast_decode import accelerated
+
 __all__ = ["generate", "SamplingConfig", "cfg_scale_at", "CFG_SCHEDULES", "top_k_top_p_filtering", "sample",
            "sample_generators", "SamplingPlan", "guide_and_pick", "sampling_config"]
 
@@ -340,13 +342,15 @@ def generate(model: torch.nn.Module, cond: torch.Tensor, max_new_tokens: int,
     cfg_scale=1.75, top_k=...)`` builds one from the keywords (on top of ``config`` when both are given).
     ``model`` is a :class:`~autoregressive.models.gpt.Transformer` (or a ``torch.compile`` wrapper of one) in
     eval mode. Class ids must be in [0, num_classes). See the module docstring for guidance, schedules and
-    the random-number scheme. No process group is needed. Sampling runs in inference mode; the result is an
-    ordinary tensor (cloned outside it), so ``decode_code`` and autograd-enabled code accept it. This eager loop is
-    the reference; for many batches :class:`~autoregressive.models.static_decode.StaticDecoder` gives the same tokens
-    with a reusable cache and a CUDA-graph (or compiled) step.
+    the random-number scheme. No process group is needed. The model decodes with the fast layers of
+    :mod:`~autoregressive.models.fast_decode` (given back their plain classes on return). Sampling runs in inference
+    mode; the result is an ordinary tensor (cloned outside it), so ``decode_code`` and autograd-enabled code accept
+    it. This eager loop is the reference; for many batches
+    :class:`~autoregressive.models.static_decode.StaticDecoder` gives the same tokens with a reusable cache and a
+    CUDA-graph (or compiled) step.
     """
     config = sampling_config(config, **knobs)
-    with torch.inference_mode():
+    with torch.inference_mode(), accelerated(model):  # the decode speed layer, for this call only
         out = _generate(model, cond, max_new_tokens, config, generator)
     return out.clone()
 

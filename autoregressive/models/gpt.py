@@ -18,13 +18,15 @@ token grid (sqrt(block_size) squared) rotate queries and keys (the class slot ge
 are zero, as the original). Its keys are the 1D model's minus ``positional_embedding``.
 Unlike the original, the KV cache lives in non-persistent buffers: a model that has sampled keeps the same
 state-dict keys, and the teacher-forced forward (``input_pos=None``) keeps working while a cache exists.
+
+This file is the architecture and its plain PyTorch forward only (``nn.Linear``, masked SDPA over the cache, as the
+original). The decode speed tricks (small-row and packed CPU products, attention over the filled prefix, the native
+CPU kernels) are a separate layer, ``autoregressive/models/fast_decode.py``, which the sampling entry points
+(``generate``, ``StaticDecoder``) install for their duration; a model that only trains never runs them.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Optional
 
@@ -32,7 +34,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import cpu_kernels
 from utils.pretrained import PretrainedMixin
 
 __all__ = ["ModelArgs", "Transformer", "GPT_models", "find_multiple", "precompute_freqs_cis_2d"]
@@ -102,99 +103,6 @@ class ModelArgs:
         return find_multiple(hidden, self.multiple_of)
 
 
-# On CPU, MKL's GEMM for 1..8 activation rows against a [N, K] weight streams the weight much more slowly than
-# ``weight @ x.T`` (one row is computed as two: MKL's GEMV is slower still); at such batch sizes decoding is bound by
-# weight bandwidth, so this path matters (see benchmarks/bench_gpt_sampling.py). Results equal ``F.linear`` up to
-# float summation order. On by default; ``with small_batch_cpu_matmul(False):`` measures or compares against the
-# plain path (per thread / task).
-_SMALL_BATCH_CPU_MATMUL: contextvars.ContextVar[bool] = contextvars.ContextVar("small_batch_cpu_matmul", default=True)
-
-
-@contextlib.contextmanager
-def small_batch_cpu_matmul(enabled: bool) -> Iterator[None]:
-    """Use (or not) the ``weight @ x.T`` CPU path for 1..8 rows inside the block."""
-    token = _SMALL_BATCH_CPU_MATMUL.set(bool(enabled))
-    try:
-        yield
-    finally:
-        _SMALL_BATCH_CPU_MATMUL.reset(token)
-
-
-def cpu_prepack_available() -> bool:
-    """oneDNN's prepacked linear (what inductor uses for frozen CPU weights) is in this torch build."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-
-
-CPU_KERNELS = ("auto", "native", "onednn")  # prepacked CPU products: see Linear.prepack_cpu
-
-
-def resolve_cpu_kernel(kernel: str, rows: int, dtype: torch.dtype) -> str:
-    """The prepacked product ``kernel`` means for ``rows``-row products of ``dtype`` weights: 'native' (the project's
-    float32 kernel, utils/cpu_kernels.py, 1..16 rows) or 'onednn'. 'auto' is native where it applies and builds, else
-    oneDNN; an explicit 'native' that cannot run raises, naming why."""
-    if kernel not in CPU_KERNELS:
-        raise ValueError(f"cpu kernel must be one of {list(CPU_KERNELS)}, got {kernel!r}")
-    fits = dtype == torch.float32 and 1 <= rows <= cpu_kernels.MAX_ROWS
-    if kernel == "native":
-        if not fits:
-            raise ValueError(f"the native CPU kernel multiplies 1..{cpu_kernels.MAX_ROWS} float32 rows; this decoder "
-                             f"has {rows} {dtype} rows (use 'onednn' or 'auto')")
-        if not cpu_kernels.available():
-            raise RuntimeError(f"the native CPU kernel is unavailable: {cpu_kernels.unavailable_reason()}")
-        return "native"
-    if kernel == "auto" and fits and cpu_kernels.available():
-        return "native"
-    if not cpu_prepack_available():
-        raise ValueError("prepacked oneDNN products need oneDNN (torch.backends.mkldnn), which this torch build lacks")
-    return "onednn"
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and state-dict keys) with faster CPU paths for a few rows.
-
-    1..8 rows: ``weight @ x.T`` (below). With :meth:`prepack_cpu`, small products run through a packed copy of the
-    weight: 'native' (utils/cpu_kernels.py, 1..16 float32 rows, streams the weight at about the memory's read
-    bandwidth) or 'onednn' (3+ rows, packed for that row count; 2-3x MKL's rate for 4..16 rows on this project's
-    CPU). The copy is not part of the state dict, costs the weight's memory once more, and is ignored once the
-    weight changes.
-    """
-
-    _packed: Optional[tuple[str, torch.Tensor, int]] = None  # (kernel, packed weight, weight._version when packed)
-
-    def prepack_cpu(self, rows: int, kernel: str = "onednn") -> None:
-        """Pack the weight for ``rows``-row products with ``kernel`` ('native' or 'onednn', see
-        :func:`resolve_cpu_kernel`); a no-op off the CPU, with a bias, or for other dtypes."""
-        w = self.weight
-        if w.device.type != "cpu" or self.bias is not None:
-            return
-        if kernel == "native" and w.dtype == torch.float32:
-            self._packed = ("native", cpu_kernels.pack_weight(w.detach()), w._version)
-        elif kernel == "onednn" and w.dtype in (torch.float32, torch.bfloat16) and cpu_prepack_available():
-            self._packed = ("onednn", torch.ops.mkldnn._reorder_linear_weight(w.detach(), int(rows)), w._version)
-
-    def clear_prepack(self) -> None:
-        self._packed = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-        packed = self._packed
-        if packed is not None and x.device.type == "cpu" and x.dtype == self.weight.dtype \
-                and packed[2] == self.weight._version and not (torch.is_grad_enabled() and self.weight.requires_grad):
-            flat = x.reshape(rows, x.shape[-1])
-            if packed[0] == "native" and 1 <= rows <= cpu_kernels.MAX_ROWS:
-                return cpu_kernels.linear(flat, packed[1], self.out_features).reshape(*x.shape[:-1], self.out_features)
-            if packed[0] == "onednn" and rows >= 3:
-                out = torch.ops.mkldnn._linear_pointwise(flat, packed[1], None, "none", [], "")
-                return out.reshape(*x.shape[:-1], self.out_features)
-        if x.device.type == "cpu" and 1 <= rows <= 8 and self.bias is None and _SMALL_BATCH_CPU_MATMUL.get():
-            flat = x.reshape(rows, x.shape[-1])
-            if rows == 1:  # MKL's matrix-vector product streams the weight ~2.5x slower than a 2-column product
-                flat = torch.cat([flat, flat])
-            out = (self.weight @ flat.T).T[:rows].contiguous()
-            return out.reshape(*x.shape[:-1], self.out_features)
-        return F.linear(x, self.weight, self.bias)
-
-
 class RMSNorm(nn.Module):
     """RMSNorm computed in float32, cast back to the input dtype, then scaled by the weight."""
 
@@ -256,9 +164,9 @@ class FeedForward(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         hidden = args.ffn_hidden
-        self.w1 = Linear(args.dim, hidden, bias=False)
-        self.w3 = Linear(args.dim, hidden, bias=False)
-        self.w2 = Linear(hidden, args.dim, bias=False)
+        self.w1 = nn.Linear(args.dim, hidden, bias=False)
+        self.w3 = nn.Linear(args.dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, args.dim, bias=False)
         self.ffn_dropout = nn.Dropout(args.ffn_dropout_p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -274,13 +182,6 @@ class KVCache(nn.Module):
         shape = (batch, n_kv_head, seq, head_dim)
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        # Set per step by an eager decoder of one new token at position valid_len - 1: the filled prefix
-        # [0, valid_len) is all visible to it, so attention reads only that prefix, unmasked, instead of the whole
-        # masked cache. None: the whole masked cache, as the original.
-        self.valid_len: Optional[int] = None
-        # With valid_len set: attend through utils/cpu_kernels.py's decode attention (float32 CPU; set by a
-        # StaticDecoder whose packed products are native) instead of PyTorch's fused kernel.
-        self.native_attention = False
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         b = k.shape[0]
@@ -300,8 +201,8 @@ class Attention(nn.Module):
         self.n_kv_head = args.n_kv_head
         self.head_dim = args.head_dim
         kv_dim = self.n_kv_head * self.head_dim
-        self.wqkv = Linear(args.dim, args.dim + 2 * kv_dim, bias=False)
-        self.wo = Linear(args.dim, args.dim, bias=False)
+        self.wqkv = nn.Linear(args.dim, args.dim + 2 * kv_dim, bias=False)
+        self.wo = nn.Linear(args.dim, args.dim, bias=False)
         if args.use_qk_norm:
             self.q_norm = nn.LayerNorm(self.head_dim)
             self.k_norm = nn.LayerNorm(self.head_dim)
@@ -324,28 +225,31 @@ class Attention(nn.Module):
         if freqs_cis is not None:
             q, k = apply_rotary_emb(q, freqs_cis), apply_rotary_emb(k, freqs_cis)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        causal = mask is None
-        if input_pos is not None:
+        if input_pos is None:
+            out = self.attend(q, k, v, mask, causal=mask is None)
+        else:
             if self.kv_cache is None:
                 raise RuntimeError("input_pos was given but no KV cache is set up; call setup_caches() first")
             k, v = self.kv_cache.update(input_pos, k, v)
-            n = self.kv_cache.valid_len
-            if n is not None:  # one new token that sees the whole filled prefix: no mask to build or apply
-                if seqlen != 1:
-                    raise ValueError(f"KVCache.valid_len is for one-token decode steps, got {seqlen} tokens")
-                if self.kv_cache.native_attention and q.device.type == "cpu" and not self.training \
-                        and cpu_kernels.attention_supported(self.head_dim, q.dtype):
-                    return self.resid_dropout(self.wo(cpu_kernels.decode_attention(q, k, v, n)))
-                k, v = k[:, :, :n], v[:, :, :n]
-                mask, causal = None, False
+            out = self.attend_cached(q, k, v, mask)
+        return self.resid_dropout(self.wo(out))
+
+    def attend_cached(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The new queries over the whole cache under ``mask``, as the original. The seam where the decode speed layer
+        (autoregressive/models/fast_decode.py) attends to the filled prefix only."""
+        return self.attend(q, k, v, mask, causal=mask is None)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+               causal: bool) -> torch.Tensor:
+        """Scaled-dot-product attention of ``q`` [B, H, L, hd] over ``k``, ``v`` [B, kv_heads, S, hd] -> [B, L, dim]."""
         if self.n_kv_head != self.n_head:
             rep = self.n_head // self.n_kv_head
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
         dropout = self.attn_dropout_p if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout)
-        out = out.transpose(1, 2).reshape(bsz, seqlen, self.dim)
-        return self.resid_dropout(self.wo(out))
+        return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], self.dim)
 
 
 class DropPath(nn.Module):
@@ -415,7 +319,7 @@ class Transformer(PretrainedMixin, nn.Module):
         rates = [args.drop_path_rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]  # linear ramp
         self.layers = nn.ModuleList(TransformerBlock(args, r) for r in rates)
         self.norm = RMSNorm(args.dim, eps=args.norm_eps)
-        self.output = Linear(args.dim, args.vocab_size, bias=False)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
 
         self.max_batch_size = -1
         self.max_seq_length = -1

@@ -33,7 +33,7 @@ Modes (``compile``):
 bit-identical to ``generate``; ``"fused"`` lets PyTorch pick its fused kernel (on CUDA it reads the bf16 cache once
 instead of upcasting all of it to float32 each step: several times faster at batch 256), at the price of float
 rounding that can flip near ties. Without a graph (CPU), fused steps also attend to the filled prefix of the cache only
-(``KVCache.valid_len``) instead of the whole masked cache.
+(``FastAttention.valid_len``) instead of the whole masked cache.
 
 ``cpu_prepack`` (CPU): the linear layers multiply through packed copies of their weights, at the cost of the
 weights' memory once more and float rounding that differs from the unpacked model. ``"native"``: the project's
@@ -51,8 +51,9 @@ from typing import Optional
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from . import fast_decode
+from .fast_decode import CPU_KERNELS, resolve_cpu_kernel
 from .generate import GeneratorArg, SamplingConfig, SamplingPlan, guide_and_pick, sampling_config
-from .gpt import CPU_KERNELS, Linear, resolve_cpu_kernel
 
 __all__ = ["StaticDecoder", "COMPILE_MODES", "ATTENTION_KERNELS", "packed_kernel"]
 
@@ -111,7 +112,9 @@ class StaticDecoder:
     ``decoder.generate(cond, max_new_tokens, config, generator=...)`` takes the arguments of
     :func:`~autoregressive.models.generate.generate` (minus the model): one
     :class:`~autoregressive.models.generate.SamplingConfig`, or its fields as keywords. While a decoder holds the
-    cache, the model's own cached inference belongs to it; :meth:`close` (or ``with StaticDecoder(...) as d``) frees it.
+    cache, the model's own cached inference belongs to it, and its layers are the fast ones of
+    :mod:`~autoregressive.models.fast_decode`; :meth:`close` (or ``with StaticDecoder(...) as d``) frees the cache and
+    gives the layers their plain classes back.
     """
 
     def __init__(self, model: torch.nn.Module, batch_size: int, compile: str = "auto", attention: str = "math",
@@ -149,21 +152,25 @@ class StaticDecoder:
         self._rows = -1  # rows the current cache holds
         self._seq = -1
         self._cache = None  # the first layer's cache module, to notice when another caller replaced it
+        self._fast: list = []  # the modules this decoder gave their fast classes (fast_decode), restored by close()
 
     # ------------------------------------------------------------------ cache
     def _ensure_cache(self, rows: int, max_new_tokens: int) -> None:
         core = self.model
+        # the decode speed layer, until close(); checked per batch, since another decoder's close() may have given
+        # the model its plain layers back (and dropped the packed copies with them)
+        fresh = fast_decode.accelerate(core)
+        self._fast += fresh
         mine = self._rows > 0 and core.layers[0].attention.kv_cache is self._cache
-        if not mine or rows != self._rows or 1 + max_new_tokens > self._seq:
-            # (re)allocate; also after something else (an eager generate() on this model) dropped our cache
+        if not mine or rows != self._rows or 1 + max_new_tokens > self._seq or fresh:
+            # (re)allocate and re-pack; also after something else dropped our cache (an eager generate() on this
+            # model) or our fast layers
             core.setup_caches(rows, 1 + max_new_tokens, core.tok_embeddings.weight.dtype)
             self._rows, self._seq = rows, 1 + max_new_tokens
             self._cache = core.layers[0].attention.kv_cache
             self._graphs.clear()  # captured graphs point at the old cache
             if self.cpu_prepack:  # packed copies of the weights (oneDNN's for this row count)
-                for module in core.modules():
-                    if isinstance(module, Linear):
-                        module.prepack_cpu(rows, self.cpu_kernel)
+                fast_decode.prepack(core, rows, self.cpu_kernel)
 
     def _zero_cache(self) -> None:
         """Positions past the current one are masked, but a stale NaN (from an earlier batch or a graph's warm-up)
@@ -179,10 +186,10 @@ class StaticDecoder:
         self._rows = self._seq = -1
         self._cache = None
         self._graphs.clear()
-        if self.cpu_prepack:
-            for module in self.model.modules():
-                if isinstance(module, Linear):
-                    module.clear_prepack()
+        if self.cpu_prepack:  # also in fast layers this decoder did not install (an enclosing accelerated())
+            fast_decode.clear_prepack(self.model)
+        fast_decode.restore(self._fast)
+        self._fast = []
 
     def __enter__(self) -> StaticDecoder:
         return self
@@ -278,16 +285,15 @@ class StaticDecoder:
         graphs = self.compile_mode == "reduce-overhead"
         compiled = self.compile_mode in ("default", "reduce-overhead")  # inductor picks its own attention kernel
         # eager fused steps attend to the filled prefix only (the math kernel keeps the original's whole masked cache)
-        caches = [layer.attention.kv_cache for layer in core.layers] if self.attention == "fused" and not compiled \
-            else []
+        attns = [layer.attention for layer in core.layers] if self.attention == "fused" and not compiled else []
         native = self.cpu_kernel == "native"  # native packed products: the native decode attention too
-        for cache in caches:
-            cache.native_attention = native
+        for attn in attns:
+            attn.native_attention = native
         try:
             with contextlib.nullcontext() if compiled else _attention_kernel(self.attention):
                 for i in range(1, max_new_tokens):
-                    for cache in caches:
-                        cache.valid_len = i + 1
+                    for attn in attns:
+                        attn.valid_len = i + 1
                     input_pos.fill_(i)
                     if graphs:
                         torch.compiler.cudagraph_mark_step_begin()
@@ -296,7 +302,7 @@ class StaticDecoder:
                     if graphs:
                         token = token.clone()  # the graph's output buffer is overwritten by the next replay
         finally:
-            for cache in caches:
-                cache.valid_len = None
-                cache.native_attention = False
+            for attn in attns:
+                attn.valid_len = None
+                attn.native_attention = False
         return out[:real]

@@ -146,22 +146,3 @@ def test_training_mode_label_dropout_uses_null_row():
     emb = model.cls_embedding(torch.tensor([1, 2, 3]))
     null = model.cls_embedding.embedding_table.weight[TINY_GPT["num_classes"]]
     torch.testing.assert_close(emb[:, 0], null.expand(3, -1))
-
-
-def test_small_batch_cpu_matmul_is_a_scoped_switch(monkeypatch):
-    """The weight @ x.T path for 2..8 rows on CPU is on by default and off inside small_batch_cpu_matmul(False)."""
-    from autoregressive.models import gpt
-
-    calls = []
-    linear = torch.nn.functional.linear
-    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a: calls.append(1) or linear(*a))
-    layer = gpt.Linear(16, 8, bias=False)
-    x = torch.randn(4, 16)
-    fast = layer(x)
-    assert calls == []
-    with gpt.small_batch_cpu_matmul(False):
-        plain = layer(x)
-    assert calls == [1]
-    torch.testing.assert_close(fast, plain)
-    layer(x)
-    assert calls == [1]  # the switch is scoped to the block

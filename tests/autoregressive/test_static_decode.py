@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from autoregressive import generate
+from autoregressive.models.fast_decode import accelerate
 from autoregressive.models.generate import sample_generators
 from autoregressive.models.static_decode import StaticDecoder
 from utils import cpu_kernels
@@ -69,7 +70,7 @@ def test_cpu_prepacked_weights_give_the_same_tokens_and_are_dropped_on_close():
     model = tiny_gpt(seed=9)
     cond = torch.tensor([1, 5, 7])
     plain = [run_both(model, cond, case, StaticDecoder(model, 3, compile="none"))[0] for case in CASES]
-    linears = [m for m in model.modules() if hasattr(m, "prepack_cpu")]
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     with StaticDecoder(model, batch_size=3, compile="none", cpu_prepack=True) as decoder:
         for case, ref in zip(CASES, plain, strict=True):
             eager, static = run_both(model, cond, case, decoder)
@@ -83,7 +84,7 @@ def test_cpu_prepacked_weights_give_the_same_tokens_and_are_dropped_on_close():
             layer.weight.mul_(2.0)  # a changed weight is never multiplied through its stale packed copy
             assert torch.allclose(layer(x), 2 * packed_out, atol=1e-4)
             layer.weight.div_(2.0)
-    assert all(m._packed is None for m in linears)
+    assert all("_packed" not in vars(m) for m in linears)
 
 
 @pytest.mark.skipif(not cpu_kernels.available(), reason="native CPU kernel unavailable here")
@@ -108,8 +109,7 @@ def test_native_kernels_give_the_same_tokens(attention, monkeypatch):
             assert torch.equal(static, ref) and torch.equal(eager, ref)
         assert decoder.cpu_kernel == "native"
     assert calls["linear"] > 0 and (calls["attention"] > 0) == (attention == "fused")
-    assert all(layer.attention.kv_cache is None or not layer.attention.kv_cache.native_attention
-               for layer in model.layers)
+    assert not any(getattr(layer.attention, "native_attention", False) for layer in model.layers)
 
 
 def test_cpu_kernel_choice_is_checked_when_the_decoder_is_built(monkeypatch):
@@ -140,15 +140,16 @@ def test_fused_attention_over_the_filled_prefix_gives_the_same_tokens_on_cpu():
         for case in CASES:
             eager, static = run_both(model, cond, case, decoder)
             assert torch.equal(eager, static)
-        assert all(layer.attention.kv_cache.valid_len is None for layer in model.layers)
+        assert all(layer.attention.valid_len is None for layer in model.layers)
 
 
 def test_prefix_attention_refuses_more_than_one_new_token():
     """valid_len drops the causal mask (one new token sees the whole prefix): a multi-token step would silently
     let earlier tokens see later ones, so it is refused by name."""
     model = tiny_gpt(seed=10)
+    accelerate(model)
     model.setup_caches(max_batch_size=1, max_seq_length=model.block_size)
-    model.layers[0].attention.kv_cache.valid_len = 3
+    model.layers[0].attention.valid_len = 3
     idx = torch.tensor([[1, 2]])
     with torch.no_grad(), pytest.raises(ValueError, match="valid_len is for one-token decode steps, got 2"):
         model(idx=idx, cond_idx=None, input_pos=torch.tensor([1, 2]))
