@@ -141,12 +141,7 @@ class FastD2SUpsampler(D2SUpsampler):
 
 class FastAdaptiveGroupNorm(AdaptiveGroupNorm):
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        b, c = style.shape[:2]
-        flat = style.reshape(b, c, -1)
-        std = torch.sqrt(flat.var(dim=-1, unbiased=True) + 1e-6)
-        mean = flat.mean(dim=-1)
-        scale = self.gamma(std)[:, :, None, None]
-        shift = self.beta(mean)[:, :, None, None]
+        scale, shift = self.scale_shift(style)
         h = self.gn(x)
         if _no_grad_for(h) and _no_grad_for(scale) and _no_grad_for(shift):
             return h.mul_(scale).add_(shift)  # the same two roundings, in the norm's fresh output

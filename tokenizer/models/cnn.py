@@ -86,13 +86,16 @@ class AdaptiveGroupNorm(nn.Module):
         self.gamma = nn.Linear(z_channels, in_filters)
         self.beta = nn.Linear(z_channels, in_filters)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def scale_shift(self, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel scale and shift [B, C, 1, 1] from the style's per-channel std and mean."""
         b, c = style.shape[:2]
         flat = style.reshape(b, c, -1)
         std = torch.sqrt(flat.var(dim=-1, unbiased=True) + 1e-6)
         mean = flat.mean(dim=-1)
-        scale = self.gamma(std)[:, :, None, None]
-        shift = self.beta(mean)[:, :, None, None]
+        return self.gamma(std)[:, :, None, None], self.beta(mean)[:, :, None, None]
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.scale_shift(style)
         return self.gn(x) * scale + shift
 
 
