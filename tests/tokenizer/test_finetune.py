@@ -128,7 +128,7 @@ def test_demo_takes_the_finetuned_runs_at_their_64_px(tuned):
     r = m.reconstruct(pool.tokenizer(gen.tokenizer), m.open_image(PHOTOS / "photos" / "camera_gray_odd.png"))
     assert r["pair"].shape == (64, 128, 3) and r["codes"].shape == (256,) and r["psnr"] > 5
     gpt, tok = pool.generator(gen)
-    images = list(m.sample_images(gpt, tok, m.SampleRequest(class_id=3, num_images=2, seed=1)))
+    images = list(m.sample_images(gpt, tok, m.SampleRequest(class_id=3, num_images=2, seed=1), batch_size=2))
     assert [i.shape for i in images] == [(64, 64, 3)] * 2 and not np.array_equal(*images)
 
 
@@ -198,10 +198,10 @@ def test_reconstruction_at_another_size_resamples_when_asked(tmp_path):
     from tokenizer.reconstruct import main as reconstruct
 
     torch.manual_seed(0)
-    release = save_atomic({"model": build_tokenizer(TINY).state_dict()}, tmp_path / "tiny32.pt")
+    release = save_atomic({"model": build_tokenizer(TINY, MICRO).state_dict()}, tmp_path / "tiny32.pt")
     metrics = reconstruct(["--data-path", str(PHOTOS), "--image-size", "64", "--sample-dir", str(tmp_path / "out"),
                            "--vq-ckpt", str(release), "--model-config", str(TINY), "--device", "cpu",
-                           "--num-workers", "0", "--per-proc-batch-size", "2"])
+                           "--num-workers", "0", "--per-proc-batch-size", "2", "--config-overrides", *MICRO])
     assert metrics["image_size"] == 64 and metrics["psnr"] > 0
 
 
