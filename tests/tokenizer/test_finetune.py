@@ -4,7 +4,9 @@ tokenizer (configs/vq/VQ_tiny32_2d.yaml, 32 px) trained on the shipped Fashion-M
 (position tables resampled) and reconstructs held-out 64-px images better than the resampled start; a GPT trained on
 its 32-px codes (8x8) is fine-tuned on the 64-px codes (16x16: a 4x longer sequence, its position table resampled)
 and samples 64-px class grids; the demo and ``reproduce.sh --tiny`` take the fine-tuned runs at their 64 px. The runs
-are laid out as scripts/quickstart.sh leaves them, so the demo and reproduce read the folder as a user's."""
+are laid out as scripts/quickstart.sh leaves them, so the demo and reproduce read the folder as a user's. Cheaper
+checks: the 1D tokenizers keep their token count, another size is never silent, the GPT's table resampling and
+class map on their own."""
 from __future__ import annotations
 
 import json
@@ -172,7 +174,8 @@ def test_1d_tokenizer_keeps_its_token_count_and_another_size_is_explicit(tmp_pat
 
 def test_gpt_position_table_is_resampled_on_the_token_grid():
     """Bicubic resampling reproduces a table linear in (row, column) inside the grid; the class slot's row is kept; a
-    1D tokenizer's line is resampled along the sequence; a non-square start for a 2D grid is refused."""
+    1D tokenizer's line is resampled along the sequence; a non-square start for a 2D grid is refused; the 2D-RoPE GPT
+    needs no resampling."""
     from autoregressive.loading import fit_position_table
     from autoregressive.models.gpt import GPT_models
 
@@ -191,6 +194,10 @@ def test_gpt_position_table_is_resampled_on_the_token_grid():
     assert line.shape == (257, dim) and torch.equal(line[0], old[0])
     with pytest.raises(ConfigError, match="cannot be resampled"):
         fit_position_table({"positional_embedding": old[:-1]}, model, (16, 16))
+    # the 2D-RoPE GPT has no table: an 8x8 model's weights load into a 16x16 one, whose rotary rows cover 1 + 256
+    small, big = (GPT_models["GPT-tiny"](vocab_size=16, block_size=n, num_classes=2, gpt_2d=True) for n in (64, 256))
+    big.load_state_dict(fit_position_table(small.state_dict(), big, (16, 16)))
+    assert big._rope_table.shape[0] == 1 + 256 and small._rope_table.shape[0] == 1 + 64
 
 
 def test_reconstruction_at_another_size_resamples_when_asked(tmp_path):
