@@ -239,3 +239,36 @@ def remap_class_table(weights: dict, model: torch.nn.Module, num_classes: int, c
         log(f"class table: {old.shape[0] - 1} -> {num_classes} classes; {len(mapping)} rows copied by --class-map, "
             "the others new; the null row kept")
     return {**weights, CLASS_TABLE: table.to(old.dtype)}
+
+
+POSITION_TABLE = "positional_embedding"
+
+
+def fit_position_table(weights: dict, model: torch.nn.Module, token_grid: tuple[int, int], log: Any = None) -> dict:
+    """``weights`` of a GPT trained on another token count, fitted to ``model``'s sequence: a 2D tokenizer fine-tuned
+    at another resolution has another grid (32 -> 64 px: 8x8 -> 16x16 codes, a 4x longer sequence). The learned
+    absolute table (the class slot, then one row per code in the codes' raster order) is resampled as timm's
+    ``resample_abs_pos_embed`` does for ViTs: bicubic on the token grid, the class slot's row kept as it is; a 1D
+    tokenizer's ``(1, N)`` grid is a line, so its rows are resampled along the sequence. A resampled table is a start,
+    not a result: the fine-tune has to train it. The 2D GPT (``gpt_2d``) has no table: its rotary tables are computed
+    from the model's ``block_size``, so it takes another grid without any change to its weights."""
+    own = model.state_dict().get(POSITION_TABLE)
+    if own is None or POSITION_TABLE not in weights or weights[POSITION_TABLE].shape == own.shape:
+        return weights
+    table, prefix = weights[POSITION_TABLE], int(model.cls_token_num)
+    old_n, new_n = table.shape[0] - prefix, own.shape[0] - prefix
+    rows, cols = (int(g) for g in token_grid)
+    old_side = int(old_n ** 0.5 + 0.5)
+    old_grid = (1, old_n) if rows == 1 else (old_side, old_side)
+    if rows * cols != new_n or old_grid[0] * old_grid[1] != old_n or table.shape[1:] != own.shape[1:]:
+        raise ConfigError(f"the starting GPT's position table {tuple(table.shape)} cannot be resampled to this "
+                          f"model's {tuple(own.shape)} for a {rows}x{cols} token grid (a 2D tokenizer's codes need a "
+                          "square grid in both)")
+    from timm.layers import resample_abs_pos_embed
+
+    resized = resample_abs_pos_embed(table[None].float(), new_size=[rows, cols], old_size=list(old_grid),
+                                     num_prefix_tokens=prefix, interpolation="bicubic", antialias=True)[0]
+    if log is not None:
+        log(f"resampled {POSITION_TABLE}: {old_grid[0]}x{old_grid[1]} -> {rows}x{cols} token grid (bicubic), the "
+            "class slot's row kept")
+    return {**weights, POSITION_TABLE: resized.to(table.dtype).contiguous()}

@@ -4,6 +4,7 @@ README's model table with the project's own drivers and writes ``results/reprodu
     bash scripts/reproduce.sh list                       # every row, its paper value and settings
     GPUS=8 bash scripts/reproduce.sh gfid/GPT-B_VQ_XLXXL  # [--search] [--dry-run]
     bash scripts/reproduce.sh rfid/VQ_SS256 --tiny results/quickstart   # the same chain on the quickstart's models
+    bash scripts/reproduce.sh rfid/VQ_SS256 --tiny results/quickstart --tiny-tokenizer VQ_tiny32_2d_ft64  # a fine-tune
 
 Rows: ``rfid/<tokenizer>`` (rFID, rsFID and LPIPS of the reconstructions of ImageNet val), ``gfid/<gpt>`` (50k samples,
 step CFG schedule from 0.18, seed 0, against ADM's reference batch; the published GPT-B on XL-XXL setting is CFG 1.75
@@ -105,14 +106,48 @@ def _newest(folder: Path) -> str:
     return str(found[-1])
 
 
-def tiny_inputs(quickstart: Path) -> Inputs:
-    """The quickstart's tokenizer, GPT and data in place of the released models and ImageNet."""
-    return Inputs(tok_config="configs/vq/VQ_tiny32_2d.yaml",
-                  vq_ckpt=_newest(quickstart / "tokenizer" / "VQ_tiny32_2d" / "checkpoints"),
-                  gpt_model="GPT-tiny", gpt_ckpt=_newest(quickstart / "gpt" / "GPT-tiny" / "checkpoints"),
-                  val_path=str(quickstart / "eval" / "val"), val_npz=str(quickstart / "eval" / "val.npz"),
-                  gt_npz=str(quickstart / "eval" / "val.npz"), imagenet=str(quickstart / "data"), tiny=True,
-                  num_classes=10, image_size=32)
+QUICKSTART_TOKENIZER, QUICKSTART_GPT = "VQ_tiny32_2d", "GPT-tiny"  # the run names scripts/quickstart.sh gives
+
+
+def _tiny_size_and_classes(tok_config: str, vq_ckpt: str, gpt_ckpt: str) -> tuple[int, int]:
+    """The image size and class count the checkpoints describe (a run fine-tuned at 64 px, or on other classes, is
+    read as what it is, not taken for the quickstart's 32 px and 10 classes); the YAML when a file describes none."""
+    from tokenizer import tokenizer_info
+    from utils.checkpoint import read_model_description
+    tok = read_model_description(vq_ckpt)
+    image_size = tokenizer_info(tok.config if tok.kind == "tokenizer" and not tok.partial else tok_config)[
+        "image_size"]
+    gpt = read_model_description(gpt_ckpt)
+    num_classes = int((gpt.config or {}).get("num_classes", 10)) if gpt.kind == "gpt" else 10
+    return image_size, num_classes
+
+
+def tiny_inputs(quickstart: Path, tokenizer_run: str = QUICKSTART_TOKENIZER, gpt_run: str = QUICKSTART_GPT) -> Inputs:
+    """The quickstart's tokenizer, GPT and data in place of the released models and ImageNet: the newest checkpoints
+    of the runs ``tokenizer/<tokenizer_run>`` and ``gpt/<gpt_run>`` under ``quickstart`` (a fine-tune written beside
+    them is picked by its run name). The held-out images' reference npz is ``eval/val.npz`` at the quickstart's 32 px,
+    ``eval/val_<size>.npz`` at another size (made by :func:`make_tiny_reference`)."""
+    tok_dir = quickstart / "tokenizer" / tokenizer_run
+    tok_config = str(tok_dir / "config.yaml") if (tok_dir / "config.yaml").is_file() else \
+        f"configs/vq/{QUICKSTART_TOKENIZER}.yaml"
+    vq_ckpt = _newest(tok_dir / "checkpoints")
+    gpt_ckpt = _newest(quickstart / "gpt" / gpt_run / "checkpoints")
+    image_size, num_classes = _tiny_size_and_classes(tok_config, vq_ckpt, gpt_ckpt)
+    npz = str(quickstart / "eval" / ("val.npz" if image_size == 32 else f"val_{image_size}.npz"))
+    return Inputs(tok_config=tok_config, vq_ckpt=vq_ckpt, gpt_model=QUICKSTART_GPT, gpt_ckpt=gpt_ckpt,
+                  val_path=str(quickstart / "eval" / "val"), val_npz=npz, gt_npz=npz,
+                  imagenet=str(quickstart / "data"), tiny=True, num_classes=num_classes, image_size=image_size)
+
+
+def make_tiny_reference(inp: Inputs) -> None:
+    """The held-out images' reference npz at the tokenizer's size, when it is not the quickstart's 32 px (which
+    scripts/quickstart.sh writes): the same centre crops as evaluations.make_val_npz, made once."""
+    if not inp.tiny or Path(inp.val_npz).is_file() or not Path(inp.val_path).is_dir():
+        return
+    from evaluations.make_val_npz import main as make_val_npz
+    print(f"[reproduce] the {inp.image_size}-px reference of {inp.val_path}: {inp.val_npz}", flush=True)
+    make_val_npz(["--data-path", inp.val_path, "--image-size", str(inp.image_size), "--npz", inp.val_npz,
+                  "--workers", "0"])
 
 
 def missing_inputs(row: Row, inp: Inputs) -> list[str]:
@@ -285,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the commands and stop (nothing is checked or run)")
     p.add_argument("--tiny", metavar="QUICKSTART_DIR", default=None,
                    help="run the row's chain on the quickstart's models and data in this folder (offline, CPU)")
+    p.add_argument("--tiny-tokenizer", default=QUICKSTART_TOKENIZER, metavar="RUN",
+                   help="--tiny: the tokenizer run under QUICKSTART_DIR/tokenizer (e.g. a fine-tune at 64 px); its "
+                        "image size is read from its checkpoint")
+    p.add_argument("--tiny-gpt", default=QUICKSTART_GPT, metavar="RUN",
+                   help="--tiny: the GPT run under QUICKSTART_DIR/gpt; its class count is read from its checkpoint")
     p.add_argument("--out", default="results/reproduce", help="folder of the outputs and <row>.json")
     return p
 
@@ -300,13 +340,15 @@ def main(argv=None) -> dict | None:
         sys.exit(f"unknown row {args.row!r}{did_you_mean(args.row, table, cutoff=0.3)} "
                  "('bash scripts/reproduce.sh list' shows every row)")
     row = table[args.row]
-    inp = tiny_inputs(Path(args.tiny)) if args.tiny else released_inputs(row)
+    inp = tiny_inputs(Path(args.tiny), args.tiny_tokenizer, args.tiny_gpt) if args.tiny else released_inputs(row)
     out = Path(args.out) / ("tiny" if inp.tiny else "")
     cmds = commands(row, inp, out, args.search)
     if args.dry_run:
         for cmd in cmds:
             print("bash scripts/" + " ".join(shlex.quote(c) for c in cmd))
         return {"row": row.name, "commands": cmds}
+    if row.kind != "probe":
+        make_tiny_reference(inp)
     need = missing_inputs(row, inp)
     if need:
         sys.exit(f"{row.name} needs files that are not here:\n  " + "\n  ".join(need))

@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from autoregressive import train_options
 from autoregressive.data import open_train_codes
-from autoregressive.loading import remap_class_table
+from autoregressive.loading import fit_position_table, remap_class_table
 from autoregressive.models.gpt import GPT_models
 from tokenizer import read_tokenizer_config, tokenizer_info
 from utils import training
@@ -98,6 +98,7 @@ class GPTTrainer(Trainer):
             raise ConfigError(f"--image-size {self.image_size} does not match the tokenizer's "
                               f"{tokenizer['image_size']} ({settings.tok_config})")
         self.vocab_size, self.block_size = tokenizer["codebook_size"], tokenizer["num_tokens"]
+        self.token_grid = tokenizer["token_grid"]  # a fine-tune's position table is resampled onto it
         self.settings = dataclasses.replace(settings, image_size=self.image_size)  # recorded resolved
         self.tokenizer = None
         if settings.dataset == "imagenet_code":
@@ -165,8 +166,11 @@ class GPTTrainer(Trainer):
         return resolve_checkpoint(released.file if released else start), False, True
 
     def adapt_weights(self, weights: dict) -> dict:
-        """Another class set: rows new or copied by --class-map, the starting GPT's null row kept."""
-        return remap_class_table(weights, self.raw_model, self.settings.num_classes, self.settings.class_map, self.log)
+        """Another class set: rows new or copied by --class-map, the starting GPT's null row kept. Another token
+        count (a 2D tokenizer fine-tuned at another resolution): the position table resampled onto the new grid."""
+        weights = remap_class_table(weights, self.raw_model, self.settings.num_classes, self.settings.class_map,
+                                    self.log)
+        return fit_position_table(weights, self.raw_model, self.token_grid, self.log)
 
     def lr_at(self, step: int) -> float:
         return lr_for_step(self.schedule, step, self.settings.original_lr_lag)

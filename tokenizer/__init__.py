@@ -197,10 +197,11 @@ def load_tokenizer(config: Any, checkpoint: str | os.PathLike | None = None, dev
 
 
 def tokenizer_info(config: Any) -> dict:
-    """Vocabulary size, token count, image size and class of a tokenizer config, without building any weights
-    (what a GPT trained on its codes must match)."""
+    """Vocabulary size, token count, image size, class and token grid ((1, N) for the 1D tokenizers) of a tokenizer
+    config, without building any weights (what a GPT trained on its codes must match)."""
     cfg = read_tokenizer_config(config)
     with torch.device("meta"):
         model = build_tokenizer(cfg, fast=False)
     return {"codebook_size": int(model.codebook_size), "num_tokens": int(model.num_tokens),
-            "image_size": int(model.image_size), "model_cls": str(cfg.model.model_cls)}
+            "image_size": int(model.image_size), "model_cls": str(cfg.model.model_cls),
+            "token_grid": tuple(int(g) for g in model.token_grid)}

@@ -45,5 +45,6 @@ def test_tokenizer_info_needs_no_weights():
     info = tokenizer_info(TINY)
     model = build_tokenizer(TINY)
     assert info == {"codebook_size": model.codebook_size, "num_tokens": model.num_tokens,
-                    "image_size": model.image_size, "model_cls": "VQVitModelPlus"}
+                    "image_size": model.image_size, "model_cls": "VQVitModelPlus",
+                    "token_grid": (1, model.num_tokens)}
     assert tokenizer_info(CONFIGS / "VQ_XLXXL256.yaml")["num_tokens"] == 256  # 2.9B parameters, built on meta
