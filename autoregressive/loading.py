@@ -10,6 +10,7 @@ from typing import Any, Iterable, Mapping, Optional
 import torch
 
 from autoregressive.models.gpt import INERT_ARGS, UNIMPLEMENTED_VARIANTS, GPT_models, ModelArgs, Transformer
+from tokenizer.resolution import resample_grid_rows
 from utils.checkpoint import (
     PRETRAINED_WEIGHTS,
     ModelDescription,
@@ -264,11 +265,8 @@ def fit_position_table(weights: dict, model: torch.nn.Module, token_grid: tuple[
         raise ConfigError(f"the starting GPT's position table {tuple(table.shape)} cannot be resampled to this "
                           f"model's {tuple(own.shape)} for a {rows}x{cols} token grid (a 2D tokenizer's codes need a "
                           "square grid in both)")
-    from timm.layers import resample_abs_pos_embed
-
-    resized = resample_abs_pos_embed(table[None].float(), new_size=[rows, cols], old_size=list(old_grid),
-                                     num_prefix_tokens=prefix, interpolation="bicubic", antialias=True)[0]
+    resized = resample_grid_rows(table, old_grid, (rows, cols), prefix)
     if log is not None:
         log(f"resampled {POSITION_TABLE}: {old_grid[0]}x{old_grid[1]} -> {rows}x{cols} token grid (bicubic), the "
             "class slot's row kept")
-    return {**weights, POSITION_TABLE: resized.to(table.dtype).contiguous()}
+    return {**weights, POSITION_TABLE: resized}

@@ -35,6 +35,18 @@ def set_image_size(cfg: DictConfig, image_size: int) -> DictConfig:
     return cfg
 
 
+def resample_grid_rows(rows: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int],
+                       prefix: int = 0) -> torch.Tensor:
+    """``rows`` [prefix + H*W, D] (a position table: ``prefix`` rows kept as they are, then one row per cell of the
+    ``old_grid`` in raster order) resampled to ``new_grid``: bicubic and antialiased, by timm's
+    ``resample_abs_pos_embed``; returns [prefix + H'*W', D] in the table's dtype."""
+    from timm.layers import resample_abs_pos_embed
+
+    resized = resample_abs_pos_embed(rows[None].float(), new_size=list(new_grid), old_size=list(old_grid),
+                                     num_prefix_tokens=prefix, interpolation="bicubic", antialias=True)[0]
+    return resized.to(rows.dtype).contiguous()
+
+
 def resample_position_tables(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module,
                              log: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
     """``state_dict`` with every grid position table resampled to ``model``'s grid (bicubic, antialiased)."""
@@ -48,12 +60,7 @@ def resample_position_tables(state_dict: Mapping[str, torch.Tensor], model: torc
         if old_grid ** 2 != old or new_grid ** 2 != new or table.shape[1:] != own[key].shape[1:]:
             raise CheckpointError(f"{key}: cannot resample a {tuple(table.shape)} position table to "
                                   f"{tuple(own[key].shape)} (square grids of the same width only)")
-        from timm.layers import resample_abs_pos_embed
-
-        rows = table.permute(1, 0, 2).float()  # (N, 1, D) -> (1, N, D), timm's layout
-        resized = resample_abs_pos_embed(rows, new_size=[new_grid, new_grid], old_size=[old_grid, old_grid],
-                                         num_prefix_tokens=0, interpolation="bicubic", antialias=True)
-        out[key] = resized.permute(1, 0, 2).to(table.dtype).contiguous()
+        out[key] = resample_grid_rows(table[:, 0], (old_grid, old_grid), (new_grid, new_grid))[:, None]  # (N, 1, D)
         if log is not None:
             log(f"resampled {key}: {old_grid}x{old_grid} -> {new_grid}x{new_grid} grid (bicubic)")
     return out

@@ -40,6 +40,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return train_options.parse_args(argv, description=__doc__)
 
 
+def _at_step(step: int) -> str:
+    """Where a divergence happened, in the original's 1-based iteration count and this project's step index."""
+    return f"at iteration {step + 1} (step index {step})"
+
+
 class TokenizerTrainer(Trainer):
     kind = "tokenizer"
     weights_entries = ("model", "ema", "state_dict")
@@ -170,7 +175,7 @@ class TokenizerTrainer(Trainer):
     def generator_step(self, step: int, micro_batches: list[tuple]) -> tuple[dict, list, torch.Tensor]:
         """One generator update over the micro-batches (before ``gen_start`` the forward runs without an update);
         returns the mean logged terms, the images and reconstructions for the discriminator, and the grad norm."""
-        loss_fn, accum, where = self.loss, len(micro_batches), f"at iteration {step + 1} (step index {step})"
+        loss_fn, accum, where = self.loss, len(micro_batches), _at_step(step)
         update, aux = loss_fn.gen_active(step), loss_fn.aux_active(step)
         extra = {"last_layer": self.raw_model.decoder.conv_out.weight} if loss_fn.use_adaptive_weight else {}
         kept, terms = [], {}
@@ -213,7 +218,7 @@ class TokenizerTrainer(Trainer):
         self.window_extras["lr_disc"] = set_lr(self.optimizer_disc, self.schedule.lr_for_update(
             step, lag=self.settings.original_lr_lag, first_update=first))
         self.optimizer_disc.zero_grad(set_to_none=True)
-        terms, where = {}, f"at iteration {step + 1} (step index {step})"
+        terms, where = {}, _at_step(step)
         for images, reconstruction, direct in kept:
             def forward(x=images, r=reconstruction, d=direct):
                 return loss_fn.discriminator_loss(x, r, step, direct_reconstructions=d)

@@ -18,7 +18,15 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from utils.checkpoint import CheckpointError, list_step_checkpoints, load_state_dict_strict
+from utils.checkpoint import (
+    CheckpointError,
+    list_step_checkpoints,
+    load_state_dict_strict,
+    remove_stale_temp_files,
+    save_atomic,
+    select_state_dict,
+    strip_prefixes,
+)
 from utils.config import ConfigError
 from utils.distributed import any_rank, cleanup
 from utils.ema import EMA
@@ -228,8 +236,6 @@ def load_full_checkpoint(ckpt: dict, path: Path, model: nn.Module, optimizer: to
     """Weights (the first of ``entries`` present), EMA (the model's weights when the file has none) and optimiser
     state (position- or name-keyed; see :func:`check_optimizer_state`) from a full checkpoint; returns what it
     loaded."""
-    from utils.checkpoint import select_state_dict, strip_prefixes
-
     weights = strip_prefixes(select_state_dict(ckpt, str(path), entries))
     load_model_state(model, weights, fsdp, source=str(path))
     loaded = ["model"]
@@ -247,8 +253,6 @@ def save_full_checkpoint(path: Path, meta: dict, model: nn.Module, optimizer: to
     """Write a ``.pt`` checkpoint: ``meta`` plus the whole ``model``, ``optimizer`` (keyed by parameter name) and,
     with an EMA, ``ema`` state. Collective: every rank gathers (FSDP2 shards are assembled on the CPU); only rank 0
     keeps the result and writes it, atomically (a reader never sees a partial file)."""
-    from utils.checkpoint import save_atomic
-
     model_state, optimizer_state = full_state_dicts(model, optimizer)
     ema_state = ema.state_dict(model, keep=is_main) if ema is not None else None
     if is_main:
@@ -261,8 +265,6 @@ def load_weights_only(ckpt: dict, path: Path, entries: tuple[str, ...], model: n
     """A fine-tune's start: the weights of ``ckpt`` (the first of ``entries`` present, wrapper prefixes stripped,
     then made to fit the model by ``adapt``) loaded strictly into ``model`` and, with an EMA, as its average too.
     Nothing else is taken: optimiser, scalers and the step stay fresh."""
-    from utils.checkpoint import select_state_dict, strip_prefixes
-
     weights = adapt(strip_prefixes(select_state_dict(ckpt, str(path), entries)))
     load_model_state(model, weights, fsdp, source=str(path))
     if ema is not None:
@@ -349,8 +351,6 @@ def lock_experiment(folder: Path, is_main: bool, log: Callable[[str], None]):
 
 def clean_stale_temp_files(folders: Iterable[Path], log: Callable[[str], None]) -> None:
     """Remove the temporary files interrupted checkpoint writes left behind (a whole checkpoint each)."""
-    from utils.checkpoint import remove_stale_temp_files
-
     for folder in folders:
         for path in remove_stale_temp_files(folder):
             log(f"removed the temporary file of an interrupted checkpoint write: {path}")

@@ -252,6 +252,7 @@ _FAST_CHILDREN: dict[type[nn.Module], dict[str, type[nn.Module]]] = {
     TransformerLayer: {"self_attn": FastMultiheadAttention, "linear1": OneDNNLinear, "linear2": OneDNNLinear},
 }
 
+
 def _swap(module: nn.Module, fast: type[nn.Module]) -> None:
     """Make ``module`` an instance of ``fast`` when it is exactly ``fast``'s plain base (not already fast, not some
     other subclass whose forward would be lost)."""
