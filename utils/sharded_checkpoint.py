@@ -16,6 +16,7 @@ containers (:class:`SafeFileSystemReader`), so reading a sharded checkpoint unpi
 """
 from __future__ import annotations
 
+import enum
 import io
 import os
 import pickle
@@ -38,6 +39,17 @@ def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
     return path.is_dir() and (path / _DCP_METADATA).is_file() and (path / META_NAME).is_file()
 
 
+def _dcp_enum_member(cls: Any, name: str) -> enum.Enum:
+    """``getattr(cls, name)`` for a member of one of DCP's own enums (e.g. the memory format of a tensor's
+    properties), the only use of ``getattr`` in its metadata; anything else is refused (a general ``getattr`` would let
+    a crafted pickle reach arbitrary attributes)."""
+    if isinstance(cls, type) and issubclass(cls, enum.Enum) and cls.__module__.startswith(
+            "torch.distributed.checkpoint.") and isinstance(name, str) and name in cls.__members__:
+        return cls[name]
+    raise pickle.UnpicklingError(f"sharded checkpoint metadata asks for the attribute {name!r} of {cls!r}, which is "
+                                 "not a member of a torch.distributed.checkpoint enum: refusing to unpickle it")
+
+
 class _MetadataUnpickler(pickle.Unpickler):
     """Builds only DCP's metadata dataclasses, torch sizes / dtypes / memory formats and plain containers."""
 
@@ -50,6 +62,8 @@ class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module.startswith("torch.distributed.checkpoint.") or (module, name) in self.ALLOWED:
             return super().find_class(module, name)
+        if (module, name) == ("builtins", "getattr"):  # how Python 3.11.0-3.11.3 pickle an Enum member
+            return _dcp_enum_member
         if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.memory_format)):
             return getattr(torch, name)
         raise pickle.UnpicklingError(f"sharded checkpoint metadata refers to {module}.{name}, which is not part of "
